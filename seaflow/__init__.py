@@ -1,0 +1,18 @@
+"""seaflow: inference-time alignment of language models in continuous space (SEA)."""
+
+from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
+from seaflow.data import PromptDataModule
+from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
+from seaflow.methods import AlignmentMethod
+from seaflow.module import SEA
+from seaflow.relaxations import Softmax, StraightThrough
+from seaflow.samplers import Langevin
+from seaflow.writer import JsonlPredictionWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
+    "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
+    "StraightThrough", "Softmax", "Langevin",
+]

@@ -1,0 +1,184 @@
+"""Prompt files and the DataModule that feeds them to a method.
+
+Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of objects or of
+strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
+comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent).
+Prompts are tokenised with the policy's tokenizer, which the method attaches at set-up,
+with its chat template (``chat_template: true``) or as plain text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class PromptFileError(ValueError):
+    """A prompts file is missing or malformed; the message names the file and the line."""
+
+
+def read_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "id") -> list[dict[str, str]]:
+    """``[{"id": ..., "prompt": ...}, ...]`` from a prompts file, validated."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptFileError(f"prompts file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptFileError(f"{path}: not UTF-8 text (byte {err.start}): re-save the file as UTF-8") from None
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, Any]] = []
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise PromptFileError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+        if not isinstance(data, list):
+            raise PromptFileError(f"{path}: expected a JSON list of prompts, got {type(data).__name__}")
+        rows = list(enumerate(data, 1))
+    elif suffix == ".csv":
+        rows = [(number, row) for number, row in enumerate(csv.DictReader(text.splitlines()), 2)]
+    elif suffix in (".txt", ".text", ""):
+        rows = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        raise PromptFileError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .json, .csv or .txt")
+    prompts, seen = [], {}
+    for number, row in rows:
+        if isinstance(row, str):
+            prompt, pid = row, str(number)
+        elif isinstance(row, dict):
+            if prompt_field not in row:
+                raise PromptFileError(
+                    f"{path}:{number}: no field {prompt_field!r} (fields: {', '.join(map(str, row))}); "
+                    "set data.init_args.prompt_field"
+                )
+            prompt, pid = row[prompt_field], str(row.get(id_field, number))
+        else:
+            raise PromptFileError(f"{path}:{number}: expected an object or a string, got {type(row).__name__}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptFileError(f"{path}:{number}: empty prompt (id {pid!r})")
+        if pid in seen:
+            raise PromptFileError(f"{path}:{number}: duplicate id {pid!r} (first on line {seen[pid]})")
+        seen[pid] = number
+        prompts.append({"id": pid, "prompt": prompt, "index": len(prompts)})
+    if not prompts:
+        raise PromptFileError(f"{path}: no prompts in the file")
+    return prompts
+
+
+class PromptDataset(Dataset):
+    def __init__(self, items: list[dict[str, Any]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, list]:
+    """Keep lists: prompts have ragged lengths; methods pad them (left) themselves."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Prompts from a file, tokenised for the policy.
+
+    Args:
+        path: prompts file (.jsonl, .json, .csv, .txt).
+        prompt_field: field holding the prompt text.
+        id_field: field holding the prompt id (default: the line number).
+        chat_template: format each prompt as a user turn of the policy's chat template.
+        system_prompt: optional system message for the chat template.
+        batch_size: prompts per batch (each expands to ``chains`` rows in SEA).
+        limit: use only the first ``limit`` prompts (None: all).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        prompt_field: str = "prompt",
+        id_field: str = "id",
+        chat_template: bool = True,
+        system_prompt: str | None = None,
+        batch_size: int = 4,
+        limit: int | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.path = path
+        self.prompt_field = prompt_field
+        self.id_field = id_field
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
+        self.batch_size = batch_size
+        self.limit = limit
+        self.prompts: list[dict[str, str]] | None = None
+        self.tokenizer = None
+        self.context_length: int | None = None
+        self.skip_ids: set[str] = set()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prompts is None:
+            prompts = read_prompts(self.path, self.prompt_field, self.id_field)
+            self.prompts = prompts[: self.limit] if self.limit is not None else prompts
+
+    def attach_tokenizer(self, tokenizer, context_length: int | None = None) -> None:
+        """Called by the method at set-up: prompts are tokenised with the policy's tokenizer."""
+        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "data.chat_template is true but the policy's tokenizer has no chat template; "
+                "set data.init_args.chat_template: false"
+            )
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def skip(self, ids: set[str]) -> None:
+        """Leave out prompts whose ids are already done (resume)."""
+        self.skip_ids = set(ids)
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.chat_template:
+            messages = [{"role": "user", "content": prompt}]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def items(self, reserve: int = 0) -> list[dict[str, Any]]:
+        """Tokenised prompts not yet done; ``reserve`` tokens must stay free for the response."""
+        if self.tokenizer is None:
+            raise RuntimeError("PromptDataModule has no tokenizer: the method attaches it in setup()")
+        self.setup()
+        items = []
+        for prompt in self.prompts:
+            if prompt["id"] in self.skip_ids:
+                continue
+            ids = self.encode(prompt["prompt"])
+            if self.context_length is not None and len(ids) + reserve > self.context_length:
+                raise ValueError(
+                    f"prompt {prompt['id']!r} has {len(ids)} tokens; with {reserve} response tokens it "
+                    f"exceeds the model's context of {self.context_length}: shorten it or remove it"
+                )
+            items.append({**prompt, "prompt_ids": ids})
+        return items
+
+    def predict_dataloader(self) -> DataLoader:
+        reserve = getattr(self.trainer.lightning_module, "max_new_tokens", 0) if self.trainer else 0
+        return DataLoader(PromptDataset(self.items(reserve)), batch_size=self.batch_size, shuffle=False, collate_fn=collate)

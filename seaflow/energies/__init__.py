@@ -1,0 +1,12 @@
+"""Energy terms (see :mod:`seaflow.energies.base` for the contract)."""
+
+from seaflow.energies.base import EnergyTerm, ResponseBatch, Reward
+from seaflow.energies.judge import PromptedJudge
+from seaflow.energies.lexicon import LexiconReward
+from seaflow.energies.reference import ReferenceLogLikelihood
+from seaflow.energies.reward_model import RewardModel
+
+__all__ = [
+    "EnergyTerm", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
+    "RewardModel", "PromptedJudge", "LexiconReward",
+]

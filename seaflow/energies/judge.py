@@ -1,0 +1,116 @@
+"""A prompted judge: a causal LM asked a question about the response."""
+
+from __future__ import annotations
+
+import torch
+
+from seaflow import layout as L
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.models import LoadedModel, load_causal_lm
+
+_RESPONSE = "\x00RESPONSE\x00"
+
+DEFAULT_QUESTION = (
+    "Here is a request and a reply.\nRequest: {prompt}\nReply: {response}\n"
+    "Is the reply positive and cheerful? Answer yes or no."
+)
+
+
+class PromptedJudge(Reward):
+    """``r = log p(positive answer) - log p(negative answer)`` after a question about the response.
+
+    The judge reads ``question`` (with ``{prompt}`` and ``{response}`` filled in), wrapped
+    in its chat template when it has one, and the reward compares the next-token
+    probability of the positive answer words against the negative ones (summed over each
+    word's first tokens, with and without a leading space and capital). Differentiable
+    through ``inputs_embeds``.
+
+    Mind the calibration (docs/rewards.md): a tiny judge can be worse than chance.
+
+    Args:
+        question: template with ``{prompt}`` and ``{response}``.
+        positive: answer words that mean "good".
+        negative: answer words that mean "bad".
+        model: the judge model; None borrows the policy (no second copy in memory).
+        use_chat_template: wrap the question as a user turn with the generation prompt.
+    """
+
+    def __init__(
+        self,
+        question: str = DEFAULT_QUESTION,
+        positive: list[str] | None = None,
+        negative: list[str] | None = None,
+        model: str | None = None,
+        use_chat_template: bool = True,
+        dtype: str | None = None,
+    ):
+        super().__init__()
+        if "{response}" not in question:
+            raise ValueError(f"PromptedJudge question must contain '{{response}}', got {question!r}")
+        self.question = question
+        self.positive = positive or ["yes"]
+        self.negative = negative or ["no"]
+        self.model_name = model
+        self.use_chat_template = use_chat_template
+        self.dtype = dtype
+        self.judge_model = None
+
+    def setup(self, policy: LoadedModel) -> None:
+        if self.model_name is None:
+            self._borrow(self, "judge_model", policy.model)
+            self.tokenizer = policy.tokenizer
+        elif self.judge_model is None:
+            loaded = load_causal_lm(self.model_name, dtype=self.dtype)
+            self.check_vocabulary(policy, loaded, f"judge model {self.model_name!r}")
+            self.judge_model = loaded.model
+            self.tokenizer = loaded.tokenizer
+        if self.use_chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                "PromptedJudge has use_chat_template: true but the judge's tokenizer has no chat "
+                "template; set use_chat_template: false"
+            )
+        self.positive_ids = self._answer_ids(self.positive)
+        self.negative_ids = self._answer_ids(self.negative)
+        overlap = set(self.positive_ids) & set(self.negative_ids)
+        if overlap:
+            raise ValueError(f"positive and negative answers share token ids {sorted(overlap)}")
+
+    def _answer_ids(self, words: list[str]) -> list[int]:
+        ids = set()
+        for word in words:
+            for variant in {word, word.capitalize(), " " + word, " " + word.capitalize()}:
+                tokens = self.tokenizer.encode(variant, add_special_tokens=False)
+                if tokens and tokens[0] != self.tokenizer.unk_token_id:
+                    ids.add(tokens[0])
+        if not ids:
+            raise ValueError(f"none of the answer words {words} is a token of the judge's vocabulary")
+        return sorted(ids)
+
+    def _split(self, prompt: str) -> tuple[list[int], list[int]]:
+        text = self.question.replace("{prompt}", prompt).replace("{response}", _RESPONSE)
+        if self.use_chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        before, after = text.split(_RESPONSE)
+        encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        return encode(before), encode(after)
+
+    def prepare(self, batch: ResponseBatch) -> L.Layout:
+        cache: dict[str, tuple[list[int], list[int]]] = {}
+        befores, afters = [], []
+        for prompt in batch.prompts:
+            if prompt not in cache:
+                cache[prompt] = self._split(prompt)
+            befores.append(cache[prompt][0])
+            afters.append(cache[prompt][1])
+        device = self.judge_model.get_input_embeddings().weight.device
+        pad = self.tokenizer.pad_token_id
+        return L.build_layout(befores, batch.lengths, pad, after=afters).to(device)
+
+    def value(self, prepared: L.Layout, response: torch.Tensor) -> torch.Tensor:
+        logits = L.run(self.judge_model, prepared, response, logits_to_keep=1).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        pos = torch.logsumexp(logp[:, self.positive_ids], dim=-1)
+        neg = torch.logsumexp(logp[:, self.negative_ids], dim=-1)
+        return pos - neg

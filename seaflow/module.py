@@ -1,0 +1,193 @@
+"""``seaflow.SEA``: Simple Energy Adaptation as a LightningModule."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+
+from seaflow import generation, layout
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.methods.base import AlignmentMethod, prompt_seed
+from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
+from seaflow.relaxations.base import Relaxation
+from seaflow.relaxations.straight_through import StraightThrough
+from seaflow.samplers.base import Sampler
+from seaflow.samplers.langevin import Langevin
+
+
+class SEA(AlignmentMethod):
+    """Inference-time alignment by Langevin refinement of response logits.
+
+    For each prompt: sample ``chains`` responses from the policy (or start from random
+    logits), turn them into logits ``y`` that decode exactly to those samples, run
+    ``steps`` sampler steps on ``E = -reference_weight * log pi_ref(y|x) - alpha * r(x, y)``
+    through the ``relaxation``, decode, score the discrete tokens and return the chain with
+    the highest reward. See docs/method.md for the choices the paper leaves open.
+
+    Args:
+        policy: the reference policy (see :class:`AlignmentMethod`).
+        reward: the reward term r(x, y).
+        sampler: the sampler moving ``y`` (default: Langevin).
+        relaxation: how ``y`` becomes model inputs (default: straight-through).
+        alpha: reward weight; 0 is the "w/o reward" ablation (the reward still selects).
+        reference_weight: weight of ``-log pi_ref``; 0 is the "w/o reference" ablation.
+        chains: chains per prompt (the paper uses 4; 1 is the single-chain ablation).
+        steps: sampler steps T.
+        init: ``sample`` (policy samples) or ``random`` (the random-init ablation).
+        init_logits: how samples become logits: ``reference`` (the policy's log-probs with the
+            sampled token lifted ``init_margin`` above the rest) or ``one_hot`` (``init_scale`` x one-hot).
+        init_margin: see ``init_logits``.
+        init_scale: scale of ``one_hot`` logits, or the std of random init.
+        decode: ``argmax`` (the paper) or ``guided`` (left to right among the policy's
+            ``decode_top_k`` next tokens given the decoded prefix, choosing by ``y``).
+        decode_top_k: candidates per position for guided decoding.
+        trace_every: keep every n-th iteration in the per-prompt trace.
+    """
+
+    def __init__(
+        self,
+        policy: str = EMBEDDED_DEFAULT,
+        reward: Reward | None = None,
+        sampler: Sampler | None = None,
+        relaxation: Relaxation | None = None,
+        alpha: float = 1.0,
+        reference_weight: float = 1.0,
+        chains: int = 4,
+        steps: int = 30,
+        init: Literal["sample", "random"] = "sample",
+        init_logits: Literal["reference", "one_hot"] = "reference",
+        init_margin: float = 1.0,
+        init_scale: float = 1.0,
+        decode: Literal["argmax", "guided"] = "argmax",
+        decode_top_k: int = 10,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str | None = None,
+        trace_every: int = 1,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(
+            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code,
+        )
+        if chains < 1:
+            raise ValueError(f"chains must be >= 1, got {chains}")
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if alpha != alpha or reference_weight != reference_weight:
+            raise ValueError(f"alpha and reference_weight must be numbers, got {alpha} and {reference_weight}")
+        if init not in ("sample", "random"):
+            raise ValueError(f"init must be 'sample' or 'random', got {init!r}")
+        if init_logits not in ("reference", "one_hot"):
+            raise ValueError(f"init_logits must be 'reference' or 'one_hot', got {init_logits!r}")
+        if decode not in ("argmax", "guided"):
+            raise ValueError(f"decode must be 'argmax' or 'guided', got {decode!r}")
+        if reward is None and alpha != 0:
+            raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
+        self.sampler = sampler if sampler is not None else Langevin()
+        self.relaxation = relaxation if relaxation is not None else StraightThrough()
+        self.alpha = alpha
+        self.reference_weight = reference_weight
+        self.chains = chains
+        self.steps = steps
+        self.init = init
+        self.init_logits = init_logits
+        self.init_margin = init_margin
+        self.init_scale = init_scale
+        self.decode = decode
+        self.decode_top_k = decode_top_k
+        self.trace_every = max(1, trace_every)
+
+    # -- the method ------------------------------------------------------------------------
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        prompt_ids, prompts, keys = self.expand(batch, self.chains)
+        rows, width = len(prompt_ids), self.max_new_tokens
+        vocab = self.policy.vocab_size
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(prompt_seed(self.seed, "|".join(batch["id"]), 0, "refine"))
+
+        # 1. init: logits that decode exactly to the policy's samples (or random logits)
+        if self.init == "sample":
+            tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains)
+            reference_logits = None
+            if self.init_logits == "reference":
+                with torch.no_grad():
+                    rows_layout = self.reference.prepare(ResponseBatch(prompt_ids, prompts, lengths.cpu(), width))
+                    reference_logits = layout.next_token_logits(self.policy.model, rows_layout, tokens0)
+            y = initial_logits(tokens0, reference_logits, vocab, margin=self.init_margin, scale=self.init_scale)
+        else:
+            y = random_logits((rows, width, vocab), self.init_scale, generator, self.device)
+            tokens0 = y.argmax(-1)
+            lengths = torch.full((rows,), width, dtype=torch.long, device=self.device)
+        initial = self.score(prompt_ids, prompts, tokens0, lengths)
+
+        # 2. refine: T sampler steps on the relaxed energy, all prompts x chains at once
+        energy_fn = EnergyFunction(
+            ResponseBatch(prompt_ids, prompts, lengths.cpu(), width), self.relaxation, self.reward,
+            self.reference, self.alpha, self.reference_weight, generator=generator,
+        )
+        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator)
+
+        # 3. decode and 4. score the discrete tokens
+        tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths)
+        final = self.score(prompt_ids, prompts, tokens, final_lengths)
+
+        # 5. select the best chain per prompt by discrete reward
+        elapsed = time.perf_counter() - started
+        return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace.stacked(), elapsed, energy_fn.evaluations)
+
+    def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor):
+        if self.decode == "argmax":
+            tokens = y.argmax(-1)
+            active = torch.arange(y.shape[1], device=y.device).unsqueeze(0) < lengths.unsqueeze(1)
+            return tokens.masked_fill(~active, self.pad_id), lengths
+        return generation.guided_decode(
+            self.policy.model, prompt_ids, y, lengths, self.eos_ids, self.pad_id, self.decode_top_k
+        )
+
+    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations):
+        chains, n_prompts = self.chains, len(batch["id"])
+        texts0 = self.decode_text(tokens0, lengths0)
+        texts = self.decode_text(tokens, lengths)
+        ll0 = self.per_token(initial["ref_token_logprobs"], lengths0)
+        ll = self.per_token(final["ref_token_logprobs"], lengths)
+        reward0 = initial["reward"].float().cpu()
+        reward = final["reward"].float().cpu()
+        out = []
+        for p in range(n_prompts):
+            rows = slice(p * chains, (p + 1) * chains)
+            best = int(reward[rows].argmax())
+            row = p * chains + best
+            first = int(reward0[rows].argmax()) + p * chains  # the best initial sample (= Best-of-chains)
+            kept = {name: values[:: self.trace_every, row].tolist() for name, values in trace.items()}
+            record = self.base_record(batch, p)
+            record.update(
+                response=texts[row],
+                chain=best,
+                reward=float(reward[row]),
+                ref_logprob_per_token=ll[row],
+                response_tokens=int(lengths[row]),
+                initial_response=texts0[p * chains],
+                initial_reward=float(reward0[p * chains]),
+                initial_ref_logprob_per_token=ll0[p * chains],
+                initial_best_response=texts0[first],
+                initial_best_reward=float(reward0[first]),
+                chain_rewards=reward[rows].tolist(),
+                chain_initial_rewards=reward0[rows].tolist(),
+                chain_ref_logprob_per_token=ll[rows],
+                chain_responses=texts[rows],
+                trace=kept,
+                trace_mean_reward=trace["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in trace else None,
+                steps=self.steps,
+                energy_evaluations=evaluations,
+                wall_time_s=elapsed / n_prompts,
+            )
+            out.append(record)
+        return out

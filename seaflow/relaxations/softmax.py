@@ -1,0 +1,20 @@
+"""Plain softmax relaxation."""
+
+from __future__ import annotations
+
+import torch
+
+from seaflow.relaxations.base import Relaxation
+
+
+class Softmax(Relaxation):
+    """``p = softmax(y / temperature)`` in both passes: models see a soft mixture of tokens."""
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"Softmax temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, logits, generator=None, allowed=None):
+        return torch.softmax(self.restrict(logits, allowed) / self.temperature, dim=-1)

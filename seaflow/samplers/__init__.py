@@ -1,0 +1,10 @@
+"""Samplers: one file each, one step contract (see :mod:`seaflow.samplers.base`)."""
+
+from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
+from seaflow.samplers.langevin import Langevin
+from seaflow.samplers.schedules import Constant, Cosine, Linear, Piecewise, Schedule
+
+__all__ = [
+    "EnergyFn", "Sampler", "SamplerOutput", "SamplerState", "Langevin",
+    "Schedule", "Constant", "Linear", "Cosine", "Piecewise",
+]
