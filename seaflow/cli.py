@@ -12,6 +12,7 @@ for anything seaflow or the user has imported) and ``init_args``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -38,6 +39,11 @@ class SeaflowCLI(LightningCLI):
             raise ValueError(
                 "trainer.inference_mode must be false for seaflow predict: the refinement needs gradients"
             )
+        # the resolved config travels with the results, so every run can be reproduced
+        if self.trainer.global_rank == 0:
+            output = Path(self.config["predict"]["output"]["output_dir"])
+            output.mkdir(parents=True, exist_ok=True)
+            self._parser("predict").save(self.config["predict"], output / "config.yaml", skip_none=False, overwrite=True, multifile=False)
 
 
 def list_components() -> str:
@@ -71,7 +77,7 @@ def main(args: list[str] | None = None) -> None:
         PromptDataModule,
         subclass_mode_model=True,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=None,  # before_predict saves the config next to the predictions
         args=args,
         auto_configure_optimizers=False,
     )
