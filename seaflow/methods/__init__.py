@@ -1,5 +1,10 @@
 """Alignment methods: SEA (``seaflow.SEA``) and the baselines, all LightningModules."""
 
+from seaflow.methods.args import ARGS
 from seaflow.methods.base import AlignmentMethod
+from seaflow.methods.best_of_n import BestOfN
+from seaflow.methods.cbs import CBS
+from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.sample import Sample
 
-__all__ = ["AlignmentMethod"]
+__all__ = ["AlignmentMethod", "DecodingMethod", "Sample", "BestOfN", "ARGS", "CBS"]

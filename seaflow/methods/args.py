@@ -1,0 +1,134 @@
+"""``seaflow.methods.ARGS``: reward-guided decoding, one token at a time (Khanov et al., 2024)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+
+from seaflow import generation
+from seaflow.energies.base import Reward
+from seaflow.methods.base import prompt_seed
+from seaflow.methods.decoding import DecodingMethod
+from seaflow.models import EMBEDDED_DEFAULT
+
+
+class ARGS(DecodingMethod):
+    """ARGS: at each position, rescore the policy's top-k next tokens with the reward.
+
+    For every candidate token ``v`` among the policy's ``top_k`` most likely next tokens,
+    ``score(v) = log pi(v | x, y_<t) + weight * r(x, y_<t + v)``, where ``r`` is the reward
+    term on the partial response (discrete, token ids). ``mode: greedy`` takes the best
+    score; ``mode: sample`` draws from ``softmax(score / temperature)`` over the k candidates
+    with the prompt's own generator. The policy's log-probabilities differ from its logits
+    by a per-row constant, so the choice is the same as with raw logits. A candidate that is
+    EOS is scored as the response without it. With ``weight: 0`` greedy ARGS is the policy's
+    greedy decode.
+
+    Cost: ``top_k`` reward evaluations per row and position (``score_batch`` rows per pass);
+    the reward model re-reads the whole partial response each time (no KV cache).
+
+    Args:
+        top_k: candidates per position (the ARGS paper's default: 10).
+        weight: reward weight w (ARGS: 1.0-1.5).
+        mode: ``greedy`` or ``sample``.
+        (others: see :class:`DecodingMethod`; ``temperature`` applies to ``mode: sample``)
+    """
+
+    def __init__(
+        self,
+        policy: str = EMBEDDED_DEFAULT,
+        reward: Reward | None = None,
+        top_k: int = 10,
+        weight: float = 1.0,
+        mode: Literal["greedy", "sample"] = "greedy",
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str | None = None,
+        sample_batch: int = 64,
+        score_batch: int = 64,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(
+            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
+            trust_remote_code=trust_remote_code,
+        )
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if mode not in ("greedy", "sample"):
+            raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+        if mode == "sample" and temperature <= 0:
+            raise ValueError(f"mode: sample needs temperature > 0, got {temperature}; use mode: greedy instead")
+        if weight != 0:
+            self._require_reward()
+        self.top_k = top_k
+        self.weight = weight
+        self.mode = mode
+
+    def method_name(self) -> str:
+        return "ARGS" if self.mode == "greedy" else "ARGS-sample"
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
+        tokens, lengths = [], []
+        for start in range(0, len(keys), self.sample_batch):
+            rows = slice(start, start + self.sample_batch)
+            t, n = self.decode(prompt_ids[rows], prompts[rows], keys[rows])
+            tokens.append(t)
+            lengths.append(n)
+        tokens, lengths = torch.cat(tokens), torch.cat(lengths)
+        rewards = (
+            self.rewards(prompt_ids, prompts, tokens, lengths).tolist()
+            if self.reward is not None else [float("nan")] * len(keys)
+        )
+        elapsed = time.perf_counter() - started
+        extras = [{"top_k": self.top_k, "weight": self.weight}] * len(keys)
+        return self.records(batch, prompt_ids, prompts, tokens, lengths, rewards, elapsed, extras)
+
+    def decode(self, prompt_ids: list[list[int]], prompts: list[str], keys: list[str]):
+        rows, width, k = len(prompt_ids), self.max_new_tokens, self.top_k
+        device = self.device
+        prefix = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        eos = torch.tensor(self.eos_ids, device=device)
+        gens = generation.row_generators([prompt_seed(self.seed, key, 0, "args") for key in keys], device=device)
+
+        def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
+            logp = torch.log_softmax(logits, dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            scores = top.values.clone()
+            live = (~done).nonzero().squeeze(-1)
+            if self.weight != 0 and live.numel() > 0:
+                scores[live] += self.weight * self.candidate_rewards(
+                    [prompt_ids[i] for i in live.tolist()], [prompts[i] for i in live.tolist()],
+                    prefix[live, :step], top.indices[live], eos,
+                ).to(scores.device)
+            if self.mode == "greedy":
+                pick = scores.argmax(-1)
+            else:
+                u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
+                gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
+                pick = (scores / self.temperature + gumbel).argmax(-1)
+            token = top.indices.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+            prefix[:, step] = token
+            done.logical_or_(torch.isin(token, eos))
+            return token
+
+        return generation.sample(self.policy.model, prompt_ids, width, self.eos_ids, self.pad_id, [], choose=choose)
+
+    def candidate_rewards(self, prompt_ids, prompts, prefix: torch.Tensor, candidates: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """``r(x, prefix + v)`` for every row's ``k`` candidates, ``(rows, k)``."""
+        rows, k = candidates.shape
+        step = prefix.shape[1]
+        tokens = torch.cat([prefix.repeat_interleave(k, dim=0), candidates.reshape(-1, 1)], dim=1)
+        is_eos = torch.isin(candidates.reshape(-1), eos)
+        lengths = step + (~is_eos).long()  # an EOS candidate ends the response before itself
+        expanded_ids = [ids for ids in prompt_ids for _ in range(k)]
+        expanded_prompts = [text for text in prompts for _ in range(k)]
+        return self.rewards(expanded_ids, expanded_prompts, tokens, lengths).view(rows, k)

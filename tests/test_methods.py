@@ -1,0 +1,161 @@
+"""The baselines (Sample, BestOfN, ARGS, CBS) on tiny random models: through the CLI and directly."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seaflow import generation
+from seaflow.cli import main
+from seaflow.data import PromptDataModule
+from seaflow.energies import LexiconReward
+from seaflow.methods import ARGS, CBS, BestOfN, Sample
+
+PROMPTS = ["describe the city", "tell me about the weather", "write about my dog", "how was the train"]
+CORE_FIELDS = ("id", "index", "prompt", "method", "response", "reward", "ref_logprob_per_token",
+               "response_tokens", "wall_time_s", "ref_token_logprobs", "ref_token_entropy")
+
+
+def write_prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(PROMPTS)))
+    return path
+
+
+def run_cli(tmp_path: Path, class_path: str, **init_args) -> list[dict]:
+    args = {"policy": init_args.pop("policy"), "max_new_tokens": 6,
+            "reward": {"class_path": "LexiconReward", "init_args": {"lexicon": "vader"}}}
+    args.update(init_args)
+    config = {
+        "model": {"class_path": class_path, "init_args": args},
+        "data": {"path": str(write_prompts(tmp_path)), "batch_size": 3},
+        "output": {"output_dir": str(tmp_path / "run")},
+        "trainer": {"enable_progress_bar": False},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path)])
+    return [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+
+
+def direct(method, tiny_policy, prompts=PROMPTS, batch_size=None):
+    """Run ``method`` without Lightning on the tiny policy; records in prompt order."""
+    method.attach(tiny_policy)
+    data = PromptDataModule(path="unused", batch_size=len(prompts))
+    data.prompts = [{"id": f"p{i}", "prompt": t, "index": i} for i, t in enumerate(prompts)]
+    data.attach_tokenizer(tiny_policy.tokenizer)
+    items = data.items()
+    size = batch_size or len(items)
+    records = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        records += method.predict_step({key: [item[key] for item in chunk] for key in chunk[0]})
+    return records, items
+
+
+@pytest.mark.parametrize(
+    "class_path, init_args",
+    [
+        ("seaflow.methods.Sample", {}),
+        ("seaflow.methods.BestOfN", {"n": 3, "sample_batch": 4}),
+        ("ARGS", {"top_k": 3, "weight": 1.0}),
+        ("seaflow.methods.CBS", {"beams": 2, "samples_per_beam": 2, "chunk_length": 2}),
+    ],
+)
+def test_cli_writes_core_fields(tmp_path, tiny_models, class_path, init_args):
+    records = run_cli(tmp_path, class_path, policy=str(tiny_models["policy"]), **init_args)
+    assert [r["id"] for r in records] == ["p0", "p1", "p2", "p3"]
+    for record in records:
+        for field in CORE_FIELDS:
+            assert field in record, (class_path, field)
+        assert len(record["ref_token_logprobs"]) == record["response_tokens"] <= 6
+        assert math.isclose(sum(record["ref_token_logprobs"]) / max(record["response_tokens"], 1),
+                            record["ref_logprob_per_token"], abs_tol=1e-3)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["prompts"] == 4
+    assert summary["method"] == records[0]["method"]
+
+
+def test_best_of_n_keeps_the_max_and_candidate_zero_is_the_sample(tiny_policy):
+    best, _ = direct(BestOfN(policy="tiny", reward=LexiconReward(), n=5, sample_batch=7, max_new_tokens=6), tiny_policy)
+    plain, _ = direct(Sample(policy="tiny", reward=LexiconReward(), max_new_tokens=6), tiny_policy)
+    for b, s in zip(best, plain):
+        assert len(b["candidate_rewards"]) == 5
+        assert b["reward"] == max(b["candidate_rewards"])
+        assert b["candidate"] == b["candidate_rewards"].index(b["reward"])
+        assert b["response"] == b["candidate_responses"][b["candidate"]]
+        assert b["candidate_responses"][0] == s["response"]
+        assert b["initial_reward"] == pytest.approx(s["reward"])
+    assert len({r for b in best for r in b["candidate_responses"]}) > 4  # the candidates differ
+
+
+def test_results_do_not_depend_on_batch_composition(tiny_policy):
+    method = BestOfN(policy="tiny", reward=LexiconReward(), n=3, max_new_tokens=6)
+    together, _ = direct(method, tiny_policy)
+    alone, _ = direct(method, tiny_policy, batch_size=1)
+    assert [r["response"] for r in together] == [r["response"] for r in alone]
+
+
+def test_args_without_reward_weight_is_the_greedy_decode(tiny_policy):
+    records, items = direct(ARGS(policy="tiny", reward=None, weight=0.0, top_k=4, max_new_tokens=6), tiny_policy)
+    tokens, lengths = generation.sample(
+        tiny_policy.model, [item["prompt_ids"] for item in items], 6, [3], 0, [], temperature=0.0
+    )
+    greedy = [tiny_policy.tokenizer.decode(t[: int(n)].tolist(), skip_special_tokens=True) for t, n in zip(tokens, lengths)]
+    assert [r["response"] for r in records] == greedy
+    assert all(r["reward"] is None for r in records)
+
+
+def test_args_with_a_dominant_weight_reaches_the_lexicon_maximum(tiny_policy):
+    reward = LexiconReward()
+    vocab = tiny_policy.vocab_size
+    records, _ = direct(ARGS(policy="tiny", reward=reward, weight=1e4, top_k=vocab, max_new_tokens=4), tiny_policy)
+    best_value = float(reward.values.max())
+    assert best_value > 0
+    for record in records:
+        assert record["reward"] == pytest.approx(best_value, abs=1e-5)
+
+
+def test_args_sampled_is_seeded_per_prompt_and_differs_from_greedy(tiny_policy):
+    make = lambda seed: ARGS(policy="tiny", reward=LexiconReward(), weight=1.0, top_k=8, mode="sample", seed=seed, max_new_tokens=6)  # noqa: E731
+    first, _ = direct(make(0), tiny_policy)
+    again, _ = direct(make(0), tiny_policy, batch_size=1)
+    other, _ = direct(make(1), tiny_policy)
+    greedy, _ = direct(ARGS(policy="tiny", reward=LexiconReward(), weight=1.0, top_k=8, max_new_tokens=6), tiny_policy)
+    responses = lambda rs: [r["response"] for r in rs]  # noqa: E731
+    assert responses(first) == responses(again)
+    assert responses(first) != responses(other)
+    assert responses(first) != responses(greedy)
+
+
+def test_cbs_keeps_w_beams_and_returns_the_best(tiny_policy):
+    records, _ = direct(CBS(policy="tiny", reward=LexiconReward(), beams=3, samples_per_beam=2, chunk_length=2, max_new_tokens=6), tiny_policy)
+    for record in records:
+        assert len(record["beam_rewards"]) == 3
+        assert record["reward"] == max(record["beam_rewards"])
+        assert record["beam_rewards"] == sorted(record["beam_rewards"], reverse=True)
+        assert 1 <= record["rounds"] <= 3
+        assert record["candidates_scored"] <= 3 * 2 * record["rounds"]
+
+
+def test_cbs_with_one_beam_and_one_chunk_is_best_of_n(tiny_policy):
+    cbs, _ = direct(CBS(policy="tiny", reward=LexiconReward(), beams=1, samples_per_beam=5, chunk_length=6, max_new_tokens=6), tiny_policy)
+    bon, _ = direct(BestOfN(policy="tiny", reward=LexiconReward(), n=5, max_new_tokens=6), tiny_policy)
+    assert [r["response"] for r in cbs] == [r["response"] for r in bon]
+    assert [r["reward"] for r in cbs] == pytest.approx([r["reward"] for r in bon])
+
+
+def test_baselines_validate_their_arguments():
+    with pytest.raises(ValueError, match="n .* must be >= 1, got 0"):
+        BestOfN(policy="tiny", reward=LexiconReward(), n=0)
+    with pytest.raises(ValueError, match="BestOfN selects by reward"):
+        BestOfN(policy="tiny", reward=None)
+    with pytest.raises(ValueError, match="mode must be 'greedy' or 'sample', got 'beam'"):
+        ARGS(policy="tiny", reward=LexiconReward(), mode="beam")
+    with pytest.raises(ValueError, match="chunk_length must be >= 1, got 0"):
+        CBS(policy="tiny", reward=LexiconReward(), chunk_length=0)
+    with pytest.raises(ValueError, match="sample_batch must be >= 1"):
+        Sample(policy="tiny", sample_batch=0)
