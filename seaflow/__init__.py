@@ -3,7 +3,7 @@
 from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
-from seaflow.methods import AlignmentMethod
+from seaflow.methods import ARGS, CBS, AlignmentMethod, BestOfN, Sample
 from seaflow.module import SEA
 from seaflow.relaxations import Softmax, StraightThrough
 from seaflow.samplers import Langevin
@@ -15,4 +15,5 @@ __all__ = [
     "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
     "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
     "StraightThrough", "Softmax", "Langevin",
+    "Sample", "BestOfN", "ARGS", "CBS",
 ]
