@@ -25,6 +25,12 @@ class PromptFileError(ValueError):
 
 def read_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "id") -> list[dict[str, str]]:
     """``[{"id": ..., "prompt": ...}, ...]`` from a prompts file, validated."""
+    # -- benchmark prompt sets (``prompt_set:advbench`` etc.; seaflow/prompt_sets.py) --
+    if str(path).startswith("prompt_set:"):
+        from seaflow.prompt_sets import load_prompt_set
+
+        return load_prompt_set(str(path))
+    # -- end of prompt-set hook --
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"prompts file {str(path)!r} does not exist")
