@@ -72,6 +72,11 @@ def main(args: list[str] | None = None) -> None:
     if args[:1] == ["list"]:
         print(list_components())
         return
+    if args[:1] == ["report"]:  # compare finished runs (seaflow/report.py)
+        from seaflow.report import main as report
+
+        report(args[1:])
+        return
     SeaflowCLI(
         AlignmentMethod,
         PromptDataModule,
