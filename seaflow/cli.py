@@ -3,6 +3,8 @@
     seaflow predict --config configs/demo.yaml      # align the prompts, write JSONL
     seaflow predict --config configs/demo.yaml --print_config
     seaflow list                                      # registered samplers, relaxations, energies, ...
+    seaflow calibrate --config configs/calibration/lexicon_sentiment.yaml   # reward AUC on labelled rows
+    seaflow fit --config configs/reward_head.yaml     # train the refusal reward head
 
 Every pluggable part is a type hint on a constructor (``sampler: Sampler``,
 ``reward: Reward``, ...), so YAML selects it with ``class_path`` (a short class name works
@@ -76,6 +78,16 @@ def main(args: list[str] | None = None) -> None:
         from seaflow.report import main as report
 
         report(args[1:])
+        return
+    if args[:1] == ["calibrate"]:  # score a reward on labelled rows (seaflow/calibrate.py)
+        from seaflow.calibrate import main as calibrate
+
+        calibrate(args[1:])
+        return
+    if args[:1] in (["fit"], ["validate"]):  # train a LightningModule, e.g. the reward head (seaflow/reward_head.py)
+        from seaflow.reward_head import fit_main
+
+        fit_main(args)
         return
     SeaflowCLI(
         AlignmentMethod,

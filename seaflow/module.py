@@ -44,6 +44,8 @@ class SEA(AlignmentMethod):
         decode: ``argmax`` (the paper) or ``guided`` (left to right among the policy's
             ``decode_top_k`` next tokens given the decoded prefix, choosing by ``y``).
         decode_top_k: candidates per position for guided decoding.
+        restrict_top_k: if set, each position may only move among the policy's top-k tokens
+            at initialisation (plus the sampled token), as COLD decoding does; needs ``init: sample``.
         trace_every: keep every n-th iteration in the per-prompt trace.
     """
 
@@ -63,6 +65,7 @@ class SEA(AlignmentMethod):
         init_scale: float = 1.0,
         decode: Literal["argmax", "guided"] = "argmax",
         decode_top_k: int = 10,
+        restrict_top_k: int | None = None,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -87,6 +90,8 @@ class SEA(AlignmentMethod):
             raise ValueError(f"init_logits must be 'reference' or 'one_hot', got {init_logits!r}")
         if decode not in ("argmax", "guided"):
             raise ValueError(f"decode must be 'argmax' or 'guided', got {decode!r}")
+        if restrict_top_k is not None and (restrict_top_k < 1 or init != "sample"):
+            raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
         if reward is None and alpha != 0:
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
@@ -101,6 +106,7 @@ class SEA(AlignmentMethod):
         self.init_scale = init_scale
         self.decode = decode
         self.decode_top_k = decode_top_k
+        self.restrict_top_k = restrict_top_k
         self.trace_every = max(1, trace_every)
 
     # -- the method ------------------------------------------------------------------------
@@ -114,14 +120,22 @@ class SEA(AlignmentMethod):
         generator.manual_seed(prompt_seed(self.seed, "|".join(batch["id"]), 0, "refine"))
 
         # 1. init: logits that decode exactly to the policy's samples (or random logits)
+        allowed = None
         if self.init == "sample":
             tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains)
             reference_logits = None
-            if self.init_logits == "reference":
+            if self.init_logits == "reference" or self.restrict_top_k:
                 with torch.no_grad():
                     rows_layout = self.reference.prepare(ResponseBatch(prompt_ids, prompts, lengths.cpu(), width))
                     reference_logits = layout.next_token_logits(self.policy.model, rows_layout, tokens0)
-            y = initial_logits(tokens0, reference_logits, vocab, margin=self.init_margin, scale=self.init_scale)
+            if self.restrict_top_k:
+                top = reference_logits.topk(self.restrict_top_k, dim=-1).indices
+                allowed = torch.zeros_like(reference_logits, dtype=torch.bool).scatter_(-1, top, True)
+                allowed.scatter_(-1, tokens0.unsqueeze(-1), True)
+            y = initial_logits(
+                tokens0, reference_logits if self.init_logits == "reference" else None, vocab,
+                margin=self.init_margin, scale=self.init_scale,
+            )
         else:
             y = random_logits((rows, width, vocab), self.init_scale, generator, self.device)
             tokens0 = y.argmax(-1)
@@ -131,11 +145,13 @@ class SEA(AlignmentMethod):
         # 2. refine: T sampler steps on the relaxed energy, all prompts x chains at once
         energy_fn = EnergyFunction(
             ResponseBatch(prompt_ids, prompts, lengths.cpu(), width), self.relaxation, self.reward,
-            self.reference, self.alpha, self.reference_weight, generator=generator,
+            self.reference, self.alpha, self.reference_weight, generator=generator, allowed=allowed,
         )
         y, trace = refine(y, energy_fn, self.sampler, self.steps, generator)
 
         # 3. decode and 4. score the discrete tokens
+        if allowed is not None:
+            y = y.masked_fill(~allowed, float("-inf"))
         tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths)
         final = self.score(prompt_ids, prompts, tokens, final_lengths)
 

@@ -74,14 +74,18 @@ class AlignmentMethod(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.policy is None:
-            self.policy = load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code)
-            self.policy_model = self.policy.model  # registered: Lightning moves it to the device
-            self.reference.setup(self.policy)
-            if self.reward is not None:
-                self.reward.setup(self.policy)
+            self.attach(load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code))
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "attach_tokenizer"):
             datamodule.attach_tokenizer(self.policy.tokenizer, self.context_length())
+
+    def attach(self, policy: LoadedModel) -> None:
+        """Use an already loaded policy (``setup`` loads it otherwise) and set up the energy terms."""
+        self.policy = policy
+        self.policy_model = policy.model  # registered: Lightning moves it to the device
+        self.reference.setup(policy)
+        if self.reward is not None:
+            self.reward.setup(policy)
 
     def context_length(self) -> int | None:
         config = self.policy.model.config
