@@ -159,3 +159,26 @@ def test_baselines_validate_their_arguments():
         CBS(policy="tiny", reward=LexiconReward(), chunk_length=0)
     with pytest.raises(ValueError, match="sample_batch must be >= 1"):
         Sample(policy="tiny", sample_batch=0)
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "configs").glob("baselines/*.yaml")) + sorted(
+    (Path(__file__).parent.parent / "configs").glob("advbench/*.yaml")
+)
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_baseline_configs_parse(config, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("seaflow.")
+    assert printed["model"]["init_args"]["reward"]["class_path"]
+    text = config.read_text()
+    uncommented = [line for line in text.splitlines()
+                   if ":" in line and not line.lstrip().startswith(("#", "-")) and "#" not in line
+                   and not line.rstrip().endswith(":")]
+    assert not uncommented, f"{config.name}: keys without a comment: {uncommented}"
+
+
+def test_shipped_configs_exist():
+    assert len(SHIPPED) == 9
