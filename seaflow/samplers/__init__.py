@@ -1,10 +1,14 @@
 """Samplers: one file each, one step contract (see :mod:`seaflow.samplers.base`)."""
 
+from seaflow.samplers.adaptive import AdaptiveLangevin
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
+from seaflow.samplers.hmc import HMC
 from seaflow.samplers.langevin import Langevin
+from seaflow.samplers.mala import MALA
 from seaflow.samplers.schedules import Constant, Cosine, Linear, Piecewise, Schedule
 
 __all__ = [
-    "EnergyFn", "Sampler", "SamplerOutput", "SamplerState", "Langevin",
+    "EnergyFn", "Sampler", "SamplerOutput", "SamplerState",
+    "Langevin", "MALA", "HMC", "AdaptiveLangevin",
     "Schedule", "Constant", "Linear", "Cosine", "Piecewise",
 ]

@@ -23,12 +23,15 @@ them; configs select samplers through LightningCLI's ``class_path`` as usual.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from seaflow.registry import Registered
+from seaflow.samplers.schedules import Schedule, resolve
 
 EnergyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -61,12 +64,19 @@ class SamplerOutput:
     ``diagnostics`` maps names to per-chain tensors of shape ``(chains,)``; at least
     ``energy`` (at the point the step started from) and ``grad_norm``. Samplers with an
     accept/reject step add ``accept`` (1.0 accepted, 0.0 rejected).
+
+    ``energy_record`` is what ``energy_fn`` exposed as its ``last`` attribute right after
+    it evaluated the point the step started from (``None`` when ``energy_fn`` has no such
+    attribute). Samplers that evaluate proposals leave ``energy_fn.last`` describing the
+    last proposal, which may have been rejected; this field describes the start point, in
+    step with ``diagnostics["energy"]``.
     """
 
     sample: torch.Tensor
     state: SamplerState
     diagnostics: dict[str, torch.Tensor]
     evaluations: int = 1
+    energy_record: Any = None
 
 
 class Sampler(Registered):
@@ -94,6 +104,35 @@ class Sampler(Registered):
     # helpers shared by implementations -------------------------------------------------
 
     @staticmethod
+    def check_rate(owner: str, name: str, value: float | Schedule, allow_zero: bool) -> None:
+        """Reject a negative (or, unless ``allow_zero``, zero) float step size or noise scale."""
+        if isinstance(value, Schedule):
+            return
+        ok = value >= 0 if allow_zero else value > 0
+        if not (isinstance(value, (int, float)) and ok and math.isfinite(value)):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{owner} {name} must be a finite number {bound} or a Schedule, got {value!r}")
+
+    @staticmethod
+    def scheduled(owner: str, name: str, value: float | Schedule, state: SamplerState, allow_zero: bool = True) -> float:
+        """The value of a float-or-schedule argument at this step, checked (schedules can go wrong too)."""
+        current = resolve(value, state.progress)
+        if not (current >= 0 if allow_zero else current > 0) or not math.isfinite(current):
+            raise ValueError(
+                f"{owner} {name} evaluated to {current!r} at progress {state.progress:.3f}; "
+                f"it must be finite and {'>= 0' if allow_zero else '> 0'} (check the schedule's values)"
+            )
+        return current
+
+    def chain_step(self, base: float, state: SamplerState, x: torch.Tensor) -> torch.Tensor:
+        """``base * state.step_scale`` as a per-chain vector ``(chains,)`` in ``x``'s dtype."""
+        scale = state.step_scale
+        if scale is None:
+            scale = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            state.step_scale = scale
+        return base * scale.to(device=x.device, dtype=x.dtype)
+
+    @staticmethod
     def per_chain(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Reshape a per-chain vector ``(chains,)`` to broadcast against ``like``."""
         return values.reshape(values.shape[0], *([1] * (like.dim() - 1)))
@@ -103,17 +142,73 @@ class Sampler(Registered):
         return grad.flatten(1).norm(dim=1)
 
     @staticmethod
+    def sum_per_chain(values: torch.Tensor) -> torch.Tensor:
+        """Sum over every dimension but the first: ``(chains, ...) -> (chains,)``."""
+        return values.flatten(1).sum(dim=1)
+
+    @staticmethod
     def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    def energy_and_grad(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState):
-        """Energy and gradient at ``x``, reusing the cached values when ``x`` is the cached point."""
-        cached = state.cache.get("point")
-        if cached is not None and cached is x:
-            return state.cache["energy"], state.cache["grad"], 0
+    @staticmethod
+    def evaluate(x: torch.Tensor, energy_fn: EnergyFn):
+        """``(energy, grad, record)`` at ``x``; ``record`` is ``energy_fn.last`` if it has one."""
         energy, grad = energy_fn(x)
-        return energy, grad, 1
+        return energy, grad, getattr(energy_fn, "last", None)
+
+    def energy_and_grad(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState):
+        """``(energy, grad, record, evaluations)`` at ``x``, reusing the cache when ``x`` is the cached point.
+
+        The cached point counts as ``x`` when it is the same tensor or a view of the same
+        memory that nobody modified since (``refine`` hands back ``sample.detach()``).
+        """
+        cached = state.cache.get("point")
+        if cached is not None and self.same_point(cached, x):
+            return state.cache["energy"], state.cache["grad"], state.cache.get("record"), 0
+        energy, grad, record = self.evaluate(x, energy_fn)
+        return energy, grad, record, 1
 
     @staticmethod
-    def remember(state: SamplerState, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor) -> None:
-        state.cache.update(point=x, energy=energy, grad=grad)
+    def same_point(a: torch.Tensor, b: torch.Tensor) -> bool:
+        if a is b:
+            return True
+        return (
+            a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride() and a.data_ptr() == b.data_ptr()
+            and a._version == b._version
+        )
+
+    @staticmethod
+    def remember(state: SamplerState, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor, record: Any = None) -> None:
+        state.cache.update(point=x, energy=energy, grad=grad, record=record)
+
+    @staticmethod
+    def metropolis(log_ratio: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-chain Metropolis test: ``(accepted (bool), acceptance probability)``.
+
+        NaN ratios (a proposal with a non-finite energy) are rejected.
+        """
+        log_ratio = torch.nan_to_num(log_ratio, nan=float("-inf"))
+        probability = torch.exp(torch.clamp(log_ratio, max=0.0))
+        uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
+        return torch.log(uniform) < log_ratio, probability
+
+    @staticmethod
+    def select(mask: torch.Tensor, new: Any, old: Any) -> Any:
+        """Per chain, ``new`` where ``mask`` else ``old``: tensors (chain dim first), dataclasses,
+        dicts, tuples and lists of them; anything else is taken from ``new`` when every chain
+        takes ``new``, otherwise from ``old``."""
+        if new is None or old is None:
+            return new if bool(mask.all()) else old
+        if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor) and new.shape == old.shape and new.dim() >= 1 and new.shape[0] == mask.shape[0]:
+            return torch.where(Sampler.per_chain(mask, new), new, old)
+        if dataclasses.is_dataclass(new) and type(new) is type(old):
+            return dataclasses.replace(new, **{
+                f.name: Sampler.select(mask, getattr(new, f.name), getattr(old, f.name))
+                for f in dataclasses.fields(new) if f.init
+            })
+        if isinstance(new, dict) and isinstance(old, dict) and new.keys() == old.keys():
+            return {k: Sampler.select(mask, new[k], old[k]) for k in new}
+        if isinstance(new, (tuple, list)) and type(new) is type(old) and len(new) == len(old):
+            return type(new)(Sampler.select(mask, a, b) for a, b in zip(new, old))
+        return new if bool(mask.all()) else old

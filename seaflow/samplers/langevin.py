@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
-from seaflow.samplers.schedules import Schedule, resolve
+from seaflow.samplers.schedules import Schedule
 
 
 class Langevin(Sampler):
     """``x <- x - eta * grad E(x) + sqrt(2 * eta) * noise_scale * eps``, ``eps ~ N(0, I)``.
 
-    With ``noise_scale = 1`` the chain samples ``exp(-E)`` (up to discretisation error of
-    order ``eta``); ``noise_scale = 0`` is plain gradient descent (the paper's "w/o noise"
-    ablation); values in between sample a tempered target ``exp(-E / noise_scale**2)``.
+    With ``noise_scale = 1`` the chain samples ``exp(-E)`` up to a discretisation error of
+    order ``eta`` (no accept/reject step corrects it; see :class:`~seaflow.samplers.MALA`);
+    ``noise_scale = 0`` is plain gradient descent (the paper's "w/o noise" ablation, the
+    optimisation mode); values in between sample the tempered target
+    ``exp(-E / noise_scale**2)``. One gradient evaluation per step.
 
     Args:
-        step_size: eta, a float or a :class:`Schedule` (multiplier over the run).
+        step_size: eta, a float or a :class:`~seaflow.samplers.Schedule` giving eta over
+            the run. The caller's per-chain ``state.step_scale`` multiplies it.
         noise_scale: multiplier on the injected noise, a float or a schedule.
     """
 
     def __init__(self, step_size: float | Schedule = 0.1, noise_scale: float | Schedule = 1.0):
-        if not isinstance(step_size, Schedule) and not step_size > 0:
-            raise ValueError(f"Langevin step_size must be > 0, got {step_size}")
-        if not isinstance(noise_scale, Schedule) and not noise_scale >= 0:
-            raise ValueError(f"Langevin noise_scale must be >= 0, got {noise_scale}")
+        self.check_rate("Langevin", "step_size", step_size, allow_zero=False)
+        self.check_rate("Langevin", "noise_scale", noise_scale, allow_zero=True)
         self.step_size = step_size
         self.noise_scale = noise_scale
 
@@ -36,9 +36,9 @@ class Langevin(Sampler):
         state: SamplerState,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        energy, grad = energy_fn(x)
-        eta = resolve(self.step_size, state.progress) * self.per_chain(state.step_scale, x)
-        noise = resolve(self.noise_scale, state.progress)
+        energy, grad, record = self.evaluate(x, energy_fn)
+        eta = self.per_chain(self.chain_step(self.scheduled("Langevin", "step_size", self.step_size, state), state, x), x)
+        noise = self.scheduled("Langevin", "noise_scale", self.noise_scale, state)
         new_x = x - eta * grad
         if noise > 0:
             new_x = new_x + torch.sqrt(2 * eta) * noise * self.noise_like(x, generator)
@@ -48,4 +48,5 @@ class Langevin(Sampler):
             state=state,
             diagnostics={"energy": energy.detach(), "grad_norm": self.grad_norm(grad)},
             evaluations=1,
+            energy_record=record,
         )
