@@ -5,8 +5,8 @@ from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
 from seaflow.methods import ARGS, CBS, AlignmentMethod, BestOfN, Sample
 from seaflow.module import SEA
-from seaflow.relaxations import Softmax, StraightThrough
-from seaflow.samplers import Langevin
+from seaflow.relaxations import GumbelSoftmax, Softmax, StraightThrough
+from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
 from seaflow.writer import JsonlPredictionWriter
 
 __version__ = "0.1.0"
@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
     "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
-    "StraightThrough", "Softmax", "Langevin",
+    "StraightThrough", "Softmax", "GumbelSoftmax", "Langevin", "MALA", "HMC", "AdaptiveLangevin",
     "Sample", "BestOfN", "ARGS", "CBS",
 ]

@@ -1,7 +1,8 @@
 """Relaxations: logits -> token distributions fed to the models (see ``base``)."""
 
 from seaflow.relaxations.base import Relaxation
+from seaflow.relaxations.gumbel import GumbelSoftmax
 from seaflow.relaxations.softmax import Softmax
 from seaflow.relaxations.straight_through import StraightThrough
 
-__all__ = ["Relaxation", "Softmax", "StraightThrough"]
+__all__ = ["Relaxation", "Softmax", "StraightThrough", "GumbelSoftmax"]
