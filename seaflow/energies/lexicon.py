@@ -51,27 +51,40 @@ class LexiconReward(Reward):
 
     A token gets a value when its decoded text, stripped and lower-cased, is a lexicon word;
     all other tokens are worth 0. No model is run, so the reward costs nothing next to the
-    reference term, and it shares the policy's vocabulary by construction.
+    reference term, and it shares the policy's vocabulary by construction. Words that the
+    policy splits into several tokens are not covered (``covered_tokens`` says how many
+    tokens carry a value; set-up fails when none does).
 
     Args:
-        lexicon: ``vader`` (sentiment valence, in [-1, 1]) or a path to a word list / word-value file.
+        lexicon: ``vader`` (sentiment valence, in [-1, 1]), a path to a word list / word-value
+            file (see :func:`read_lexicon`), or null to use ``words`` alone.
+        words: inline ``word: value`` entries, added to (and overriding) the lexicon's.
         scale: multiplier on every value (e.g. -1 to penalise a list of words to avoid).
     """
 
-    def __init__(self, lexicon: str = VADER, scale: float = 1.0):
+    def __init__(self, lexicon: str | None = VADER, words: dict[str, float] | None = None, scale: float = 1.0):
         super().__init__()
+        if lexicon is None and not words:
+            raise ValueError("LexiconReward needs a lexicon ('vader' or a file) or inline words")
         self.lexicon = lexicon
+        self.words = dict(words or {})
         self.scale = scale
         self.register_buffer("values", torch.zeros(0), persistent=False)
 
     def setup(self, policy: LoadedModel) -> None:
-        words = read_lexicon(self.lexicon)
+        words = read_lexicon(self.lexicon) if self.lexicon is not None else {}
+        words.update({word.strip().lower(): float(value) for word, value in self.words.items()})
         tokenizer = policy.tokenizer
         values = torch.zeros(policy.vocab_size)
         for token_id in range(min(policy.vocab_size, len(tokenizer))):
             text = tokenizer.decode([token_id]).strip().lower()
             if text in words:
                 values[token_id] = words[text] * self.scale
+        if not values.any():
+            raise ValueError(
+                f"none of the {len(words)} lexicon words is a single token of the policy {policy.name!r} "
+                "(or all have value 0): the reward would be 0 everywhere"
+            )
         device = policy.model.get_input_embeddings().weight.device
         self.values = values.to(device)
 
