@@ -104,6 +104,8 @@ class RefusalHeadData(L.LightningDataModule):
         max_new_tokens: response length when sampling.
         temperature: sampling temperature.
         generation_batch_size: prompts per generation batch.
+        generate: sample the missing responses in ``prepare_data``; false trains on the rows
+            already cached in ``responses`` (and the labelled files).
         labelled: extra labelled JSONL files (fields prompt, response, label).
         val_fraction: share of rows held out for validation (split by a hash of the prompt,
             so all responses to one prompt stay on one side).
@@ -123,6 +125,7 @@ class RefusalHeadData(L.LightningDataModule):
         max_new_tokens: int = 48,
         temperature: float = 0.7,
         generation_batch_size: int = 16,
+        generate: bool = True,
         labelled: list[str] | None = None,
         val_fraction: float = 0.15,
         batch_size: int = 32,
@@ -141,6 +144,7 @@ class RefusalHeadData(L.LightningDataModule):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.generation_batch_size = generation_batch_size
+        self.generate = generate
         self.labelled = list(labelled or [])
         self.val_fraction = val_fraction
         self.batch_size = batch_size
@@ -171,7 +175,7 @@ class RefusalHeadData(L.LightningDataModule):
         return plan
 
     def prepare_data(self) -> None:
-        if not self.harmful and not self.benign:
+        if not self.generate or (not self.harmful and not self.benign):
             return
         path = Path(self.responses)
         done = {row["key"] for row in self._read_cache(path)}
@@ -442,6 +446,8 @@ class RewardHead(L.LightningModule):
 
 def fit_main(args: list[str]) -> None:
     """``seaflow fit|validate ...``: LightningCLI over any LightningModule / LightningDataModule."""
+    import sys
+
     from lightning.pytorch.cli import LightningCLI
 
     LightningCLI(
@@ -451,5 +457,5 @@ def fit_main(args: list[str]) -> None:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=None if args == sys.argv[1:] else args,  # from the shell, Lightning reads sys.argv itself
     )

@@ -330,3 +330,32 @@ def test_head_data_generates_once_and_caches(tmp_path, tiny_models):
     assert all(r["label"] in (0, 1) and r["label_rule"] == "refusal-phrases" for r in rows)
     data.prepare_data()  # cached: nothing is sampled again
     assert (tmp_path / "cache" / "responses.jsonl").read_text().splitlines() == lines
+
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("config", sorted((CONFIGS / "calibration").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_calibration_configs_parse(config, capsys):
+    """Every calibration config parses (nothing runs); yes/no answer words stay strings."""
+    from seaflow.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    parsed = yaml.safe_load(capsys.readouterr().out)
+    assert parsed["data"]["class_path"].startswith("seaflow.calibrate.")
+    reward = parsed.get("reward") or {}
+    for field in ("positive", "negative"):
+        for word in reward.get("init_args", {}).get(field) or []:
+            assert isinstance(word, str), f"{config.name}: {field} has {word!r}: quote yes/no in YAML"
+
+
+def test_reward_head_config_parses(capsys):
+    from seaflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "reward_head.yaml"), "--print_config"])
+    parsed = yaml.safe_load(capsys.readouterr().out)
+    assert parsed["model"]["class_path"] == "seaflow.reward_head.RewardHead"
+    assert parsed["data"]["init_args"]["harmful"] == ["advbench", "harmbench"]
