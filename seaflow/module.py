@@ -41,7 +41,9 @@ class SEA(AlignmentMethod):
             sampled token lifted ``init_margin`` above the rest) or ``one_hot`` (``init_scale`` x one-hot).
         init_margin: see ``init_logits``.
         init_scale: scale of ``one_hot`` logits, or the std of random init.
-        decode: ``argmax`` (the paper) or ``guided`` (left to right among the policy's
+        decode: ``argmax`` of the final logits (the paper); ``best``: the lowest-energy state
+            any evaluation visited, initial samples included (exact with a one-hot forward such
+            as straight-through); or ``guided`` (left to right among the policy's
             ``decode_top_k`` next tokens given the decoded prefix, choosing by ``y``).
         decode_top_k: candidates per position for guided decoding.
         restrict_top_k: if set, each position may only move among the policy's top-k tokens
@@ -63,7 +65,7 @@ class SEA(AlignmentMethod):
         init_logits: Literal["reference", "one_hot"] = "reference",
         init_margin: float = 1.0,
         init_scale: float = 1.0,
-        decode: Literal["argmax", "guided"] = "argmax",
+        decode: Literal["argmax", "best", "guided"] = "argmax",
         decode_top_k: int = 10,
         restrict_top_k: int | None = None,
         max_new_tokens: int = 32,
@@ -88,8 +90,8 @@ class SEA(AlignmentMethod):
             raise ValueError(f"init must be 'sample' or 'random', got {init!r}")
         if init_logits not in ("reference", "one_hot"):
             raise ValueError(f"init_logits must be 'reference' or 'one_hot', got {init_logits!r}")
-        if decode not in ("argmax", "guided"):
-            raise ValueError(f"decode must be 'argmax' or 'guided', got {decode!r}")
+        if decode not in ("argmax", "best", "guided"):
+            raise ValueError(f"decode must be 'argmax', 'best' or 'guided', got {decode!r}")
         if restrict_top_k is not None and (restrict_top_k < 1 or init != "sample"):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
         if reward is None and alpha != 0:
@@ -129,9 +131,7 @@ class SEA(AlignmentMethod):
                     rows_layout = self.reference.prepare(ResponseBatch(prompt_ids, prompts, lengths.cpu(), width))
                     reference_logits = layout.next_token_logits(self.policy.model, rows_layout, tokens0)
             if self.restrict_top_k:
-                top = reference_logits.topk(self.restrict_top_k, dim=-1).indices
-                allowed = torch.zeros_like(reference_logits, dtype=torch.bool).scatter_(-1, top, True)
-                allowed.scatter_(-1, tokens0.unsqueeze(-1), True)
+                allowed = Relaxation.top_k_mask(reference_logits, self.restrict_top_k, include=tokens0)
             y = initial_logits(
                 tokens0, reference_logits if self.init_logits == "reference" else None, vocab,
                 margin=self.init_margin, scale=self.init_scale,
@@ -152,16 +152,24 @@ class SEA(AlignmentMethod):
         # 3. decode and 4. score the discrete tokens
         if allowed is not None:
             y = y.masked_fill(~allowed, float("-inf"))
-        tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths)
+        if self.decode == "best":
+            energy_fn.evaluate(y)  # the last iterate is a candidate too
+            if energy_fn.best_tokens is None:
+                raise ValueError(
+                    f"decode: best needs a relaxation whose forward pass is one-hot (StraightThrough, "
+                    f"hard GumbelSoftmax), got {type(self.relaxation).__name__}; use decode: argmax or guided"
+                )
+        tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths, energy_fn.best_tokens)
         final = self.score(prompt_ids, prompts, tokens, final_lengths)
 
         # 5. select the best chain per prompt by discrete reward
         elapsed = time.perf_counter() - started
         return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace.stacked(), elapsed, energy_fn.evaluations)
 
-    def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor):
-        if self.decode == "argmax":
-            tokens = y.argmax(-1)
+    def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor, best_tokens=None):
+        """Response tokens and lengths from the refined logits, by ``self.decode``."""
+        if self.decode in ("argmax", "best"):
+            tokens = best_tokens if self.decode == "best" else y.argmax(-1)
             active = torch.arange(y.shape[1], device=y.device).unsqueeze(0) < lengths.unsqueeze(1)
             return tokens.masked_fill(~active, self.pad_id), lengths
         return generation.guided_decode(
@@ -176,11 +184,17 @@ class SEA(AlignmentMethod):
         ll = self.per_token(final["ref_token_logprobs"], lengths)
         reward0 = initial["reward"].float().cpu()
         reward = final["reward"].float().cpu()
+        chosen = [p * chains + int(reward[p * chains : (p + 1) * chains].argmax()) for p in range(n_prompts)]
+        rows_prompt_ids = [batch["prompt_ids"][p] for p in range(n_prompts)]
+        token_logprobs, token_entropy = self.reference_stats(
+            rows_prompt_ids, list(batch["prompt"]), tokens[chosen], lengths[chosen]
+        )
         out = []
         for p in range(n_prompts):
             rows = slice(p * chains, (p + 1) * chains)
-            best = int(reward[rows].argmax())
-            row = p * chains + best
+            row = chosen[p]
+            best = row - p * chains
+            n = int(lengths[row])
             first = int(reward0[rows].argmax()) + p * chains  # the best initial sample (= Best-of-chains)
             kept = {name: values[:: self.trace_every, row].tolist() for name, values in trace.items()}
             record = self.base_record(batch, p)
@@ -189,7 +203,9 @@ class SEA(AlignmentMethod):
                 chain=best,
                 reward=float(reward[row]),
                 ref_logprob_per_token=ll[row],
-                response_tokens=int(lengths[row]),
+                response_tokens=n,
+                ref_token_logprobs=[round(float(v), 5) for v in token_logprobs[p, :n]],
+                ref_token_entropy=[round(float(v), 5) for v in token_entropy[p, :n]],
                 initial_response=texts0[p * chains],
                 initial_reward=float(reward0[p * chains]),
                 initial_ref_logprob_per_token=ll0[p * chains],

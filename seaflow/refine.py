@@ -88,8 +88,11 @@ class EnergyFunction:
         self.reference_state = self.reference.prepare(batch) if self.reference is not None else None
         self.last: EnergyParts | None = None
         self.evaluations = 0
+        self.best_energy: torch.Tensor | None = None
+        self.best_tokens: torch.Tensor | None = None
 
-    def parts(self, y: torch.Tensor) -> EnergyParts:
+    def parts(self, y: torch.Tensor) -> tuple[EnergyParts, torch.Tensor]:
+        """The energy and its terms at ``y``, and the relaxed tokens the models saw."""
         probs = self.relaxation(y, generator=self.generator, allowed=self.allowed)
         energy = torch.zeros(y.shape[0], device=y.device)
         reward = reference = None
@@ -99,20 +102,49 @@ class EnergyFunction:
         if self.reference is not None:
             reference = self.reference.value(self.reference_state, probs)
             energy = energy - self.reference_weight * reference
-        return EnergyParts(energy=energy, reward=reward, reference=reference)
+        return EnergyParts(energy=energy, reward=reward, reference=reference), probs
 
     def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            parts = self.parts(y)
+            parts, probs = self.parts(y)
             (grad,) = torch.autograd.grad(parts.energy.sum(), y)
         self.evaluations += 1
+        self._record(parts, probs)
+        return self.last.energy, grad
+
+    @torch.no_grad()
+    def evaluate(self, y: torch.Tensor) -> EnergyParts:
+        """The energy at ``y`` without a gradient (e.g. the final iterate, for best-state tracking)."""
+        parts, probs = self.parts(y)
+        self._record(parts, probs)
+        return self.last
+
+    def _record(self, parts: EnergyParts, probs: torch.Tensor) -> None:
         self.last = EnergyParts(
             energy=parts.energy.detach(),
             reward=None if parts.reward is None else parts.reward.detach(),
             reference=None if parts.reference is None else parts.reference.detach(),
         )
-        return self.last.energy, grad
+        self._track_best(probs.detach())
+
+    def _track_best(self, probs: torch.Tensor) -> None:
+        """Keep, per row, the tokens of the lowest-energy state seen so far.
+
+        Exact when the models saw one-hot tokens (straight-through, hard Gumbel-softmax):
+        the relaxed energy is then the discrete energy of those tokens. With a soft forward
+        there are no tokens to keep, and nothing is tracked.
+        """
+        values, tokens = probs.max(dim=-1)
+        if not bool((values == 1).all()):
+            return
+        energy = self.last.energy
+        if self.best_energy is None:
+            self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
+            return
+        better = energy < self.best_energy
+        self.best_energy = torch.where(better, energy, self.best_energy)
+        self.best_tokens = torch.where(better.unsqueeze(1), tokens, self.best_tokens)
 
 
 @dataclass
@@ -147,9 +179,12 @@ def refine(
     state = sampler.init_state(y, num_steps)
     trace = Trace()
     for step in range(num_steps):
+        energy_fn.relaxation.set_progress(state.progress)  # e.g. Gumbel temperature annealing
         out = sampler.step(y, energy_fn, state, generator)
         y, state = out.sample.detach(), out.state
-        parts = energy_fn.last
+        # Metropolis samplers report the parts of the state they started from; otherwise the
+        # last evaluation is that state
+        parts = out.energy_record if out.energy_record is not None else energy_fn.last
         trace.add(**out.diagnostics, reward=parts.reward, reference=parts.reference)
         if progress is not None:
             progress(step)

@@ -94,3 +94,27 @@ def test_restrict_top_k_keeps_tokens_in_the_policy_top_k(tiny_policy):
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SEA(reward=LexiconReward(), **kwargs)
+
+
+def test_decode_best_never_returns_a_higher_energy_than_the_sample(tiny_policy):
+    """decode: best keeps each chain's lowest-energy visited state, the sample included."""
+    from seaflow.samplers import Langevin
+
+    alpha = 20.0
+    sea = SEA(reward=LexiconReward(), chains=2, steps=4, max_new_tokens=6, alpha=alpha, decode="best",
+              sampler=Langevin(step_size=2.0, noise_scale=0.5))
+    sea.attach(tiny_policy)
+    for record in sea.predict_step(_batch(tiny_policy)):
+        n = record["response_tokens"]
+        final = -record["chain_ref_logprob_per_token"][0] * n - alpha * record["chain_rewards"][0]
+        initial = -record["initial_ref_logprob_per_token"] * n - alpha * record["chain_initial_rewards"][0]
+        assert final <= initial + 1e-4
+
+
+def test_decode_best_needs_a_one_hot_forward(tiny_policy):
+    from seaflow.relaxations import Softmax
+
+    sea = SEA(reward=LexiconReward(), chains=1, steps=1, max_new_tokens=4, decode="best", relaxation=Softmax())
+    sea.attach(tiny_policy)
+    with pytest.raises(ValueError, match="one-hot"):
+        sea.predict_step(_batch(tiny_policy))

@@ -15,9 +15,14 @@ import lightning as L
 import torch
 
 from seaflow import generation
+from seaflow import layout as L_
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
+
+
+# batch keys that are not per-prompt metadata worth copying into records
+BATCH_KEYS = {"id", "index", "prompt", "prompt_ids"}
 
 
 def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
@@ -149,7 +154,33 @@ class AlignmentMethod(L.LightningModule):
         return type(self).__name__
 
     def base_record(self, batch: dict[str, list], index: int) -> dict[str, Any]:
-        return {
+        """id, index, prompt, method, plus per-prompt metadata of the prompt set (e.g. GSM8K's target)."""
+        record = {
             "id": batch["id"][index], "index": batch["index"][index],
             "prompt": batch["prompt"][index], "method": self.method_name(),
         }
+        for key, values in batch.items():
+            if key not in BATCH_KEYS:
+                record[key] = values[index]
+        return record
+
+    @torch.no_grad()
+    def reference_stats(self, prompt_ids, prompts, tokens: torch.Tensor, lengths: torch.Tensor, chunk: int | None = None):
+        """Per-position ``log pi_ref(y_t | x, y_<t)`` and the reference entropy ``H_t`` at that prefix.
+
+        Both ``(B, L)``, zero past each row's length, computed ``chunk`` rows at a time.
+        ``-log p_t - H_t`` has mean zero for the policy's own samples and grows as a method
+        moves away from the reference at position t (seaflow.metrics' KL-per-position estimate).
+        """
+        chunk = chunk or tokens.shape[0]
+        logprobs, entropies = [], []
+        for start in range(0, tokens.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            n = lengths[rows]
+            batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), tokens.shape[1])
+            layout = self.reference.prepare(batch)
+            logp = torch.log_softmax(L_.next_token_logits(self.policy.model, layout, tokens[rows]), dim=-1)
+            mask = L_.active_mask(n.to(logp.device), tokens.shape[1])
+            logprobs.append(logp.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) * mask)
+            entropies.append(-(logp.exp() * logp).sum(-1) * mask)
+        return torch.cat(logprobs), torch.cat(entropies)

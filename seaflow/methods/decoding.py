@@ -20,10 +20,6 @@ from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.methods.base import AlignmentMethod, prompt_seed
 from seaflow.models import EMBEDDED_DEFAULT
 
-# batch keys that are not per-prompt metadata worth copying into records
-_BATCH_KEYS = {"id", "index", "prompt", "prompt_ids"}
-
-
 def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists into ``(B, width)`` plus their lengths ``(B,)``."""
     width = max([len(r) for r in rows] + [1]) if width is None else width
@@ -121,24 +117,8 @@ class DecodingMethod(AlignmentMethod):
         return torch.cat(out)
 
     @torch.no_grad()
-    def reference_stats(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor):
-        """Per-position ``log pi_ref(y_t | x, y_<t)`` and the reference entropy ``H_t`` at that prefix.
-
-        Both ``(B, L)``, zero past each row's length. ``-log p_t - H_t`` has mean zero for the
-        policy's own samples and grows as a method moves away from the reference at position t
-        (seaflow.metrics' KL-per-position estimate).
-        """
-        logprobs, entropies = [], []
-        for start in range(0, tokens.shape[0], self.score_batch):
-            rows = slice(start, start + self.score_batch)
-            n = lengths[rows]
-            batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), tokens.shape[1])
-            layout = self.reference.prepare(batch)
-            logp = torch.log_softmax(L.next_token_logits(self.policy.model, layout, tokens[rows]), dim=-1)
-            mask = L.active_mask(n.to(logp.device), tokens.shape[1])
-            logprobs.append(logp.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) * mask)
-            entropies.append(-(logp.exp() * logp).sum(-1) * mask)
-        return torch.cat(logprobs), torch.cat(entropies)
+    def reference_stats(self, prompt_ids, prompts, tokens, lengths, chunk=None):
+        return super().reference_stats(prompt_ids, prompts, tokens, lengths, chunk or self.score_batch)
 
     # -- records -----------------------------------------------------------------------
 
@@ -157,9 +137,6 @@ class DecodingMethod(AlignmentMethod):
         """The core fields every method writes, for one prompt's chosen response."""
         length = int(length)
         record = self.base_record(batch, index)
-        for key, values in batch.items():  # per-prompt metadata of the prompt set (e.g. GSM8K's target)
-            if key not in _BATCH_KEYS and key not in record:
-                record[key] = values[index]
         record.update(
             response=self.decode_text(tokens.unsqueeze(0), torch.tensor([length]))[0],
             reward=None if reward is None or reward != reward else float(reward),  # NaN: no reward term
