@@ -215,6 +215,7 @@ class SEA(AlignmentMethod):
                 chain_initial_rewards=reward0[rows].tolist(),
                 chain_ref_logprob_per_token=ll[rows],
                 chain_responses=texts[rows],
+                chain_response_tokens=[int(v) for v in lengths[rows]],
                 trace=kept,
                 trace_mean_reward=trace["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in trace else None,
                 steps=self.steps,

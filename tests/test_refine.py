@@ -105,7 +105,7 @@ def test_decode_best_never_returns_a_higher_energy_than_the_sample(tiny_policy):
               sampler=Langevin(step_size=2.0, noise_scale=0.5))
     sea.attach(tiny_policy)
     for record in sea.predict_step(_batch(tiny_policy)):
-        n = record["response_tokens"]
+        n = record["chain_response_tokens"][0]  # decode: best keeps each chain's length
         final = -record["chain_ref_logprob_per_token"][0] * n - alpha * record["chain_rewards"][0]
         initial = -record["initial_ref_logprob_per_token"] * n - alpha * record["chain_initial_rewards"][0]
         assert final <= initial + 1e-4
