@@ -3,6 +3,7 @@
     seaflow predict --config configs/demo.yaml      # align the prompts, write JSONL
     seaflow predict --config configs/demo.yaml --print_config
     seaflow list                                      # registered samplers, relaxations, energies, ...
+    seaflow report RUN_DIR [RUN_DIR ...] --out DIR    # markdown table and plots from finished runs
     seaflow calibrate --config configs/calibration/lexicon_sentiment.yaml   # reward AUC on labelled rows
     seaflow fit --config configs/reward_head.yaml     # train the refusal reward head
 
@@ -70,6 +71,7 @@ def _subclasses(cls):
 
 
 def main(args: list[str] | None = None) -> None:
+    from_shell = args is None
     args = sys.argv[1:] if args is None else args
     if args[:1] == ["list"]:
         print(list_components())
@@ -95,7 +97,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         seed_everything_default=0,
         save_config_callback=None,  # before_predict saves the config next to the predictions
-        args=args,
+        args=None if from_shell else args,  # LightningCLI reads sys.argv itself when run from the shell
         auto_configure_optimizers=False,
     )
 

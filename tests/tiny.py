@@ -17,7 +17,7 @@ WORDS = (
     "good great happy love wonderful nice excellent fun beautiful best "
     "bad sad terrible hate awful horrible worst angry boring ugly "
     "yes no maybe very really not so too . , ! ? reply request answer positive cheerful "
-    "here is write describe tell me about how what why sure sorry cannot help"
+    "here write describe tell me about how what why sure sorry cannot help"
 ).split()
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
