@@ -7,11 +7,18 @@ the first ``length[i]`` response positions of row ``i`` are active (a sampled re
 ended early with EOS is shorter). The response itself is either token ids ``(B, L)`` or a
 token distribution ``(B, L, V)``; both enter through the same gather, so a one-hot
 distribution yields exactly the embeddings of the ids.
+
+When the tokens before the response do not change between calls (SEA refines the response
+for a fixed prompt), :class:`PrefixLayout` splits each row into a fixed left-padded
+``before`` block, whose key/value cache is computed once (:func:`with_prefix_cache`), and
+a tail of ``L`` response slots (inactive trailing slots masked out of attention) plus an
+optional ``after`` block, which is all that runs on every call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -102,12 +109,15 @@ def run(model: torch.nn.Module, layout: Layout, response: torch.Tensor, **kwargs
     )
 
 
-def next_token_logits(model: torch.nn.Module, layout: Layout, response: torch.Tensor) -> torch.Tensor:
+def next_token_logits(model: torch.nn.Module, layout: "Layout | PrefixLayout", response: torch.Tensor) -> torch.Tensor:
     """Logits that predict each response position, ``(B, L, V)``, float32.
 
     Requires ``after`` to be empty (the response ends every row). Positions beyond a row's
     active length hold the logits of its last active position and must be masked by callers.
+    A :class:`PrefixLayout` with a cache runs only the response positions.
     """
+    if isinstance(layout, PrefixLayout):
+        return _cached_next_token_logits(model, layout, response)
     if int(layout.after_lengths.max()) != 0:
         raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
     max_len = response.shape[1]
@@ -121,6 +131,168 @@ def next_token_logits(model: torch.nn.Module, layout: Layout, response: torch.Te
     index = index.clamp(max=keep - 2)
     index = index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, index).float()
+
+
+# -- fixed prefix + response tail, with the prefix's key/value cache computed once ----------
+
+
+@dataclass
+class PrefixLayout:
+    """Rows ``before[i] | L response slots | after[i]`` as three blocks of fixed width.
+
+    ``before`` is left-padded to a common width P and never changes, so its key/value cache
+    (``key_values``, one ``(keys, values)`` pair per layer) and the logits at its last
+    position (``last_logits``, which predict response position 0) are computed once. The
+    response slots follow at positions ``prompt_lengths[i] + t``; slots ``t >= lengths[i]``
+    are masked out of attention. ``after`` (e.g. a judge's closing question) is left-padded
+    within its own block so that every row ends with its last real token.
+    """
+
+    ids: torch.Tensor  # (B, P) long, the before block
+    attention_mask: torch.Tensor  # (B, P) long
+    position_ids: torch.Tensor  # (B, P) long
+    prompt_lengths: torch.Tensor  # (B,) real tokens in the before block
+    lengths: torch.Tensor  # (B,) active response length per row
+    after_ids: torch.Tensor  # (B, A) long
+    after_mask: torch.Tensor  # (B, A) long
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    last_logits: torch.Tensor | None = None  # (B, V) float32
+    owner: int | None = None  # id() of the model the cache belongs to
+
+    def to(self, device) -> "PrefixLayout":
+        moved = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items() if k != "key_values"
+        }
+        kv = None if self.key_values is None else tuple((k.to(device), v.to(device)) for k, v in self.key_values)
+        return PrefixLayout(**moved, key_values=kv)
+
+
+def build_prefix_layout(
+    before: list[list[int]],
+    lengths: torch.Tensor,
+    pad_id: int,
+    after: list[list[int]] | None = None,
+) -> PrefixLayout:
+    """A :class:`PrefixLayout` (without its cache) for ``before[i] + response + after[i]``."""
+    batch = len(before)
+    after = after if after is not None else [[] for _ in range(batch)]
+
+    def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max((len(r) for r in rows), default=0)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, tokens in enumerate(rows):
+            if tokens:
+                ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, width - len(tokens):] = 1
+        return ids, mask
+
+    ids, mask = left_padded(before)
+    after_ids, after_mask = left_padded(after)
+    return PrefixLayout(
+        ids=ids, attention_mask=mask, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+        prompt_lengths=mask.sum(dim=1), lengths=lengths.detach().cpu().long(),
+        after_ids=after_ids, after_mask=after_mask,
+    )
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The keyword of the key/value cache: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def supports_prefix_cache(model: torch.nn.Module) -> bool:
+    """Whether ``model`` keeps a plain (full-attention) dynamic cache that can be re-wrapped.
+
+    Sliding-window, recurrent and other special cache layers are not re-wrapped; callers
+    fall back to running whole rows.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    try:
+        from transformers import DynamicCache
+
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot describe: no cache
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+@torch.no_grad()
+def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout) -> PrefixLayout:
+    """``layout`` with the key/value cache and last-position logits of its ``before`` block."""
+    if layout.ids.shape[1] == 0:
+        raise ValueError("a prefix cache needs at least one token before the response")
+    output = model(
+        input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+        use_cache=True, logits_to_keep=1,
+    )
+    cache = _output_cache(output)
+    key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
+    return replace(layout, key_values=key_values, last_logits=output.logits[:, -1].float(), owner=id(model))
+
+
+def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor, slots: int, **kwargs):
+    """Run ``model`` on the first ``slots`` response slots and the ``after`` block, on top of the cache.
+
+    The stored cache is never modified: it is re-wrapped in a fresh ``DynamicCache`` on every
+    call (whose first update copies it), so calls are independent and their gradients reach
+    only ``response``.
+    """
+    from transformers import DynamicCache
+
+    if layout.key_values is None:
+        raise ValueError("this PrefixLayout has no cache: build it with with_prefix_cache(model, layout)")
+    if layout.owner != id(model):
+        raise ValueError("this PrefixLayout's cache was computed by another model; recompute it with with_prefix_cache")
+    embedding = model.get_input_embeddings()
+    device = layout.ids.device
+    parts = [response_embeddings(embedding, response[:, :slots])]
+    t = torch.arange(slots, device=device)
+    lengths = layout.lengths.to(device)
+    masks = [layout.attention_mask, (t.unsqueeze(0) < lengths.unsqueeze(1)).long()]
+    positions = [layout.prompt_lengths.unsqueeze(1) + t.unsqueeze(0)]
+    if layout.after_ids.shape[1]:
+        parts.append(embedding(layout.after_ids))
+        masks.append(layout.after_mask)
+        after_start = layout.prompt_lengths + lengths
+        positions.append(after_start.unsqueeze(1) + (layout.after_mask.cumsum(dim=1) - 1).clamp(min=0))
+    cache = DynamicCache(ddp_cache_data=layout.key_values, config=model.config)
+    return model(
+        inputs_embeds=torch.cat(parts, dim=1).to(embedding.weight.dtype),
+        attention_mask=torch.cat(masks, dim=1),
+        position_ids=torch.cat(positions, dim=1),
+        use_cache=True,
+        **{_cache_argument(model): cache},
+        **kwargs,
+    )
+
+
+def _cached_next_token_logits(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    if layout.after_ids.shape[1]:
+        raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
+    max_len = response.shape[1]
+    first = layout.last_logits.unsqueeze(1)  # predicts response position 0
+    if max_len > 1:
+        # position t is predicted by the output at slot t-1: the last slot's output is never needed
+        rest = run_tail(model, layout, response, slots=max_len - 1).logits.float()
+        logits = torch.cat([first, rest], dim=1)
+    else:
+        logits = first
+    # the uncached convention: positions past a row's length repeat its last active position
+    lengths = layout.lengths.to(logits.device)
+    t = torch.arange(max_len, device=logits.device)
+    index = torch.minimum(t.unsqueeze(0), (lengths - 1).clamp(min=0).unsqueeze(1))
+    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
 def active_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

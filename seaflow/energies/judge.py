@@ -33,6 +33,9 @@ class PromptedJudge(Reward):
         negative: answer words that mean "bad".
         model: the judge model; None borrows the policy (no second copy in memory).
         use_chat_template: wrap the question as a user turn with the generation prompt.
+        dtype: judge model dtype when ``model`` is given (e.g. ``bfloat16``).
+        cache_prefix: compute the key/value cache of the template before the response once
+            per batch and run only the response and the closing text on every evaluation.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class PromptedJudge(Reward):
         model: str | None = None,
         use_chat_template: bool = True,
         dtype: str | None = None,
+        cache_prefix: bool = True,
     ):
         super().__init__()
         if "{response}" not in question:
@@ -53,6 +57,7 @@ class PromptedJudge(Reward):
         self.model_name = model
         self.use_chat_template = use_chat_template
         self.dtype = dtype
+        self.cache_prefix = cache_prefix
         self.judge_model = None
 
     def setup(self, policy: LoadedModel) -> None:
@@ -69,6 +74,7 @@ class PromptedJudge(Reward):
                 "PromptedJudge has use_chat_template: true but the judge's tokenizer has no chat "
                 "template; set use_chat_template: false"
             )
+        self._cacheable = self.cache_prefix and L.supports_prefix_cache(self.judge_model)
         self.positive_ids = self._answer_ids(self.positive)
         self.negative_ids = self._answer_ids(self.negative)
         overlap = set(self.positive_ids) & set(self.negative_ids)
@@ -96,7 +102,7 @@ class PromptedJudge(Reward):
         encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
         return encode(before), encode(after)
 
-    def prepare(self, batch: ResponseBatch) -> L.Layout:
+    def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
         cache: dict[str, tuple[list[int], list[int]]] = {}
         befores, afters = [], []
         for prompt in batch.prompts:
@@ -106,10 +112,17 @@ class PromptedJudge(Reward):
             afters.append(cache[prompt][1])
         device = self.judge_model.get_input_embeddings().weight.device
         pad = self.tokenizer.pad_token_id
+        if getattr(self, "_cacheable", False) and all(befores) and all(afters):
+            layout = L.build_prefix_layout(befores, batch.lengths, pad, after=afters).to(device)
+            return L.with_prefix_cache(self.judge_model, layout)
         return L.build_layout(befores, batch.lengths, pad, after=afters).to(device)
 
-    def value(self, prepared: L.Layout, response: torch.Tensor) -> torch.Tensor:
-        logits = L.run(self.judge_model, prepared, response, logits_to_keep=1).logits[:, -1].float()
+    def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+        if isinstance(prepared, L.PrefixLayout):  # the response and the closing text, on the cached template
+            output = L.run_tail(self.judge_model, prepared, response, slots=response.shape[1], logits_to_keep=1)
+        else:
+            output = L.run(self.judge_model, prepared, response, logits_to_keep=1)
+        logits = output.logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         pos = torch.logsumexp(logp[:, self.positive_ids], dim=-1)
         neg = torch.logsumexp(logp[:, self.negative_ids], dim=-1)
