@@ -14,8 +14,13 @@ for anything seaflow or the user has imported) and ``init_args``.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
+
+import torch
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -37,16 +42,57 @@ class SeaflowCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parsing; an unknown class name gets the list of available ones."""
+        action = getattr(parser, "_subcommands_action", None)
+        parsers = [parser] + (list(action._name_parser_map.values()) if action is not None else [])
+        saved = [p.exit_on_error for p in parsers]
+        for p in parsers:
+            p.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            for p, value in zip(parsers, saved):
+                p.exit_on_error = value
+            parser.error(explain_unknown_classes(str(err)))
+        finally:
+            for p, value in zip(parsers, saved):
+                p.exit_on_error = value
+
     def before_predict(self) -> None:
         if self.trainer.predict_loop.inference_mode:
             raise ValueError(
                 "trainer.inference_mode must be false for seaflow predict: the refinement needs gradients"
             )
+        offline_wandb(self.trainer)
         # the resolved config travels with the results, so every run can be reproduced
         if self.trainer.global_rank == 0:
             output = Path(self.config["predict"]["output"]["output_dir"])
-            output.mkdir(parents=True, exist_ok=True)
-            self._parser("predict").save(self.config["predict"], output / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+            try:  # before any model is loaded: a bad output_dir fails in seconds
+                output.mkdir(parents=True, exist_ok=True)
+                self._parser("predict").save(self.config["predict"], output / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+            except OSError as err:
+                raise OSError(
+                    f"output_dir {str(output)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
+                ) from None
+
+
+def offline_wandb(trainer) -> None:
+    """A WandbLogger syncs nothing unless the config asks (``mode: online``) or ``WANDB_MODE`` is set."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and not logger._offline and "mode" not in logger._wandb_init and "WANDB_MODE" not in os.environ:
+            logger._wandb_init["mode"] = "offline"
+
+
+def explain_unknown_classes(message: str) -> str:
+    """Append the available names to a parse error about a class name that resolves to nothing."""
+    unknown = sorted(set(re.findall(r"Expected a dot import path string: ([\w.]+)", message)))
+    if not unknown:
+        return message
+    names = ", ".join(repr(name) for name in unknown)
+    return f"{message}\nunknown class name {names}; available (seaflow list):\n{list_components()}"
 
 
 def list_components() -> str:
@@ -91,15 +137,24 @@ def main(args: list[str] | None = None) -> None:
 
         fit_main(args)
         return
-    SeaflowCLI(
-        AlignmentMethod,
-        PromptDataModule,
-        subclass_mode_model=True,
-        seed_everything_default=0,
-        save_config_callback=None,  # before_predict saves the config next to the predictions
-        args=None if from_shell else args,  # LightningCLI reads sys.argv itself when run from the shell
-        auto_configure_optimizers=False,
-    )
+    try:
+        SeaflowCLI(
+            AlignmentMethod,
+            PromptDataModule,
+            subclass_mode_model=True,
+            seed_everything_default=0,
+            save_config_callback=None,  # before_predict saves the config next to the predictions
+            args=None if from_shell else args,  # LightningCLI reads sys.argv itself when run from the shell
+            auto_configure_optimizers=False,
+        )
+    except torch.cuda.OutOfMemoryError as err:
+        if "data.init_args.batch_size" in str(err):  # SEA said which settings already
+            raise
+        raise torch.cuda.OutOfMemoryError(
+            "out of GPU memory: lower data.init_args.batch_size, the method's candidates or chains "
+            "(model.init_args.n / chains) or model.init_args.max_new_tokens, then rerun the same "
+            f"command to resume ({err})"
+        ) from err
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -23,8 +23,21 @@ class PromptFileError(ValueError):
     """A prompts file is missing or malformed; the message names the file and the line."""
 
 
-def read_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "id") -> list[dict[str, str]]:
-    """``[{"id": ..., "prompt": ...}, ...]`` from a prompts file, validated."""
+def read_prompts(
+    path: str | Path, prompt_field: str = "prompt", id_field: str = "id", skipped: list[dict[str, Any]] | None = None,
+) -> list[dict[str, str]]:
+    """``[{"id": ..., "prompt": ...}, ...]`` from a prompts file, validated.
+
+    A bad row (malformed JSON line, missing field, empty prompt, duplicate id) raises
+    :class:`PromptFileError`, or, when a ``skipped`` list is given, is appended to it as
+    ``{"line", "id", "reason"}`` and left out. A missing, non-UTF-8 or empty file always raises.
+    """
+
+    def bad(number: int, pid: str | None, reason: str) -> None:
+        if skipped is None:
+            raise PromptFileError(f"{path}:{number}: {reason}")
+        skipped.append({"line": number, "id": pid, "reason": reason})
+
     # -- benchmark prompt sets (``prompt_set:advbench`` etc.; seaflow/prompt_sets.py) --
     if str(path).startswith("prompt_set:"):
         from seaflow.prompt_sets import load_prompt_set
@@ -46,7 +59,7 @@ def read_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
                 try:
                     rows.append((number, json.loads(line)))
                 except json.JSONDecodeError as err:
-                    raise PromptFileError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+                    bad(number, None, f"malformed JSON ({err.msg} at column {err.colno}): {line[:80]!r}")
     elif suffix == ".json":
         try:
             data = json.loads(text)
@@ -66,22 +79,24 @@ def read_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
         if isinstance(row, str):
             prompt, pid = row, str(number)
         elif isinstance(row, dict):
+            pid = str(row.get(id_field, number))
             if prompt_field not in row:
-                raise PromptFileError(
-                    f"{path}:{number}: no field {prompt_field!r} (fields: {', '.join(map(str, row))}); "
-                    "set data.init_args.prompt_field"
-                )
-            prompt, pid = row[prompt_field], str(row.get(id_field, number))
+                bad(number, pid, f"no field {prompt_field!r} (fields: {', '.join(map(str, row))}); set data.init_args.prompt_field")
+                continue
+            prompt = row[prompt_field]
         else:
-            raise PromptFileError(f"{path}:{number}: expected an object or a string, got {type(row).__name__}")
+            bad(number, None, f"expected an object or a string, got {type(row).__name__}")
+            continue
         if not isinstance(prompt, str) or not prompt.strip():
-            raise PromptFileError(f"{path}:{number}: empty prompt (id {pid!r})")
-        if pid in seen:
-            raise PromptFileError(f"{path}:{number}: duplicate id {pid!r} (first on line {seen[pid]})")
-        seen[pid] = number
-        prompts.append({"id": pid, "prompt": prompt, "index": len(prompts)})
+            bad(number, pid, f"empty prompt (id {pid!r}, value {prompt!r})")
+        elif pid in seen:
+            bad(number, pid, f"duplicate id {pid!r} (first on line {seen[pid]})")
+        else:
+            seen[pid] = number
+            prompts.append({"id": pid, "prompt": prompt, "index": len(prompts)})
     if not prompts:
-        raise PromptFileError(f"{path}: no prompts in the file")
+        more = f" ({len(skipped)} bad rows skipped, the first: {skipped[0]['reason']})" if skipped else ""
+        raise PromptFileError(f"{path}: no prompts in the file{more}")
     return prompts
 
 
@@ -112,6 +127,10 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: optional system message for the chat template.
         batch_size: prompts per batch (each expands to ``chains`` rows in SEA).
         limit: use only the first ``limit`` prompts (None: all).
+        on_bad_prompt: ``error`` stops at the first bad prompt (malformed line, missing field,
+            empty prompt, duplicate id, longer than the model's context) with a message naming
+            it; ``skip`` leaves it out and lists it, with the reason, under ``skipped`` in
+            summary.json. A missing, empty or non-UTF-8 file is always an error.
     """
 
     def __init__(
@@ -123,10 +142,13 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         batch_size: int = 4,
         limit: int | None = None,
+        on_bad_prompt: Literal["error", "skip"] = "error",
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if on_bad_prompt not in ("error", "skip"):
+            raise ValueError(f"on_bad_prompt must be 'error' or 'skip', got {on_bad_prompt!r}")
         self.path = path
         self.prompt_field = prompt_field
         self.id_field = id_field
@@ -134,6 +156,10 @@ class PromptDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt
         self.batch_size = batch_size
         self.limit = limit
+        self.on_bad_prompt = on_bad_prompt
+        # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
+        self.file_skips: list[dict[str, Any]] = []
+        self.length_skips: list[dict[str, Any]] = []
         self.prompts: list[dict[str, str]] | None = None
         self.tokenizer = None
         self.context_length: int | None = None
@@ -141,8 +167,15 @@ class PromptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.prompts is None:
-            prompts = read_prompts(self.path, self.prompt_field, self.id_field)
+            self.file_skips = []
+            skipped = self.file_skips if self.on_bad_prompt == "skip" else None
+            prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped)
             self.prompts = prompts[: self.limit] if self.limit is not None else prompts
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Every prompt left out by ``on_bad_prompt: skip``, with the reason (written to summary.json)."""
+        return self.file_skips + self.length_skips
 
     def attach_tokenizer(self, tokenizer, context_length: int | None = None) -> None:
         """Called by the method at set-up: prompts are tokenised with the policy's tokenizer."""
@@ -173,15 +206,20 @@ class PromptDataModule(L.LightningDataModule):
             raise RuntimeError("PromptDataModule has no tokenizer: the method attaches it in setup()")
         self.setup()
         items = []
+        self.length_skips = []
         for prompt in self.prompts:
             if prompt["id"] in self.skip_ids:
                 continue
             ids = self.encode(prompt["prompt"])
             if self.context_length is not None and len(ids) + reserve > self.context_length:
-                raise ValueError(
+                reason = (
                     f"prompt {prompt['id']!r} has {len(ids)} tokens; with {reserve} response tokens it "
                     f"exceeds the model's context of {self.context_length}: shorten it or remove it"
                 )
+                if self.on_bad_prompt == "error":
+                    raise PromptFileError(f"{reason} (or set data.init_args.on_bad_prompt: skip)")
+                self.length_skips.append({"id": prompt["id"], "reason": reason})
+                continue
             items.append({**prompt, "prompt_ids": ids})
         return items
 

@@ -11,7 +11,9 @@
 * a Hugging Face hub id such as ``meta-llama/Llama-3.2-1B`` (needs network or a warm HF cache).
 
 Models are returned frozen (``requires_grad_(False)``) in eval mode; SEA differentiates with
-respect to its inputs, never the weights. ``trust_remote_code`` is off unless asked for.
+respect to its inputs, never the weights. ``trust_remote_code`` is off unless asked for;
+weights load from safetensors when a local directory has them (and otherwise only through
+``torch.load(weights_only=True)``, which refuses pickled code, with a warning).
 """
 
 from __future__ import annotations
@@ -127,23 +129,40 @@ def resolve_location(name: str) -> str:
     return name  # a hub id
 
 
-def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool) -> LoadedModel:
+def _offline_hint(err: Exception) -> str:
+    local = f"use a local model directory, a .gguf file, or the embedded default {EMBEDDED_DEFAULT!r}"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return f" HF_HUB_OFFLINE is set, so hub ids load only from the local HF cache, which lacks it: {local}."
+    if "offline" in str(err).lower() or "connect" in str(err).lower():
+        return f" The hub seems unreachable (no network?): {local}."
+    return ""
+
+
+def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool, needs_head: bool = False) -> LoadedModel:
     from transformers import AutoTokenizer
 
     location = resolve_location(name)
-    kwargs = {"trust_remote_code": trust_remote_code}
+    kwargs = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
     if dtype is not None:
         kwargs["dtype"] = resolve_dtype(dtype)
+    if Path(location).is_dir():
+        if any(Path(location).glob("*.safetensors")):
+            kwargs["use_safetensors"] = True  # never fall back to pickled weights
+        else:
+            log.warning("%s has no .safetensors weights; loading them with torch.load(weights_only=True)", name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **{"trust_remote_code": trust_remote_code})
-        model = auto_cls.from_pretrained(location, **kwargs)
+        model, info = auto_cls.from_pretrained(location, **kwargs)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
-        hint = (
-            " The hub seems unreachable: use a local directory, a .gguf file, or the embedded "
-            f"default {EMBEDDED_DEFAULT!r}." if offline else ""
+        raise ModelLoadError(f"could not load model {name!r}: {err}.{_offline_hint(err)}") from err
+    # a classifier built from a checkpoint without its head gets a random one (HF only warns)
+    missing = [key for key in info.get("missing_keys", []) if needs_head and key.split(".")[0] in ("score", "classifier")]
+    if missing:
+        raise ModelLoadError(
+            f"{name!r} has no trained score head (the checkpoint lacks {', '.join(sorted(missing))}; it would be "
+            "random): it is not a reward model. Use a sequence-classification checkpoint with a trained head, "
+            "e.g. one made by `seaflow fit --config configs/reward_head.yaml`, or LexiconReward"
         )
-        raise ModelLoadError(f"could not load model {name!r}: {err}.{hint}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False).eval()
@@ -163,7 +182,7 @@ def load_sequence_classifier(name: str, dtype=None, device=None, trust_remote_co
     """Load an ``AutoModelForSequenceClassification`` reward model and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    loaded = _load(AutoModelForSequenceClassification, name, dtype, device, trust_remote_code)
+    loaded = _load(AutoModelForSequenceClassification, name, dtype, device, trust_remote_code, needs_head=True)
     if getattr(loaded.model.config, "pad_token_id", None) is None:
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
     return loaded

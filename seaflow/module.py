@@ -49,6 +49,9 @@ class SEA(AlignmentMethod):
         restrict_top_k: if set, each position may only move among the policy's top-k tokens
             at initialisation (plus the sampled token), as COLD decoding does; needs ``init: sample``.
         trace_every: keep every n-th iteration in the per-prompt trace.
+        max_faults: a chain whose energy, gradient or new state is non-finite is rolled back
+            to its last finite state with half the step size; after ``max_faults`` such faults
+            in a row it is dropped (frozen and left out of selection). Logged in ``faults``.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class SEA(AlignmentMethod):
         seed: int = 0,
         dtype: str | None = None,
         trace_every: int = 1,
+        max_faults: int = 3,
         trust_remote_code: bool = False,
     ):
         super().__init__(
@@ -94,6 +98,8 @@ class SEA(AlignmentMethod):
             raise ValueError(f"decode must be 'argmax', 'best' or 'guided', got {decode!r}")
         if restrict_top_k is not None and (restrict_top_k < 1 or init != "sample"):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
+        if max_faults < 1:
+            raise ValueError(f"max_faults must be >= 1, got {max_faults}")
         if reward is None and alpha != 0:
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
@@ -110,10 +116,24 @@ class SEA(AlignmentMethod):
         self.decode_top_k = decode_top_k
         self.restrict_top_k = restrict_top_k
         self.trace_every = max(1, trace_every)
+        self.max_faults = max_faults
 
     # -- the method ------------------------------------------------------------------------
 
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        try:
+            return self.align(batch)
+        except torch.cuda.OutOfMemoryError as err:
+            raise torch.cuda.OutOfMemoryError(
+                f"out of GPU memory refining {len(batch['id'])} prompts x {self.chains} chains x "
+                f"{self.max_new_tokens} tokens x vocabulary {self.policy.vocab_size}: lower data.init_args.batch_size "
+                f"(now {len(batch['id'])}), model.init_args.chains (now {self.chains}) or "
+                f"model.init_args.max_new_tokens (now {self.max_new_tokens}), or use a bfloat16 dtype; "
+                f"rerun the same command to resume ({err})"
+            ) from err
+
+    def align(self, batch: dict[str, list]) -> list[dict[str, Any]]:
+        """One record per prompt of ``batch`` (steps 1-5 of the class docstring)."""
         started = time.perf_counter()
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
         rows, width = len(prompt_ids), self.max_new_tokens
@@ -147,7 +167,7 @@ class SEA(AlignmentMethod):
             ResponseBatch(prompt_ids, prompts, lengths.cpu(), width), self.relaxation, self.reward,
             self.reference, self.alpha, self.reference_weight, generator=generator, allowed=allowed,
         )
-        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator)
+        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults)
 
         # 3. decode and 4. score the discrete tokens
         if allowed is not None:
@@ -164,7 +184,7 @@ class SEA(AlignmentMethod):
 
         # 5. select the best chain per prompt by discrete reward
         elapsed = time.perf_counter() - started
-        return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace.stacked(), elapsed, energy_fn.evaluations)
+        return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace, elapsed, energy_fn.evaluations)
 
     def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor, best_tokens=None):
         """Response tokens and lengths from the refined logits, by ``self.decode``."""
@@ -184,25 +204,32 @@ class SEA(AlignmentMethod):
         ll = self.per_token(final["ref_token_logprobs"], lengths)
         reward0 = initial["reward"].float().cpu()
         reward = final["reward"].float().cpu()
-        chosen = [p * chains + int(reward[p * chains : (p + 1) * chains].argmax()) for p in range(n_prompts)]
-        rows_prompt_ids = [batch["prompt_ids"][p] for p in range(n_prompts)]
+        # dropped chains (numerical faults) and non-finite rewards never win the selection
+        dropped = trace.dropped.cpu() if trace.dropped is not None else torch.zeros(len(reward), dtype=torch.bool)
+        usable = torch.where(torch.isfinite(reward) & ~dropped, reward, float("-inf")).view(n_prompts, chains)
+        usable0 = torch.where(torch.isfinite(reward0), reward0, float("-inf")).view(n_prompts, chains)
+        firsts = [p * chains + int(usable0[p].argmax()) for p in range(n_prompts)]  # best initial sample
+        fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
+        chosen = [firsts[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
+        # the returned response of each prompt: a refined chain, or the best initial sample
+        picked_tokens = torch.stack([(tokens0 if fallback[p] else tokens)[chosen[p]] for p in range(n_prompts)])
+        picked_lengths = torch.stack([(lengths0 if fallback[p] else lengths)[chosen[p]] for p in range(n_prompts)])
         token_logprobs, token_entropy = self.reference_stats(
-            rows_prompt_ids, list(batch["prompt"]), tokens[chosen], lengths[chosen]
+            [batch["prompt_ids"][p] for p in range(n_prompts)], list(batch["prompt"]), picked_tokens, picked_lengths
         )
+        stacked = trace.stacked()
         out = []
         for p in range(n_prompts):
             rows = slice(p * chains, (p + 1) * chains)
-            row = chosen[p]
-            best = row - p * chains
-            n = int(lengths[row])
-            first = int(reward0[rows].argmax()) + p * chains  # the best initial sample (= Best-of-chains)
-            kept = {name: values[:: self.trace_every, row].tolist() for name, values in trace.items()}
+            row, first = chosen[p], firsts[p]
+            n = int(picked_lengths[p])
+            kept = {name: values[:: self.trace_every, row].tolist() for name, values in stacked.items()}
             record = self.base_record(batch, p)
             record.update(
-                response=texts[row],
-                chain=best,
-                reward=float(reward[row]),
-                ref_logprob_per_token=ll[row],
+                response=texts0[row] if fallback[p] else texts[row],
+                chain=row - p * chains,
+                reward=float(reward0[row] if fallback[p] else reward[row]),
+                ref_logprob_per_token=ll0[row] if fallback[p] else ll[row],
                 response_tokens=n,
                 ref_token_logprobs=[round(float(v), 5) for v in token_logprobs[p, :n]],
                 ref_token_entropy=[round(float(v), 5) for v in token_entropy[p, :n]],
@@ -217,9 +244,14 @@ class SEA(AlignmentMethod):
                 chain_responses=texts[rows],
                 chain_response_tokens=[int(v) for v in lengths[rows]],
                 trace=kept,
-                trace_mean_reward=trace["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in trace else None,
+                trace_mean_reward=stacked["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in stacked else None,
                 steps=self.steps,
                 energy_evaluations=evaluations,
+                faults=[
+                    {**event, "chain": event["chain"] - p * chains}
+                    for event in trace.faults if rows.start <= event["chain"] < rows.stop
+                ],
+                fallback="initial_best" if fallback[p] else None,
                 wall_time_s=elapsed / n_prompts,
             )
             out.append(record)

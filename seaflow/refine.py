@@ -17,7 +17,7 @@ import torch
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.relaxations.base import Relaxation
-from seaflow.samplers.base import Sampler
+from seaflow.samplers.base import Sampler, SamplerOutput
 
 
 def initial_logits(
@@ -138,7 +138,8 @@ class EnergyFunction:
         values, tokens = probs.max(dim=-1)
         if not bool((values == 1).all()):
             return
-        energy = self.last.energy
+        # a non-finite energy (a numerical fault, see ChainHealth) never counts as the best
+        energy = torch.where(torch.isfinite(self.last.energy), self.last.energy, float("inf"))
         if self.best_energy is None:
             self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
             return
@@ -149,9 +150,14 @@ class EnergyFunction:
 
 @dataclass
 class Trace:
-    """Per-iteration diagnostics, each a list (one entry per step) of per-row tensors."""
+    """Per-iteration diagnostics, each a list (one entry per step) of per-row tensors.
+
+    ``faults`` and ``dropped`` are the numerical-fault log of the run (see :class:`ChainHealth`).
+    """
 
     records: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    faults: list[dict[str, int | str]] = field(default_factory=list)
+    dropped: torch.Tensor | None = None
 
     def add(self, **values: torch.Tensor | None) -> None:
         for name, value in values.items():
@@ -163,6 +169,55 @@ class Trace:
         return {name: torch.stack(values) for name, values in self.records.items()}
 
 
+class ChainHealth:
+    """Per-chain numerical fault handling for :func:`refine`.
+
+    A step *faults* for a chain when the energy or the gradient norm at the point it started
+    from, or the new sample, is not finite. The chain then goes back to its *anchor* (the
+    last point whose energy and gradient were finite), its ``state.step_scale`` is
+    multiplied by ``shrink`` and its sampler cache entries are restored; the event is logged
+    as ``{"chain", "iteration", "action": "rollback"}``. After ``max_faults`` faults in a row
+    the chain is *dropped* (``"action": "dropped"``): frozen at its anchor for the rest of
+    the run. Chains do not interact, so the others continue exactly as without the fault.
+    """
+
+    def __init__(self, y: torch.Tensor, max_faults: int = 3, shrink: float = 0.5):
+        if max_faults < 1 or not 0 < shrink < 1:
+            raise ValueError(f"max_faults must be >= 1 and shrink in (0, 1), got {max_faults} and {shrink}")
+        self.max_faults, self.shrink = max_faults, shrink
+        self.anchor = y
+        self.streak = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+        self.dropped = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        self.events: list[dict[str, int | str]] = []
+
+    def after_step(self, iteration: int, y: torch.Tensor, out: SamplerOutput, cache_before: dict) -> torch.Tensor:
+        """The point each chain continues from: the new sample, or its anchor after a fault."""
+        sample = out.sample.detach()
+        point_ok = torch.isfinite(out.diagnostics["energy"]) & torch.isfinite(out.diagnostics["grad_norm"])
+        fault = (~point_ok | ~torch.isfinite(sample).flatten(1).all(1)) & ~self.dropped
+        if bool(point_ok.all()):
+            self.anchor = y  # the common case costs no copy
+        else:
+            self.anchor = torch.where(Sampler.per_chain(point_ok, y), y, self.anchor)
+        self.streak = torch.where(fault, self.streak + 1, torch.zeros_like(self.streak))
+        hold = fault | self.dropped
+        if not bool(hold.any()):
+            return sample
+        drop = fault & (self.streak >= self.max_faults)
+        for chain in fault.nonzero().flatten().tolist():
+            self.events.append({"chain": chain, "iteration": iteration, "action": "dropped" if drop[chain] else "rollback"})
+        self.dropped |= drop
+        state = out.state
+        scale = state.step_scale if state.step_scale is not None else torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
+        state.step_scale = torch.where(fault.to(scale.device), scale * self.shrink, scale)
+        # per-chain sampler state goes back with the chain; the cached point no longer matches
+        state.cache = {
+            name: Sampler.select(~hold, value, cache_before[name]) if name in cache_before else value
+            for name, value in state.cache.items() if name != "point"
+        }
+        return torch.where(Sampler.per_chain(hold, y), self.anchor, sample)
+
+
 def refine(
     y: torch.Tensor,
     energy_fn: EnergyFunction,
@@ -170,22 +225,27 @@ def refine(
     num_steps: int,
     generator: torch.Generator | None = None,
     progress=None,
+    max_faults: int = 3,
 ) -> tuple[torch.Tensor, Trace]:
     """Run ``num_steps`` sampler steps from ``y``; return the final logits and the trace.
 
     The trace entry of step ``t`` describes the point the step started from (so entry 0 is
-    the initialisation). ``progress(step)`` is called after every step when given.
+    the initialisation). Numerical faults are handled per chain by :class:`ChainHealth`
+    (rollback, smaller steps, dropped after ``max_faults`` in a row) and logged in
+    ``trace.faults`` / ``trace.dropped``. ``progress(step)`` is called after every step when given.
     """
     state = sampler.init_state(y, num_steps)
-    trace = Trace()
+    trace, health = Trace(), ChainHealth(y, max_faults)
     for step in range(num_steps):
         energy_fn.relaxation.set_progress(state.progress)  # e.g. Gumbel temperature annealing
+        cache_before = dict(state.cache)  # samplers replace cache entries, never edit them in place
         out = sampler.step(y, energy_fn, state, generator)
-        y, state = out.sample.detach(), out.state
         # Metropolis samplers report the parts of the state they started from; otherwise the
         # last evaluation is that state
         parts = out.energy_record if out.energy_record is not None else energy_fn.last
         trace.add(**out.diagnostics, reward=parts.reward, reference=parts.reference)
+        y, state = health.after_step(step, y, out, cache_before), out.state
         if progress is not None:
             progress(step)
+    trace.faults, trace.dropped = health.events, health.dropped
     return y, trace
