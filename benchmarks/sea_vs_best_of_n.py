@@ -36,7 +36,7 @@ def build_method(config: dict, overrides: list[str]) -> AlignmentMethod:
     parser = ArgumentParser()
     parser.add_subclass_arguments(AlignmentMethod, "model")
     cfg = parser.parse_object({"model": config["model"]})
-    return parser.instantiate_classes(cfg).model
+    return parser.instantiate(cfg).model
 
 
 def batches(method, prompts, batch_size, data_cfg):
