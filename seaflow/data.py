@@ -223,6 +223,22 @@ class PromptDataModule(L.LightningDataModule):
             items.append({**prompt, "prompt_ids": ids})
         return items
 
+    def fill_ranks(self, items: list[dict[str, Any]], world_size: int, reserve: int) -> list[dict[str, Any]]:
+        """Give every process at least one prompt when a resume leaves fewer than ``world_size``.
+
+        Lightning's predict sampler needs a prompt per rank. Prompts already done are run again
+        to fill the gap; the writer keeps the first record of each id, so nothing is duplicated.
+        """
+        if world_size <= 1 or len(items) >= world_size or not self.skip_ids:
+            return items
+        done = [p for p in self.prompts if p["id"] in self.skip_ids]
+        for prompt in done[: world_size - len(items)]:
+            items.append({**prompt, "prompt_ids": self.encode(prompt["prompt"])})
+        return sorted(items, key=lambda item: item["index"])
+
     def predict_dataloader(self) -> DataLoader:
         reserve = getattr(self.trainer.lightning_module, "max_new_tokens", 0) if self.trainer else 0
-        return DataLoader(PromptDataset(self.items(reserve)), batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+        items = self.items(reserve)
+        if self.trainer is not None:
+            items = self.fill_ranks(items, self.trainer.world_size, reserve)
+        return DataLoader(PromptDataset(items), batch_size=self.batch_size, shuffle=False, collate_fn=collate)

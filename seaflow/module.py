@@ -11,6 +11,7 @@ from seaflow import generation, layout
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.methods.base import AlignmentMethod, prompt_seed
 from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.rng import RowGenerators
 from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
 from seaflow.relaxations.base import Relaxation
 from seaflow.relaxations.straight_through import StraightThrough
@@ -138,8 +139,11 @@ class SEA(AlignmentMethod):
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
         rows, width = len(prompt_ids), self.max_new_tokens
         vocab = self.policy.vocab_size
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(prompt_seed(self.seed, "|".join(batch["id"]), 0, "refine"))
+        # one random stream per chain, seeded from (seed, prompt id, chain): a prompt's result does
+        # not depend on its batch, the batch size or the number of processes
+        generator = RowGenerators(generation.row_generators(
+            [prompt_seed(self.seed, key, row % self.chains, "refine") for row, key in enumerate(keys)], device=self.device
+        ))
 
         # 1. init: logits that decode exactly to the policy's samples (or random logits)
         allowed = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from seaflow import rng
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.relaxations.base import Relaxation
@@ -45,7 +46,7 @@ def initial_logits(
 
 def random_logits(shape: tuple[int, ...], scale: float, generator: torch.Generator | None, device) -> torch.Tensor:
     """The paper's random initialisation: ``y ~ N(0, scale^2)`` independently per entry."""
-    return torch.randn(shape, generator=generator, device=device) * scale
+    return rng.randn(shape, generator, device=device) * scale
 
 
 @dataclass

@@ -108,10 +108,6 @@ def test_ddp_resume_after_a_crash(two_ranks, single_process):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=(
-    "Lightning's UnrepeatedDistributedSampler asserts that every rank gets a prompt: resuming with "
-    "fewer prompts left than ranks crashes (the data module should keep at least world_size prompts)"
-), strict=False)
 def test_ddp_resume_with_fewer_prompts_left_than_ranks(tmp_path, tiny_models, single_process):
     config = write_config(tmp_path, tiny_models, devices=2, batch_size=1)
     run_dir = tmp_path / "run"
@@ -123,10 +119,6 @@ def test_ddp_resume_with_fewer_prompts_left_than_ranks(tmp_path, tiny_models, si
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=(
-    "SEA seeds the refinement noise per batch (from the ids of the prompts in it), and ranks form "
-    "different batches: with batch_size > 1 the noise, hence the results, depend on the number of ranks"
-), strict=False)
 def test_ddp_results_do_not_depend_on_batching(tmp_path, tiny_models, single_process):
     config = write_config(tmp_path, tiny_models, devices=2, batch_size=2)
     done = run_ddp(config)

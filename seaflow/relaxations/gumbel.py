@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from seaflow import rng
 from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.schedules import Schedule, resolve
 
@@ -59,8 +60,8 @@ class GumbelSoftmax(Relaxation):
     @staticmethod
     def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Standard Gumbel noise ``-log(Exp(1))`` shaped like ``like``."""
-        exponential = torch.empty(like.shape, dtype=torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype, device=like.device)
-        exponential.exponential_(generator=generator)
+        dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+        exponential = rng.exponential(like.shape, generator, device=like.device, dtype=dtype)
         return -exponential.clamp_min(torch.finfo(exponential.dtype).tiny).log().to(like.dtype)
 
     def forward(self, logits, generator=None, allowed=None):

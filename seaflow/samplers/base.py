@@ -13,7 +13,9 @@ One step::
 (lower is better) and its gradient with the shape of ``x``. A sampler may call it more
 than once per step (MALA at the proposal, HMC per leapfrog step); ``out.evaluations``
 says how many gradient evaluations the step used, so samplers can be compared at equal
-cost. All randomness comes from the explicit ``generator``.
+cost. All randomness comes from the explicit ``generator``: a ``torch.Generator`` or
+:class:`seaflow.rng.RowGenerators` (one stream per chain); draw through ``noise_like``,
+``metropolis`` or :mod:`seaflow.rng` so both work.
 
 Subclasses implement :meth:`step` and, when they carry state between steps (momenta,
 preconditioners, cached gradients), :meth:`init_state`. Every subclass is recorded in
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
+
+from seaflow import rng
 
 from seaflow.registry import Registered
 from seaflow.samplers.schedules import Schedule, resolve
@@ -148,7 +152,7 @@ class Sampler(Registered):
 
     @staticmethod
     def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
     @staticmethod
     def evaluate(x: torch.Tensor, energy_fn: EnergyFn):
@@ -190,7 +194,7 @@ class Sampler(Registered):
         """
         log_ratio = torch.nan_to_num(log_ratio, nan=float("-inf"))
         probability = torch.exp(torch.clamp(log_ratio, max=0.0))
-        uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
+        uniform = rng.rand(log_ratio.shape, generator, device=log_ratio.device, dtype=log_ratio.dtype)
         return torch.log(uniform) < log_ratio, probability
 
     @staticmethod

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from seaflow import rng
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
 from seaflow.samplers.schedules import Schedule
 
@@ -83,7 +84,7 @@ class HMC(Sampler):
         energy, grad, record, evaluations = self.energy_and_grad(x, energy_fn, state)
         epsilon = self.chain_step(self.scheduled("HMC", "step_size", self.step_size, state), state, x)
         if self.jitter > 0:
-            uniform = torch.rand(epsilon.shape, generator=generator, device=x.device, dtype=x.dtype)
+            uniform = rng.rand(epsilon.shape, generator, device=x.device, dtype=x.dtype)
             epsilon = epsilon * (1 + self.jitter * (2 * uniform - 1))
         epsilon = self.per_chain(epsilon, x)
         noise = self.scheduled("HMC", "noise_scale", self.noise_scale, state)
