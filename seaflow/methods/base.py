@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from seaflow import generation
-from seaflow import layout as L_
+from seaflow.layout import active_mask, next_token_logits
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
@@ -179,8 +179,8 @@ class AlignmentMethod(L.LightningModule):
             n = lengths[rows]
             batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), tokens.shape[1])
             layout = self.reference.prepare(batch)
-            logp = torch.log_softmax(L_.next_token_logits(self.policy.model, layout, tokens[rows]), dim=-1)
-            mask = L_.active_mask(n.to(logp.device), tokens.shape[1])
+            logp = torch.log_softmax(next_token_logits(self.policy.model, layout, tokens[rows]), dim=-1)
+            mask = active_mask(n.to(logp.device), tokens.shape[1])
             logprobs.append(logp.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) * mask)
             entropies.append(-(logp.exp() * logp).sum(-1) * mask)
         return torch.cat(logprobs), torch.cat(entropies)
