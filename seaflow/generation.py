@@ -62,7 +62,7 @@ def sample(
     mask = layout.attention_mask
     positions = layout.position_ids
     out = model(input_ids=layout.ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    past = out.past_key_values
+    past = L.output_cache(out)
     logits = out.logits[:, -1].float()
     next_pos = positions[:, -1:] + 1
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -86,9 +86,9 @@ def sample(
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         out = model(
             input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-            past_key_values=past, use_cache=True,
+            use_cache=True, **{L.cache_argument(model): past},
         )
-        past = out.past_key_values
+        past = L.output_cache(out)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return tokens, lengths

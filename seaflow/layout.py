@@ -197,12 +197,12 @@ def build_prefix_layout(
     )
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
+def cache_argument(model: torch.nn.Module) -> str:
     """The keyword of the key/value cache: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _output_cache(output):
+def output_cache(output):
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 
@@ -236,7 +236,7 @@ def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout) -> PrefixLay
         input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
         use_cache=True, logits_to_keep=1,
     )
-    cache = _output_cache(output)
+    cache = output_cache(output)
     key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
     return replace(layout, key_values=key_values, last_logits=output.logits[:, -1].float(), owner=id(model))
 
@@ -272,7 +272,7 @@ def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tenso
         attention_mask=torch.cat(masks, dim=1),
         position_ids=torch.cat(positions, dim=1),
         use_cache=True,
-        **{_cache_argument(model): cache},
+        **{cache_argument(model): cache},
         **kwargs,
     )
 
