@@ -158,22 +158,15 @@ class AdaptiveLangevin(Sampler):
         else:
             new_energy, new_grad, new_record = self.evaluate(proposal, energy_fn)
             evaluations += 1
+            log_ratio = None
             if temperature > 0:
                 variance = (4 * eta * precondition * temperature).clamp_min(torch.finfo(x.dtype).tiny)
                 log_forward = -self.sum_per_chain((proposal - mean) ** 2 / variance)
                 backward_mean = proposal - eta * precondition * new_grad
                 log_backward = -self.sum_per_chain((x - backward_mean) ** 2 / variance)
                 log_ratio = -(new_energy - energy) / temperature + log_backward - log_forward
-                accept, probability = self.metropolis(log_ratio, generator)
-            else:
-                accept = new_energy <= energy  # NaN energies compare False: rejected
-                probability = accept.to(x.dtype)
-            new_x = torch.where(self.per_chain(accept, x), proposal, x)
-            self.remember(
-                state, new_x,
-                torch.where(accept, new_energy, energy),
-                torch.where(self.per_chain(accept, x), new_grad, grad),
-                self.select(accept, new_record, record),
+            new_x, accept, probability = self.accept_or_keep(
+                state, x, proposal, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
             )
             if adapting:
                 gain = self.adaptation_rate / (state.iteration + 1) ** 0.6

@@ -186,6 +186,27 @@ class Sampler(Registered):
     def remember(state: SamplerState, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor, record: Any = None) -> None:
         state.cache.update(point=x, energy=energy, grad=grad, record=record)
 
+    def accept_or_keep(
+        self, state: SamplerState, x, proposal, energy, new_energy, grad, new_grad, record, new_record,
+        log_ratio: torch.Tensor | None, generator,
+    ):
+        """Per chain, move to ``proposal`` or stay at ``x``; remember the kept point's energy,
+        gradient and record. ``log_ratio`` is the Metropolis log acceptance ratio; ``None`` is
+        the zero-temperature limit (accept when the energy does not rise). Returns
+        ``(new_x, accepted, acceptance probability)``."""
+        if log_ratio is not None:
+            accept, probability = self.metropolis(log_ratio, generator)
+        else:
+            accept = new_energy <= energy  # NaN energies compare False: rejected
+            probability = accept.to(x.dtype)
+        keep = self.per_chain(accept, x)
+        new_x = torch.where(keep, proposal, x)
+        self.remember(
+            state, new_x, torch.where(accept, new_energy, energy), torch.where(keep, new_grad, grad),
+            self.select(accept, new_record, record),
+        )
+        return new_x, accept, probability
+
     @staticmethod
     def metropolis(log_ratio: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-chain Metropolis test: ``(accepted (bool), acceptance probability)``.

@@ -108,19 +108,11 @@ class HMC(Sampler):
         diagnostics = {"energy": energy.detach(), "grad_norm": self.grad_norm(grad)}
 
         if self.metropolis_correction:
-            if temperature > 0:
-                accept, probability = self.metropolis(-hamiltonian_error / temperature, generator)
-            else:
-                accept = new_energy <= energy  # NaN energies compare False: rejected
-                probability = accept.to(x.dtype)
-            diagnostics.update(accept=accept.to(x.dtype), accept_prob=probability.detach())
-            new_x = torch.where(self.per_chain(accept, x), position, x)
-            self.remember(
-                state, new_x,
-                torch.where(accept, new_energy, energy),
-                torch.where(self.per_chain(accept, x), new_grad, grad),
-                self.select(accept, new_record, record),
+            log_ratio = -hamiltonian_error / temperature if temperature > 0 else None
+            new_x, accept, probability = self.accept_or_keep(
+                state, x, position, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
             )
+            diagnostics.update(accept=accept.to(x.dtype), accept_prob=probability.detach())
         else:
             new_x = position
             self.remember(state, new_x, new_energy, new_grad, new_record)

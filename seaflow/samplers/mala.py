@@ -66,6 +66,7 @@ class MALA(Sampler):
         new_energy, new_grad, new_record = self.evaluate(proposal, energy_fn)
         evaluations += 1
 
+        log_ratio = None
         if temperature > 0:
             # log q(x'|x) and log q(x|x') up to the same constant; chains with eta = 0 do not
             # move (x' = x), and the clamp keeps their 0 / 0 at 0
@@ -73,17 +74,8 @@ class MALA(Sampler):
             log_forward = -self.sum_per_chain((proposal - mean) ** 2) / variance
             log_backward = -self.sum_per_chain((x - (proposal - eta * new_grad)) ** 2) / variance
             log_ratio = -(new_energy - energy) / temperature + log_backward - log_forward
-            accept, probability = self.metropolis(log_ratio, generator)
-        else:
-            accept = new_energy <= energy  # NaN energies compare False: rejected
-            probability = accept.to(x.dtype)
-
-        new_x = torch.where(self.per_chain(accept, x), proposal, x)
-        self.remember(
-            state, new_x,
-            torch.where(accept, new_energy, energy),
-            torch.where(self.per_chain(accept, x), new_grad, grad),
-            self.select(accept, new_record, record),
+        new_x, accept, probability = self.accept_or_keep(
+            state, x, proposal, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
         )
         state.iteration += 1
         return SamplerOutput(
