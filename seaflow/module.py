@@ -216,17 +216,16 @@ class SEA(AlignmentMethod):
         fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
         chosen = [firsts[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
         # the returned response of each prompt: a refined chain, or the best initial sample
-        picked_tokens = torch.stack([(tokens0 if fallback[p] else tokens)[chosen[p]] for p in range(n_prompts)])
-        picked_lengths = torch.stack([(lengths0 if fallback[p] else lengths)[chosen[p]] for p in range(n_prompts)])
-        token_logprobs, token_entropy = self.reference_stats(
-            [batch["prompt_ids"][p] for p in range(n_prompts)], list(batch["prompt"]), picked_tokens, picked_lengths
-        )
+        # (its per-position reference statistics come from the discrete scoring above)
+        picked = [initial if fallback[p] else final for p in range(n_prompts)]
+        token_logprobs = torch.stack([picked[p]["ref_token_logprobs"][chosen[p]] for p in range(n_prompts)])
+        token_entropy = torch.stack([picked[p]["ref_token_entropy"][chosen[p]] for p in range(n_prompts)])
         stacked = trace.stacked()
         out = []
         for p in range(n_prompts):
             rows = slice(p * chains, (p + 1) * chains)
             row, first = chosen[p], firsts[p]
-            n = int(picked_lengths[p])
+            n = int((lengths0 if fallback[p] else lengths)[row])
             kept = {name: values[:: self.trace_every, row].tolist() for name, values in stacked.items()}
             record = self.base_record(batch, p)
             record.update(

@@ -129,9 +129,10 @@ class AlignmentMethod(L.LightningModule):
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Discrete scores of responses: reward ``(B,)`` and reference log-probs ``(B, L)``."""
+        """Discrete scores of responses: reward ``(B,)``, reference log-probs and entropies ``(B, L)``."""
         batch = ResponseBatch(prompt_ids=prompt_ids, prompts=prompts, lengths=lengths.cpu(), max_length=tokens.shape[1])
-        out = {"ref_token_logprobs": self.reference.token_logprobs(self.reference.prepare(batch), tokens)}
+        logprobs, entropy = self.reference_stats(prompt_ids, prompts, tokens, lengths)
+        out = {"ref_token_logprobs": logprobs, "ref_token_entropy": entropy}
         out["reward"] = (
             self.reward.value(self.reward.prepare(batch), tokens).float()
             if self.reward is not None else torch.zeros(tokens.shape[0], device=tokens.device)
