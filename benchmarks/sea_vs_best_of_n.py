@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from jsonargparse import ArgumentParser
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from seaflow.data import read_prompts  # noqa: E402
+from seaflow.methods import BestOfN  # noqa: E402
 from seaflow.methods.base import AlignmentMethod  # noqa: E402
 from seaflow.models import load_causal_lm  # noqa: E402
 
@@ -52,21 +52,13 @@ def batches(method, prompts, batch_size, data_cfg):
 
 
 def best_of_n(method: AlignmentMethod, batch: dict, n: int) -> list[dict]:
-    """Best-of-N with the method's policy, reward and per-prompt seeds."""
-    started = time.perf_counter()
-    prompt_ids, prompts, keys = method.expand(batch, n)
-    tokens, lengths = method.sample_responses(prompt_ids, keys, n)
-    scores = method.score(prompt_ids, prompts, tokens, lengths)
-    ll = method.per_token(scores["ref_token_logprobs"], lengths)
-    reward = scores["reward"].cpu()
-    elapsed = (time.perf_counter() - started) / len(batch["id"])
-    out = []
-    for p in range(len(batch["id"])):
-        rows = range(p * n, (p + 1) * n)
-        best = max(rows, key=lambda r: float(reward[r]))
-        out.append({"reward": float(reward[best]), "ref": ll[best], "first": float(reward[p * n]), "time": elapsed,
-                    "text": method.decode_text(tokens[best : best + 1], lengths[best : best + 1])[0]})
-    return out
+    """Best-of-N (seaflow.methods.BestOfN) with the method's policy, reward and seeds."""
+    baseline = BestOfN(policy=method.policy_name, reward=method.reward, n=n, keep_candidates=False,
+                       max_new_tokens=method.max_new_tokens, temperature=method.temperature,
+                       top_p=method.top_p, seed=method.seed)
+    baseline.attach(method.policy)
+    return [{"reward": r["reward"], "ref": r["ref_logprob_per_token"], "first": r["initial_reward"],
+             "time": r["wall_time_s"], "text": r["response"]} for r in baseline.predict_step(batch)]
 
 
 def row(name, records):
