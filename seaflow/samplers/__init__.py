@@ -2,6 +2,7 @@
 
 from seaflow.samplers.adaptive import AdaptiveLangevin
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
+from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.samplers.hmc import HMC
 from seaflow.samplers.langevin import Langevin
 from seaflow.samplers.mala import MALA
@@ -9,6 +10,6 @@ from seaflow.samplers.schedules import Constant, Cosine, Linear, Piecewise, Sche
 
 __all__ = [
     "EnergyFn", "Sampler", "SamplerOutput", "SamplerState",
-    "Langevin", "MALA", "HMC", "AdaptiveLangevin",
+    "Langevin", "MALA", "HMC", "AdaptiveLangevin", "DiscreteLangevin",
     "Schedule", "Constant", "Linear", "Cosine", "Piecewise",
 ]
