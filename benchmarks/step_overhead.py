@@ -8,8 +8,8 @@ One SEA step is what the sampler pays per gradient evaluation: the straight-thro
 relaxation of the logits ``y (chains, L, V)``, the reference term ``log pi_ref`` through the
 policy, the reward through a same-vocabulary sequence classifier (random weights, same shape
 as the policy unless ``--reward-layers`` says otherwise), and the backward pass to ``y``.
-It is timed with the prompt's key/value cache (``ReferenceLogLikelihood(cache_prefix=True)``,
-the default) and without it. The baseline ("plain") is a forward + backward of the same
+It is timed with the prompt's key/value cache (``cache_prefix=True``, the default, for the
+reference and the reward) and without it. The baseline ("plain") is a forward + backward of the same
 two models on the same tokens (prompt + response, one row per chain), differentiating the
 input embeddings: the least any gradient-based refinement can cost. ``prepare`` (building
 layouts, computing the prompt cache) runs once per batch and is not part of the step.
@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -54,42 +53,52 @@ SHAPES = {
 }
 
 
-def build_models(name: str, dtype: torch.dtype, device: str, reward_layers: int | None):
-    """(policy as LoadedModel, reward classifier) with random weights (the embedded policy keeps its own)."""
+def build_models(name: str, dtype: torch.dtype, device: str, reward_layers: int | None, **shape):
+    """(policy as LoadedModel, reward classifier) with random weights (the embedded policy keeps its own).
+
+    ``shape`` overrides fields of the named shape (e.g. ``vocab_size``).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     if name == "embedded":
         from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
 
-        policy = load_causal_lm(EMBEDDED_DEFAULT).model
+        loaded = load_causal_lm(EMBEDDED_DEFAULT)
+        policy, tokenizer = loaded.model, loaded.tokenizer
         config = LlamaConfig(**policy.config.to_dict())
     else:
-        config = LlamaConfig(max_position_embeddings=4096, pad_token_id=0, **SHAPES[name])
+        config = LlamaConfig(max_position_embeddings=4096, pad_token_id=0, **{**SHAPES[name], **shape})
         torch.manual_seed(0)
-        policy = LlamaForCausalLM(config)
+        with torch.device(device):  # random initialisation where the model will run (fast on a GPU)
+            policy = LlamaForCausalLM(config)
+        tokenizer = synthetic_tokenizer(config.vocab_size)
     fields = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
     reward_config = LlamaConfig(**{**fields, "num_labels": 1, "pad_token_id": 0})
     if reward_layers:
         reward_config.num_hidden_layers = reward_layers
-    reward = LlamaForSequenceClassification(reward_config)
+    with torch.device(device):
+        reward = LlamaForSequenceClassification(reward_config)
     models = []
     for model in (policy, reward):
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         model.config.use_cache = False
         models.append(model)
-    tokenizer = SimpleNamespace(pad_token_id=0)
+    # an end-of-sequence id outside the vocabulary: sampled responses always have the full length
+    models[0].generation_config.eos_token_id = [config.vocab_size]
+    models[0].generation_config.pad_token_id = 0
     return LoadedModel(models[0], tokenizer, name), models[1]
 
 
-def make_terms(policy: LoadedModel, reward_model):
-    reward = RewardModel(model="(in memory)")
-    reward.reward_model, reward.pad_id = reward_model, 0  # setup() keeps an already attached model
+def make_terms(policy: LoadedModel, reward_model) -> dict[bool, tuple[ReferenceLogLikelihood, RewardModel]]:
+    """``cached -> (reference, reward)``: both terms with and without the prompt's key/value cache."""
     terms = {}
     for cached in (False, True):
         reference = ReferenceLogLikelihood(cache_prefix=cached)
         reference.setup(policy)
-        terms[cached] = reference
-    return reward, terms
+        reward = RewardModel(model="(in memory)", cache_prefix=cached)
+        reward.attach(reward_model, pad_id=0)  # setup() keeps an already attached model
+        terms[cached] = reference, reward
+    return terms
 
 
 def plain_step(policy, reward_model, ids: torch.Tensor, prompt_len: int):
@@ -124,6 +133,60 @@ def peak_memory(fn, device: str) -> float | None:
     return torch.cuda.max_memory_allocated() - base
 
 
+def peak_tensor_bytes(fn) -> int:
+    """Peak bytes of tensors alive during ``fn`` that ``fn`` created, from torch.profiler's memory timeline.
+
+    Works on CPU, where the allocator keeps no statistics: it counts tensor storages as the
+    profiler sees them created and destroyed (autograd's saved tensors included), not the
+    process's resident memory.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def machine(device: str) -> str:
+    """The device in words, for the header of a benchmark's output."""
+    import os
+    import platform
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load} (torch {torch.__version__})"
+
+
+def synthetic_tokenizer(vocab_size: int):
+    """A word-level tokenizer over ``vocab_size`` made-up words (``<pad>`` 0, ``<unk>`` 1, ``yes``, ``no``, ``w4`` ...).
+
+    Random-weight models need a tokenizer of their vocabulary size for the parts of seaflow
+    that encode or decode text (judge templates, records); the words mean nothing.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "yes", "no"] + [f"w{i}" for i in range(4, vocab_size)]
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")
+
+
 def measure(policy, reward_model, chains: int, length: int, prompt_len: int, repeats: int, device: str) -> dict:
     vocab = policy.vocab_size
     g = torch.Generator().manual_seed(chains * 1000 + length)
@@ -131,10 +194,10 @@ def measure(policy, reward_model, chains: int, length: int, prompt_len: int, rep
     y = torch.randn(chains, length, vocab, generator=g).to(device)
     ids = torch.cat([torch.tensor(prompt).expand(chains, -1), torch.randint(1, vocab, (chains, length), generator=g)], dim=1).to(device)
     batch = ResponseBatch([prompt] * chains, ["x"] * chains, torch.full((chains,), length), length)
-    reward, references = make_terms(policy, reward_model)
+    terms = make_terms(policy, reward_model)
     with torch.no_grad():  # once per batch, as in SEA
         functions = {
-            cached: EnergyFunction(batch, StraightThrough(), reward, references[cached], alpha=1.0, reference_weight=1.0)
+            cached: EnergyFunction(batch, StraightThrough(), terms[cached][1], terms[cached][0], alpha=1.0, reference_weight=1.0)
             for cached in (False, True)
         }
     variants = {
@@ -172,9 +235,11 @@ def main(argv: list[str] | None = None) -> None:
             settings[key] = getattr(args, key)
     dtype = getattr(torch, settings["dtype"])
     device = args.device
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# step overhead on {where}, {settings['dtype']}, prompt {settings['prompt']} tokens, "
-          f"medians of {settings['repeats']} (torch {torch.__version__})\n")
+    if args.preset == "gpu" and not device.startswith("cuda"):
+        print("--preset gpu needs a CUDA device (none found); nothing measured")
+        return
+    print(f"# step overhead on {machine(device)}, {settings['dtype']}, prompt {settings['prompt']} tokens, "
+          f"medians of {settings['repeats']}\n")
     print("| model | chains | L | plain fwd+bwd | SEA step, uncached | SEA step, cached | uncached / plain "
           "| cached / plain | uncached / cached | peak MiB per chain (plain / uncached / cached) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -116,8 +116,36 @@ def next_token_logits(model: torch.nn.Module, layout: "Layout | PrefixLayout", r
     active length hold the logits of its last active position and must be masked by callers.
     A :class:`PrefixLayout` with a cache runs only the response positions.
     """
+    blocks = next_token_logit_blocks(model, layout, response)
+    logits = torch.cat([block.float() for block in blocks], dim=1) if len(blocks) > 1 else blocks[0].float()
     if isinstance(layout, PrefixLayout):
-        return _cached_next_token_logits(model, layout, response)
+        # the uncached convention: positions past a row's length repeat its last active position
+        lengths = layout.lengths.to(logits.device)
+        max_len = response.shape[1]
+        if bool((lengths < max_len).any()):
+            t = torch.arange(max_len, device=logits.device)
+            index = torch.minimum(t.unsqueeze(0), (lengths - 1).clamp(min=0).unsqueeze(1))
+            logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return logits
+
+
+def next_token_logit_blocks(model: torch.nn.Module, layout: "Layout | PrefixLayout", response: torch.Tensor) -> list[torch.Tensor]:
+    """The logits that predict the response positions, as consecutive blocks along the response.
+
+    Concatenated along dimension 1 they are ``(B, L, V)``; values at inactive positions are
+    unspecified (callers mask them). The blocks keep the model's dtype and are not joined, so
+    a caller that reduces over the vocabulary block by block never holds a second full
+    ``(B, L, V)`` copy: with a cached prefix they are the prefix's last-position logits
+    ``(B, 1, V)`` (float32) and the response tail's ``(B, L - 1, V)`` as the model returns them.
+    """
+    if isinstance(layout, PrefixLayout):
+        if layout.after_ids.shape[1]:
+            raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
+        first = layout.last_logits.unsqueeze(1)  # predicts response position 0
+        if response.shape[1] == 1:
+            return [first]
+        # position t is predicted by the output at slot t-1: the last slot's output is never needed
+        return [first, run_tail(model, layout, response, slots=response.shape[1] - 1).logits]
     if int(layout.after_lengths.max()) != 0:
         raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
     max_len = response.shape[1]
@@ -129,8 +157,10 @@ def next_token_logits(model: torch.nn.Module, layout: "Layout | PrefixLayout", r
     t = torch.arange(max_len, device=logits.device)
     index = (max_len - lengths).unsqueeze(1) + t.unsqueeze(0)
     index = index.clamp(max=keep - 2)
+    if bool((index == t.unsqueeze(0)).all()):  # every row is full length: a slice, no copy
+        return [logits[:, :max_len]]
     index = index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index).float()
+    return [logits.gather(1, index)]
 
 
 # -- fixed prefix + response tail, with the prefix's key/value cache computed once ----------
@@ -228,17 +258,26 @@ def supports_prefix_cache(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout) -> PrefixLayout:
-    """``layout`` with the key/value cache and last-position logits of its ``before`` block."""
+def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout, head: torch.nn.Module | None = None) -> PrefixLayout:
+    """``layout`` with the key/value cache and last-position logits of its ``before`` block.
+
+    ``model`` is a causal LM (``last_logits`` are its logits at the last prompt position),
+    or, with ``head`` given, a backbone without an output layer (the base model of a
+    sequence classifier): ``last_logits`` is then ``head`` applied to the backbone's last
+    hidden state, e.g. a classifier's score for a row whose response is empty.
+    """
     if layout.ids.shape[1] == 0:
         raise ValueError("a prefix cache needs at least one token before the response")
-    output = model(
-        input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-        use_cache=True, logits_to_keep=1,
-    )
+    inputs = dict(input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids, use_cache=True)
+    if head is None:
+        output = model(**inputs, logits_to_keep=1)
+        last = output.logits[:, -1]
+    else:
+        output = model(**inputs)
+        last = head(output.last_hidden_state[:, -1])
     cache = output_cache(output)
     key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
-    return replace(layout, key_values=key_values, last_logits=output.logits[:, -1].float(), owner=id(model))
+    return replace(layout, key_values=key_values, last_logits=last.float(), owner=id(model))
 
 
 def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor, slots: int, **kwargs):
@@ -275,24 +314,6 @@ def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tenso
         **{cache_argument(model): cache},
         **kwargs,
     )
-
-
-def _cached_next_token_logits(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor) -> torch.Tensor:
-    if layout.after_ids.shape[1]:
-        raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
-    max_len = response.shape[1]
-    first = layout.last_logits.unsqueeze(1)  # predicts response position 0
-    if max_len > 1:
-        # position t is predicted by the output at slot t-1: the last slot's output is never needed
-        rest = run_tail(model, layout, response, slots=max_len - 1).logits.float()
-        logits = torch.cat([first, rest], dim=1)
-    else:
-        logits = first
-    # the uncached convention: positions past a row's length repeat its last active position
-    lengths = layout.lengths.to(logits.device)
-    t = torch.arange(max_len, device=logits.device)
-    index = torch.minimum(t.unsqueeze(0), (lengths - 1).clamp(min=0).unsqueeze(1))
-    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
 def active_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -135,3 +135,74 @@ def test_straight_through_gradient_equals_softmax_gradient(tiny_policy):
     soft = torch.softmax(y, -1)
     (expected,) = torch.autograd.grad(soft, y, grad_outputs=grad_p)
     torch.testing.assert_close(grad_st, expected, rtol=1e-5, atol=1e-6)
+
+
+# -- the memory-lean forms equal the plain formulas ---------------------------------------
+
+
+def _plain_straight_through(y, temperature, allowed=None):
+    """The textbook estimator: one-hot + (softmax - softmax.detach())."""
+    logits = y if allowed is None else y.masked_fill(~allowed, float("-inf"))
+    soft = torch.softmax(logits / temperature, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    return hard + (soft - soft.detach())
+
+
+def test_straight_through_equals_the_textbook_estimator():
+    from seaflow.relaxations import StraightThrough
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 5, 40, generator=g) * 4
+    weights = torch.randn(3, 5, 40, generator=g)
+    allowed = torch.rand(3, 5, 40, generator=g) < 0.5
+    allowed[..., 0] = True
+    for temperature, mask in ((1.0, None), (0.7, None), (2.0, allowed)):
+        outputs = []
+        for relax in (lambda y: StraightThrough(temperature)(y, allowed=mask), lambda y: _plain_straight_through(y, temperature, mask)):
+            leaf = y.clone().requires_grad_(True)
+            p = relax(leaf)
+            (grad,) = torch.autograd.grad((p * weights).sum() + (p[..., :3] ** 2).sum(), leaf)
+            outputs.append((p.detach(), grad))
+        assert torch.equal(outputs[0][0], outputs[1][0])
+        torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_relaxation_at_unit_temperature_is_softmax():
+    from seaflow.relaxations import Softmax
+
+    y = torch.randn(2, 3, 11)
+    assert torch.equal(Softmax()(y), torch.softmax(y, -1))
+    torch.testing.assert_close(Softmax(0.5)(y), torch.softmax(y / 0.5, -1))
+
+
+def test_reference_token_logprobs_equal_log_softmax_form():
+    """<p, z> - logsumexp(z) * sum(p) against sum(p * log_softmax(z)): values and both gradients."""
+    from seaflow.energies.reference import _token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        z = (torch.randn(2, 4, 50, generator=g) * 5).to(dtype)
+        p = torch.softmax(torch.randn(2, 4, 50, generator=g), -1)
+        results = []
+        for form in (_token_logprobs, lambda z, p: (p * torch.log_softmax(z.float(), -1)).sum(-1)):
+            z_leaf, p_leaf = z.clone().requires_grad_(True), p.clone().requires_grad_(True)
+            value = form(z_leaf, p_leaf)
+            grads = torch.autograd.grad((value * torch.arange(1.0, 5.0)).sum(), (z_leaf, p_leaf))
+            results.append((value.detach(), *grads))
+        for got, expected in zip(results[0], results[1]):
+            torch.testing.assert_close(got.float(), expected.float(), rtol=1e-5, atol=1e-5)
+        ids = torch.randint(0, 50, (2, 4), generator=g)
+        expected = torch.log_softmax(z.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(_token_logprobs(z, ids), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_next_token_logits_full_rows_and_ragged_rows_agree(tiny_policy):
+    """The slice taken when every row is full length equals the gather of the ragged path."""
+    batch = _batch(tiny_policy, lengths=[6, 6])
+    tokens = _tokens(tiny_policy, batch)
+    layout = L.build_layout(batch.prompt_ids, batch.lengths, tiny_policy.tokenizer.pad_token_id)
+    full = L.next_token_logits(tiny_policy.model, layout, tokens)
+    for row in range(2):
+        alone = L.build_layout(batch.prompt_ids[row : row + 1], torch.tensor([5]), tiny_policy.tokenizer.pad_token_id)
+        got = L.next_token_logits(tiny_policy.model, alone, tokens[row : row + 1, :6])
+        torch.testing.assert_close(got[0, :5], full[row, :5], rtol=1e-5, atol=1e-5)

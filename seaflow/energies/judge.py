@@ -6,6 +6,7 @@ import torch
 
 from seaflow import layout as L
 from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.reward_model import check_device
 from seaflow.models import LoadedModel, load_causal_lm
 
 _RESPONSE = "\x00RESPONSE\x00"
@@ -36,6 +37,9 @@ class PromptedJudge(Reward):
         dtype: judge model dtype when ``model`` is given (e.g. ``bfloat16``).
         cache_prefix: compute the key/value cache of the template before the response once
             per batch and run only the response and the closing text on every evaluation.
+        device: keep the judge model (``model`` must be given) on this device instead of the
+            policy's, outside the method's module tree so that Lightning does not move it;
+            relaxed tokens are moved to it and the reward back. None: a submodule of the method.
     """
 
     def __init__(
@@ -47,8 +51,14 @@ class PromptedJudge(Reward):
         use_chat_template: bool = True,
         dtype: str | None = None,
         cache_prefix: bool = True,
+        device: str | None = None,
     ):
         super().__init__()
+        if device is not None and model is None:
+            raise ValueError(
+                f"PromptedJudge device {device!r} needs a judge model of its own (set model); "
+                "without one the judge is the policy and runs on the policy's device"
+            )
         if "{response}" not in question:
             raise ValueError(f"PromptedJudge question must contain '{{response}}', got {question!r}")
         self.question = question
@@ -58,6 +68,7 @@ class PromptedJudge(Reward):
         self.use_chat_template = use_chat_template
         self.dtype = dtype
         self.cache_prefix = cache_prefix
+        self.device = check_device(device, "PromptedJudge")
         self.judge_model = None
 
     def setup(self, policy: LoadedModel) -> None:
@@ -67,7 +78,10 @@ class PromptedJudge(Reward):
         elif self.judge_model is None:
             loaded = load_causal_lm(self.model_name, dtype=self.dtype)
             self.check_vocabulary(policy, loaded, f"judge model {self.model_name!r}")
-            self.judge_model = loaded.model
+            if self.device is not None:
+                self._borrow(self, "judge_model", loaded.model.to(self.device))  # out of the module tree
+            else:
+                self.judge_model = loaded.model
             self.tokenizer = loaded.tokenizer
         if self.use_chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
@@ -118,6 +132,8 @@ class PromptedJudge(Reward):
         return L.build_layout(befores, batch.lengths, pad, after=afters).to(device)
 
     def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+        home = response.device
+        response = response.to(self.judge_model.get_input_embeddings().weight.device)
         if isinstance(prepared, L.PrefixLayout):  # the response and the closing text, on the cached template
             output = L.run_tail(self.judge_model, prepared, response, slots=response.shape[1], logits_to_keep=1)
         else:
@@ -126,4 +142,4 @@ class PromptedJudge(Reward):
         logp = torch.log_softmax(logits, dim=-1)
         pos = torch.logsumexp(logp[:, self.positive_ids], dim=-1)
         neg = torch.logsumexp(logp[:, self.negative_ids], dim=-1)
-        return pos - neg
+        return (pos - neg).to(home)

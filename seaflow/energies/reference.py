@@ -41,14 +41,51 @@ class ReferenceLogLikelihood(EnergyTerm):
 
     def token_logprobs(self, layout: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         """Per-position log-likelihood ``(B, L)``, zero at inactive positions."""
-        logits = L.next_token_logits(self.policy.model, layout, response)
-        logp = torch.log_softmax(logits, dim=-1)
-        if response.dtype == torch.long:
-            per_token = logp.gather(-1, response.unsqueeze(-1)).squeeze(-1)
-        else:
-            per_token = (response.float() * logp).sum(-1)
+        pieces, start = [], 0
+        for logits in L.next_token_logit_blocks(self.policy.model, layout, response):
+            width = logits.shape[1]
+            pieces.append(_token_logprobs(logits, response[:, start : start + width]))
+            start += width
+        per_token = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
         mask = L.active_mask(layout.lengths.to(per_token.device), response.shape[1])
         return per_token * mask
 
     def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         return self.token_logprobs(prepared, response).sum(-1)
+
+
+def _token_logprobs(logits: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    """``sum_v p_v log_softmax(logits)_v`` per position (or the log-probability of token ids)."""
+    logits = logits.float()
+    if response.dtype == torch.long:
+        return logits.gather(-1, response.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _ExpectedLogSoftmax.apply(logits, response.float())
+
+
+class _ExpectedLogSoftmax(torch.autograd.Function):
+    """``<p, z> - logsumexp(z) * sum_v p_v`` over the last dimension, i.e. ``sum_v p_v log_softmax(z)_v``.
+
+    The same value and gradients as the plain expression, with fewer full-vocabulary
+    float32 tensors: the log-softmax is never materialised, the backward pass keeps only
+    ``z`` and ``p`` (which exist anyway) and builds each gradient in one buffer in place
+    (``dz = g (p - softmax(z) sum p)``, ``dp = g (z - logsumexp z)``).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        normaliser = torch.logsumexp(logits, dim=-1)
+        mass = probs.sum(-1)
+        ctx.save_for_backward(logits, probs, normaliser, mass)
+        return (probs * logits).sum(-1) - normaliser * mass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, probs, normaliser, mass = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_logits = grad_probs = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = (logits - normaliser.unsqueeze(-1)).exp_()  # softmax(z)
+            grad_logits.mul_(-mass.unsqueeze(-1)).add_(probs).mul_(grad)
+        if ctx.needs_input_grad[1]:
+            grad_probs = (logits - normaliser.unsqueeze(-1)).mul_(grad)
+        return grad_logits, grad_probs

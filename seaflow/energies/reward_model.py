@@ -17,12 +17,26 @@ class RewardModel(Reward):
     decoder classifiers, is always the last response token. It must share the policy's
     vocabulary (checked at setup).
 
+    With ``cache_prefix`` (default) the prompt's key/value cache is computed once per batch
+    in ``prepare``; every evaluation runs the classifier's backbone on the response
+    positions only and applies its score head to the hidden state of each row's last active
+    response position (what the classifier pools). Same values and gradients as whole rows
+    up to float rounding. Whole rows are run when there is nothing to cache
+    (``include_prompt: false``, an empty prompt), when the model's cache is not a plain
+    full-attention cache (sliding windows, recurrent layers), or when the classifier is not
+    a decoder with a ``score`` head (e.g. an encoder with a pooler).
+
     Args:
         model: hub id, local directory or GGUF path of the reward model.
         label_index: which output logit is the reward (default 0, the usual single-logit head).
         include_prompt: feed the prompt before the response.
         dtype: model dtype (e.g. ``bfloat16``); None keeps the checkpoint's.
         trust_remote_code: allow custom model code from the checkpoint (off by default).
+        cache_prefix: cache the prompt's keys and values once per batch (see above).
+        device: keep the reward model on this device (e.g. ``cuda:1``) instead of the policy's:
+            the model is then not a submodule of the method, so Lightning does not move it;
+            relaxed tokens are moved to it and the reward back (gradients cross devices).
+            None: the model is a submodule and goes wherever Lightning puts the method.
     """
 
     def __init__(
@@ -32,6 +46,8 @@ class RewardModel(Reward):
         include_prompt: bool = True,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        cache_prefix: bool = True,
+        device: str | None = None,
     ):
         super().__init__()
         self.model_name = model
@@ -39,6 +55,8 @@ class RewardModel(Reward):
         self.include_prompt = include_prompt
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        self.cache_prefix = cache_prefix
+        self.device = check_device(device, "RewardModel")
         self.reward_model: torch.nn.Module | None = None
 
     def setup(self, policy: LoadedModel) -> None:
@@ -49,14 +67,65 @@ class RewardModel(Reward):
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(f"label_index {self.label_index} is out of range for {self.model_name!r} with {labels} labels")
-        self.reward_model = loaded.model
-        self.pad_id = loaded.tokenizer.pad_token_id
+        self.attach(loaded.model, loaded.tokenizer.pad_token_id)
 
-    def prepare(self, batch: ResponseBatch) -> L.Layout:
+    def attach(self, model: torch.nn.Module, pad_id: int) -> None:
+        """Use an already loaded classifier (``setup`` loads one otherwise); no vocabulary check."""
+        if self.device is not None:
+            self._modules.pop("reward_model", None)
+            self._borrow(self, "reward_model", model.to(self.device))  # out of the module tree
+        else:
+            self.reward_model = model
+        self.pad_id = pad_id
+        self._cache_parts = _classifier_parts(model) if self.cache_prefix and L.supports_prefix_cache(model) else None
+
+    def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
+        if not hasattr(self, "_cache_parts"):  # a model assigned directly, not through attach()
+            self.attach(self.reward_model, self.pad_id)
         before = batch.prompt_ids if self.include_prompt else [[] for _ in range(len(batch))]
         device = self.reward_model.get_input_embeddings().weight.device
+        if self._cache_parts is not None and all(before):
+            backbone, head = self._cache_parts
+            layout = L.build_prefix_layout(before, batch.lengths, self.pad_id).to(device)
+            return L.with_prefix_cache(backbone, layout, head=head)
         return L.build_layout(before, batch.lengths, self.pad_id).to(device)
 
-    def value(self, prepared: L.Layout, response: torch.Tensor) -> torch.Tensor:
-        logits = L.run(self.reward_model, prepared, response).logits
-        return logits[:, self.label_index].float()
+    def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+        home = response.device
+        response = response.to(self.reward_model.get_input_embeddings().weight.device)
+        if isinstance(prepared, L.PrefixLayout):
+            logits = self._cached_logits(prepared, response)
+        else:
+            logits = L.run(self.reward_model, prepared, response).logits
+        return logits[:, self.label_index].float().to(home)
+
+    def _cached_logits(self, layout: L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+        """The classifier's pooled logits ``(B, labels)``: score head on each row's last active position."""
+        backbone, head = self._cache_parts
+        if response.shape[1] == 0:
+            return layout.last_logits
+        hidden = L.run_tail(backbone, layout, response, slots=response.shape[1]).last_hidden_state
+        lengths = layout.lengths.to(hidden.device)
+        last = (lengths - 1).clamp(min=0)
+        logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        # a row without response tokens ends with its prompt: the prefix pass scored it
+        return torch.where((lengths == 0).unsqueeze(1), layout.last_logits.to(logits.dtype), logits)
+
+
+def _classifier_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """``(backbone, score head)`` of an HF decoder classifier, or None when it has another shape."""
+    head = getattr(model, "score", None)
+    backbone = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Linear) or backbone is None or backbone is model:
+        return None
+    return backbone, head
+
+
+def check_device(device: str | None, owner: str) -> str | None:
+    if device is None:
+        return None
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{owner} device {device!r} is not a torch device; use e.g. 'cuda:1', 'cpu' or null") from err
+    return device

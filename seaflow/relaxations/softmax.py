@@ -17,4 +17,7 @@ class Softmax(Relaxation):
         self.temperature = temperature
 
     def forward(self, logits, generator=None, allowed=None):
-        return torch.softmax(self.restrict(logits, allowed) / self.temperature, dim=-1)
+        logits = self.restrict(logits, allowed)
+        if self.temperature != 1.0:  # no scaled (B, L, V) copy at the default temperature
+            logits = logits / self.temperature
+        return torch.softmax(logits, dim=-1)

@@ -7,6 +7,34 @@ import torch
 from seaflow.relaxations.base import Relaxation
 
 
+class _OneHotWithSoftmaxGradient(torch.autograd.Function):
+    """Forward ``one_hot(argmax softmax(z / t))``; backward the softmax's vector-Jacobian product.
+
+    Only ``z`` is kept for the backward pass (where the softmax is recomputed), so a step
+    holds one dense ``(B, L, V)`` tensor (the one-hot) instead of the softmax, the one-hot
+    and their straight-through sum.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        soft = torch.softmax(logits / temperature, dim=-1)
+        # argmax of the probabilities (not of the logits), as the plain straight-through estimator
+        hard = Relaxation.hard(soft)
+        ctx.save_for_backward(logits)
+        ctx.temperature = temperature
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (logits,) = ctx.saved_tensors
+        t = ctx.temperature
+        soft = torch.softmax(logits if t == 1.0 else logits / t, dim=-1)
+        inner = (grad * soft).sum(-1, keepdim=True)
+        # soft * (grad - inner) / t, built in the softmax's buffer
+        soft.mul_(grad - inner)
+        return (soft if t == 1.0 else soft.div_(t)), None
+
+
 class StraightThrough(Relaxation):
     """Forward: ``one_hot(argmax y)``; backward: the gradient of ``softmax(y / temperature)``.
 
@@ -22,6 +50,4 @@ class StraightThrough(Relaxation):
         self.temperature = temperature
 
     def forward(self, logits, generator=None, allowed=None):
-        soft = torch.softmax(self.restrict(logits, allowed) / self.temperature, dim=-1)
-        hard = self.hard(soft)
-        return hard + (soft - soft.detach())
+        return _OneHotWithSoftmaxGradient.apply(self.restrict(logits, allowed), self.temperature)

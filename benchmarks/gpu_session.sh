@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of docs/performance.md in one run, for a session with a lent H100/H200.
+#
+#   bash benchmarks/gpu_session.sh            # writes to $OUT (the device tool's folder), else ./gpu-results
+#
+# Needs a python3 with torch, transformers, lightning and tokenizers (the device image has
+# them; jsonargparse, wandb and gguf are not imported by the benchmarks). Each benchmark
+# runs under its own time limit so that the whole script ends within about 7 minutes;
+# a benchmark cut off by its limit keeps the rows it printed. Results: step_overhead.md,
+# prefix_cache.md, throughput.md, environment.txt and session.log under $OUT.
+# SKIP_INSTALL=1 leaves pip alone (the checkout is used through PYTHONPATH either way).
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-results}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+PY="${PYTHON:-python3}"
+started=$(date +%s)
+log() { echo "[$(( $(date +%s) - started ))s] $*" | tee -a "$OUT/session.log"; }
+
+{
+  nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+  "$PY" -c "import torch, transformers, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print('transformers', transformers.__version__, 'lightning', lightning.__version__)"
+} > "$OUT/environment.txt" 2>&1
+log "environment: $(tail -n 2 "$OUT/environment.txt" | tr '\n' ' ')"
+
+# the repository itself, without dependencies (nothing can be downloaded there); the benchmarks
+# also find it on their own path if the install is refused
+if [ -n "${SKIP_INSTALL:-}" ]; then
+  log "SKIP_INSTALL set: using the checkout through PYTHONPATH"
+elif "$PY" -m pip install -q -e . --no-deps --no-build-isolation >> "$OUT/session.log" 2>&1; then
+  log "installed seaflow (editable, no dependencies)"
+else
+  log "pip install refused; using the checkout through PYTHONPATH"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  log "no CUDA device: nothing to measure (the GPU presets need one)"
+  exit 0
+fi
+
+run() {  # run NAME LIMIT_SECONDS ARGS...: one benchmark, its table to $OUT/NAME.md
+  local name=$1 limit=$2; shift 2
+  log "start $name (limit ${limit}s): $*"
+  timeout --signal=INT --kill-after=10 "$limit" "$PY" "$@" > "$OUT/$name.md" 2>> "$OUT/session.log"
+  log "end $name (exit $?)"
+}
+
+run step_overhead 150 benchmarks/step_overhead.py --preset gpu --repeats 5
+run prefix_cache 90 benchmarks/prefix_cache.py --preset gpu --repeats 5
+run throughput 200 benchmarks/throughput.py --preset gpu --repeats 2
+log "done in $(( $(date +%s) - started ))s"
