@@ -221,7 +221,7 @@ def test_missing_chat_template_is_named(tiny_models):
 
 
 @pytest.mark.parametrize("model_args, expected", [
-    ({"sampler": {"class_path": "NoSuchSampler"}}, ["unknown class name 'NoSuchSampler'", "samplers:     AdaptiveLangevin, HMC, Langevin, MALA"]),
+    ({"sampler": {"class_path": "NoSuchSampler"}}, ["unknown class name 'NoSuchSampler'", "samplers:     AdaptiveLangevin, DiscreteLangevin, HMC, Langevin, MALA"]),
     ({"chains": "four"}, ['Parser key "chains"', "Got value: four"]),
     ({"chains": -2}, ["chains must be >= 1, got -2"]),
     ({"sampler": {"class_path": "Langevin", "init_args": {"step_size": -0.5}}}, ["Langevin step_size must be a finite number > 0", "got -0.5"]),
