@@ -90,6 +90,7 @@ def main() -> None:
 
     sea_records = []
     for batch in batches(method, prompts, batch_size, data_cfg):
+        print(f"SEA: {len(sea_records)}/{len(prompts)} prompts done", file=sys.stderr, flush=True)
         for record in method.predict_step(batch):
             sea_records.append({"reward": record["reward"], "ref": record["ref_logprob_per_token"],
                                 "first": record["initial_reward"], "time": record["wall_time_s"],
@@ -106,6 +107,7 @@ def main() -> None:
     print(row(f"SEA ({method.chains} chains x {method.steps} steps)", sea_records))
     n, at_sea_time = getattr(method, "chains", 4), None
     while n <= args.max_n:
+        print(f"BoN-{n}: running", file=sys.stderr, flush=True)
         bon = [r for batch in batches(method, prompts, batch_size, data_cfg) for r in best_of_n(method, batch, n)]
         print(row(f"BoN-{n}", bon))
         if statistics.median(r["time"] for r in bon) <= sea_time:
