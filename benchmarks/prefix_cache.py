@@ -15,7 +15,6 @@ runs once per batch and is not part of the evaluation; its time is the last colu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from step_overhead import build_models, machine, peak_memory, timed  # noqa: E402
+from step_overhead import build_models, interleaved_medians, machine, peak_memory, timed  # noqa: E402
 
 from seaflow.energies import PromptedJudge, ReferenceLogLikelihood, RewardModel  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
@@ -71,13 +70,7 @@ def measure(kind: str, policy, reward_model, prompt_len: int, chains: int, lengt
         torch.autograd.grad(value.sum(), leaf)
 
     variants = {"uncached": lambda: evaluation(False), "cached": lambda: evaluation(True)}
-    for fn in variants.values():
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    row = {name: statistics.median(values) for name, values in times.items()}
+    row = interleaved_medians(variants, repeats, device)
     row["prepare"] = prepare_time[True]
     row["memory"] = {name: peak_memory(fn, device) for name, fn in variants.items()}
     return row

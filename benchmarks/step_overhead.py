@@ -121,6 +121,17 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_medians(variants: dict, repeats: int, device: str) -> dict:
+    """Median seconds per variant: one warm-up call each, then ``repeats`` rounds, variants interleaved."""
+    for fn in variants.values():  # warm-up (allocator, kernels)
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_memory(fn, device: str) -> float | None:
     """Peak bytes allocated during ``fn`` above what was allocated before (CUDA only)."""
     if not device.startswith("cuda"):
@@ -205,13 +216,7 @@ def measure(policy, reward_model, chains: int, length: int, prompt_len: int, rep
         "uncached": lambda: functions[False](y),
         "cached": lambda: functions[True](y),
     }
-    for fn in variants.values():  # warm-up (allocator, kernels)
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    row = {name: statistics.median(values) for name, values in times.items()}
+    row = interleaved_medians(variants, repeats, device)
     row["memory"] = {name: peak_memory(fn, device) for name, fn in variants.items()}
     return row
 
