@@ -82,3 +82,14 @@ class Reward(EnergyTerm):
     def _borrow(module: nn.Module, name: str, model: nn.Module) -> None:
         """Keep a reference to ``model`` without registering it as a submodule (no double copy)."""
         object.__setattr__(module, name, model)
+
+
+def check_device(device: str | None, owner: str) -> str | None:
+    """``device`` if torch accepts it as a device (None passes through); a ValueError naming it otherwise."""
+    if device is None:
+        return None
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{owner} device {device!r} is not a torch device; use e.g. 'cuda:1', 'cpu' or null") from err
+    return device

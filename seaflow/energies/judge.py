@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from seaflow import layout as L
-from seaflow.energies.base import ResponseBatch, Reward
-from seaflow.energies.reward_model import check_device
+from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_causal_lm
 
 _RESPONSE = "\x00RESPONSE\x00"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from seaflow import layout as L
-from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_sequence_classifier
 
 
@@ -120,12 +120,3 @@ def _classifier_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
         return None
     return backbone, head
 
-
-def check_device(device: str | None, owner: str) -> str | None:
-    if device is None:
-        return None
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{owner} device {device!r} is not a torch device; use e.g. 'cuda:1', 'cpu' or null") from err
-    return device
