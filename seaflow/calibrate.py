@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from seaflow.encoding import encode_chat, encode_text
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
 from seaflow.refusal import is_refusal
@@ -297,19 +298,17 @@ def summarise(scores: list[float], labels: list[int]) -> dict:
 
 
 def encode_prompt(tokenizer, prompt: str, chat_template: bool, max_tokens: int) -> list[int]:
-    """Policy tokens of a prompt, as :class:`~seaflow.data.PromptDataModule` encodes it."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False)[:max_tokens]
+    """Policy tokens of a prompt, as :class:`~seaflow.data.PromptDataModule` encodes it
+    (special-token strings in the prompt stay text, seaflow/encoding.py)."""
+    ids = encode_text(tokenizer, prompt)[:max_tokens]
     text = tokenizer.decode(ids) if len(ids) == max_tokens else prompt
     if chat_template:
-        templated = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer.encode(templated, add_special_tokens=False)
-    return tokenizer.encode(text)
+        return encode_chat(tokenizer, [{"role": "user", "content": text}])
+    return encode_text(tokenizer, text, add_special_tokens=True)
 
 
 def encode_response(tokenizer, response: str, max_tokens: int) -> list[int]:
-    return tokenizer.encode(response, add_special_tokens=False)[:max_tokens]
+    return encode_text(tokenizer, response)[:max_tokens]
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seaflow.encoding import encode_chat, encode_text
+
 
 class PromptFileError(ValueError):
     """A prompts file is missing or malformed; the message names the file and the line."""
@@ -192,13 +194,14 @@ class PromptDataModule(L.LightningDataModule):
         self.skip_ids = set(ids)
 
     def encode(self, prompt: str) -> list[int]:
+        """Policy tokens of a prompt; special-token strings typed in the prompt or the system
+        prompt stay text, only the chat template's own markup is special (seaflow/encoding.py)."""
         if self.chat_template:
             messages = [{"role": "user", "content": prompt}]
             if self.system_prompt:
                 messages.insert(0, {"role": "system", "content": self.system_prompt})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return self.tokenizer.encode(prompt)
+            return encode_chat(self.tokenizer, messages)
+        return encode_text(self.tokenizer, prompt, add_special_tokens=True)
 
     def items(self, reserve: int = 0) -> list[dict[str, Any]]:
         """Tokenised prompts not yet done; ``reserve`` tokens must stay free for the response."""

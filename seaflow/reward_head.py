@@ -49,6 +49,7 @@ from seaflow import generation
 from seaflow import layout as LY
 from seaflow.calibrate import LabelledJsonl, _wheel_file, auc, best_threshold, encode_prompt, encode_response
 from seaflow.data import PromptDataset, collate, read_prompts
+from seaflow.encoding import encode_chat, encode_text
 from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
 from seaflow.refusal import is_refusal
 
@@ -198,9 +199,8 @@ class RefusalHeadData(L.LightningDataModule):
                     messages = [{"role": "user", "content": item["prompt"]}]
                     if item["system"]:
                         messages.insert(0, {"role": "system", "content": item["system"]})
-                    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                    prefill = tok.encode(item["prefill"], add_special_tokens=False) if item.get("prefill") else []
-                    prompt_ids.append(tok.encode(text, add_special_tokens=False) + prefill)
+                    prefill = encode_text(tok, item["prefill"]) if item.get("prefill") else []
+                    prompt_ids.append(encode_chat(tok, messages) + prefill)
                     prefills.append(prefill)
                 seeds = [int(item["key"], 16) for item in chunk]
                 tokens, lengths = generation.sample(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from seaflow import layout as L
+from seaflow.encoding import chat_segments, encode_segments
 from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_causal_lm
 
 _RESPONSE = "\x00RESPONSE\x00"
+_PROMPT = "\x00PROMPT\x00"
 
 DEFAULT_QUESTION = (
     "Here is a request and a reply.\nRequest: {prompt}\nReply: {response}\n"
@@ -106,14 +108,24 @@ class PromptedJudge(Reward):
         return sorted(ids)
 
     def _split(self, prompt: str) -> tuple[list[int], list[int]]:
-        text = self.question.replace("{prompt}", prompt).replace("{response}", _RESPONSE)
+        """Judge tokens before and after the response. The question is the config's own text; the
+        prompt inserted into it is user text, so special-token strings typed in it stay text."""
+        content = self.question.replace("{prompt}", _PROMPT).replace("{response}", _RESPONSE)
         if self.use_chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        before, after = text.split(_RESPONSE)
-        encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-        return encode(before), encode(after)
+            segments = chat_segments(self.tokenizer, [{"role": "user", "content": content}])
+        else:
+            segments = [(content, True)]
+        pieces = []
+        for text, _ in segments:
+            for i, part in enumerate(text.split(_PROMPT)):
+                if i:
+                    pieces.append((prompt, False))
+                pieces.append((part, True))
+        at = next(i for i, (text, markup) in enumerate(pieces) if markup and _RESPONSE in text)
+        head, tail = pieces[at][0].split(_RESPONSE)
+        before = pieces[:at] + [(head, True)]
+        after = [(tail, True)] + pieces[at + 1 :]
+        return encode_segments(self.tokenizer, before), encode_segments(self.tokenizer, after)
 
     def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
         cache: dict[str, tuple[list[int], list[int]]] = {}
