@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -105,6 +106,14 @@ class SEA(AlignmentMethod):
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
         self.relaxation = relaxation if relaxation is not None else StraightThrough()
+        if self.sampler.needs_one_hot_gradient and not self.relaxation.one_hot_gradient:
+            warnings.warn(
+                f"{type(self.sampler).__name__} reads the energy's gradient as dE/d(one-hot tokens), but the relaxation "
+                f"is {type(self.relaxation).__name__}, whose gradient is a different one; set model.init_args.relaxation "
+                f"to OneHot (class_path: OneHot). With a Metropolis test the chains stay exact, the proposals just "
+                f"follow a worse guide.",
+                stacklevel=2,
+            )
         self.alpha = alpha
         self.reference_weight = reference_weight
         self.chains = chains
@@ -177,7 +186,7 @@ class SEA(AlignmentMethod):
         if allowed is not None:
             y = y.masked_fill(~allowed, float("-inf"))
         if self.decode == "best":
-            energy_fn.evaluate(y)  # the last iterate is a candidate too
+            energy_fn.track(y)  # the last iterate is a candidate too
             if energy_fn.best_tokens is None:
                 raise ValueError(
                     f"decode: best needs a relaxation whose forward pass is one-hot (StraightThrough, "

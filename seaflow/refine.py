@@ -18,7 +18,7 @@ from seaflow import rng
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.relaxations.base import Relaxation
-from seaflow.samplers.base import Sampler, SamplerOutput
+from seaflow.samplers.base import Evaluation, Sampler, SamplerState
 
 
 def initial_logits(
@@ -49,20 +49,13 @@ def random_logits(shape: tuple[int, ...], scale: float, generator: torch.Generat
     return rng.randn(shape, generator, device=device) * scale
 
 
-@dataclass
-class EnergyParts:
-    """Per-row values at one evaluation: total energy, reward and reference log-likelihood."""
-
-    energy: torch.Tensor
-    reward: torch.Tensor | None = None
-    reference: torch.Tensor | None = None
-
-
 class EnergyFunction:
-    """``y -> (E(y), dE/dy)`` for a batch, with the batch-constant work done once.
+    """``y -> Evaluation(y, E(y), dE/dy, parts)`` for a batch, with the batch-constant work done once.
 
-    Terms whose weight is zero are not evaluated (the paper's "w/o reward" and "w/o
-    reference" ablations). The most recent parts are kept in :attr:`last` for the trace.
+    ``parts`` holds the per-row ``reward`` and ``reference`` log-likelihood behind the energy
+    (for the trace). Terms whose weight is zero are not evaluated (the paper's "w/o reward"
+    and "w/o reference" ablations), and their part is absent. ``allowed`` is the top-k mask
+    (or ``None``), the one thing a sampler may read besides the evaluations (:class:`EnergyFn`).
     """
 
     def __init__(
@@ -87,49 +80,40 @@ class EnergyFunction:
         self.allowed = allowed
         self.reward_state = self.reward.prepare(batch) if self.reward is not None else None
         self.reference_state = self.reference.prepare(batch) if self.reference is not None else None
-        self.last: EnergyParts | None = None
         self.evaluations = 0
         self.best_energy: torch.Tensor | None = None
         self.best_tokens: torch.Tensor | None = None
 
-    def parts(self, y: torch.Tensor) -> tuple[EnergyParts, torch.Tensor]:
-        """The energy and its terms at ``y``, and the relaxed tokens the models saw."""
+    def parts(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The energy at ``y``, its terms, and the relaxed tokens the models saw."""
         probs = self.relaxation(y, generator=self.generator, allowed=self.allowed)
         energy = torch.zeros(y.shape[0], device=y.device)
-        reward = reference = None
+        parts = {}
         if self.reward is not None:
-            reward = self.reward.value(self.reward_state, probs)
-            energy = energy - self.alpha * reward
+            parts["reward"] = self.reward.value(self.reward_state, probs)
+            energy = energy - self.alpha * parts["reward"]
         if self.reference is not None:
-            reference = self.reference.value(self.reference_state, probs)
-            energy = energy - self.reference_weight * reference
-        return EnergyParts(energy=energy, reward=reward, reference=reference), probs
+            parts["reference"] = self.reference.value(self.reference_state, probs)
+            energy = energy - self.reference_weight * parts["reference"]
+        return energy, parts, probs
 
-    def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, y: torch.Tensor) -> Evaluation:
         with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            parts, probs = self.parts(y)
-            (grad,) = torch.autograd.grad(parts.energy.sum(), y)
+            leaf = y.detach().requires_grad_(True)
+            energy, parts, probs = self.parts(leaf)
+            (grad,) = torch.autograd.grad(energy.sum(), leaf)
         self.evaluations += 1
-        self._record(parts, probs)
-        return self.last.energy, grad
+        energy = energy.detach()
+        self._track_best(energy, probs.detach())
+        return Evaluation(y, energy, grad, {name: value.detach() for name, value in parts.items()})
 
     @torch.no_grad()
-    def evaluate(self, y: torch.Tensor) -> EnergyParts:
-        """The energy at ``y`` without a gradient (e.g. the final iterate, for best-state tracking)."""
-        parts, probs = self.parts(y)
-        self._record(parts, probs)
-        return self.last
+    def track(self, y: torch.Tensor) -> None:
+        """Count ``y`` as a visited state for best-state tracking, without a gradient (e.g. the final iterate)."""
+        energy, _, probs = self.parts(y)
+        self._track_best(energy, probs)
 
-    def _record(self, parts: EnergyParts, probs: torch.Tensor) -> None:
-        self.last = EnergyParts(
-            energy=parts.energy.detach(),
-            reward=None if parts.reward is None else parts.reward.detach(),
-            reference=None if parts.reference is None else parts.reference.detach(),
-        )
-        self._track_best(probs.detach())
-
-    def _track_best(self, probs: torch.Tensor) -> None:
+    def _track_best(self, energy: torch.Tensor, probs: torch.Tensor) -> None:
         """Keep, per row, the tokens of the lowest-energy state seen so far.
 
         Exact when the models saw one-hot tokens (straight-through, hard Gumbel-softmax):
@@ -140,7 +124,7 @@ class EnergyFunction:
         if not bool((values == 1).all()):
             return
         # a non-finite energy (a numerical fault, see ChainHealth) never counts as the best
-        energy = torch.where(torch.isfinite(self.last.energy), self.last.energy, float("inf"))
+        energy = torch.where(torch.isfinite(energy), energy, float("inf"))
         if self.best_energy is None:
             self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
             return
@@ -191,10 +175,12 @@ class ChainHealth:
         self.dropped = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         self.events: list[dict[str, int | str]] = []
 
-    def after_step(self, iteration: int, y: torch.Tensor, out: SamplerOutput, cache_before: dict) -> torch.Tensor:
-        """The point each chain continues from: the new sample, or its anchor after a fault."""
-        sample = out.sample.detach()
-        point_ok = torch.isfinite(out.diagnostics["energy"]) & torch.isfinite(out.diagnostics["grad_norm"])
+    def after_step(self, iteration: int, y: torch.Tensor, sample: torch.Tensor, point_ok: torch.Tensor,
+                   state: SamplerState, cache_before: dict) -> torch.Tensor:
+        """The point each chain continues from: the new ``sample``, or its anchor after a fault.
+
+        ``point_ok`` says per chain whether the energy and gradient at ``y`` were finite.
+        """
         fault = (~point_ok | ~torch.isfinite(sample).flatten(1).all(1)) & ~self.dropped
         if bool(point_ok.all()):
             self.anchor = y  # the common case costs no copy
@@ -208,13 +194,13 @@ class ChainHealth:
         for chain in fault.nonzero().flatten().tolist():
             self.events.append({"chain": chain, "iteration": iteration, "action": "dropped" if drop[chain] else "rollback"})
         self.dropped |= drop
-        state = out.state
         scale = state.step_scale if state.step_scale is not None else torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
         state.step_scale = torch.where(fault.to(scale.device), scale * self.shrink, scale)
-        # per-chain sampler state goes back with the chain; the cached point no longer matches
+        # per-chain sampler state goes back with the chain; the kept point no longer matches
+        state.kept = None
         state.cache = {
             name: Sampler.select(~hold, value, cache_before[name]) if name in cache_before else value
-            for name, value in state.cache.items() if name != "point"
+            for name, value in state.cache.items()
         }
         return torch.where(Sampler.per_chain(hold, y), self.anchor, sample)
 
@@ -231,7 +217,8 @@ def refine(
     """Run ``num_steps`` sampler steps from ``y``; return the final logits and the trace.
 
     The trace entry of step ``t`` describes the point the step started from (so entry 0 is
-    the initialisation). Numerical faults are handled per chain by :class:`ChainHealth`
+    the initialisation): its energy, gradient norm and energy parts, and the sampler's
+    diagnostics. Numerical faults are handled per chain by :class:`ChainHealth`
     (rollback, smaller steps, dropped after ``max_faults`` in a row) and logged in
     ``trace.faults`` / ``trace.dropped``. ``progress(step)`` is called after every step when given.
     """
@@ -241,11 +228,11 @@ def refine(
         energy_fn.relaxation.set_progress(state.progress)  # e.g. Gumbel temperature annealing
         cache_before = dict(state.cache)  # samplers replace cache entries, never edit them in place
         out = sampler.step(y, energy_fn, state, generator)
-        # Metropolis samplers report the parts of the state they started from; otherwise the
-        # last evaluation is that state
-        parts = out.energy_record if out.energy_record is not None else energy_fn.last
-        trace.add(**out.diagnostics, reward=parts.reward, reference=parts.reference)
-        y, state = health.after_step(step, y, out, cache_before), out.state
+        state.iteration += 1
+        values = out.trace()
+        trace.add(**values)
+        point_ok = torch.isfinite(values["energy"]) & torch.isfinite(values["grad_norm"])
+        y = health.after_step(step, y, out.sample.detach(), point_ok, state, cache_before)
         if progress is not None:
             progress(step)
     trace.faults, trace.dropped = health.events, health.dropped

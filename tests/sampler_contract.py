@@ -26,7 +26,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from seaflow.samplers import Constant, Linear, Sampler
+from seaflow.samplers import Constant, EnergyFn, FunctionEnergy, Linear, Sampler
 
 P_VALUE = 1e-3  # chance that a correct sampler fails one moment check (a fixed seed makes it deterministic)
 DTYPE = torch.float32  # the chains run in float32, like logits; statistics are computed in float64
@@ -64,6 +64,7 @@ class GaussianTarget:
         eigenvalues = torch.linalg.eigvalsh(self.precision)
         self.lambda_min, self.lambda_max = float(eigenvalues[0]), float(eigenvalues[-1])
         self._mean, self._precision = self.mean.to(DTYPE), self.precision.to(DTYPE)
+        self.energy = FunctionEnergy(self.energy_fn)  # what samplers get
 
     @property
     def dim(self) -> int:
@@ -74,6 +75,7 @@ class GaussianTarget:
         return self.lambda_max / self.lambda_min
 
     def energy_fn(self, x: torch.Tensor):
+        """``(energy, grad)`` at ``x``."""
         centred = x - self._mean.to(x.dtype)
         grad = centred @ self._precision.to(x.dtype)
         return 0.5 * (centred * grad).sum(-1), grad
@@ -178,31 +180,31 @@ def check_gaussian_moments(samples: torch.Tensor, target: GaussianTarget, relati
 
 
 class CountingEnergy:
-    """Wraps an energy function, counts evaluations and keeps ``last`` like seaflow's EnergyFunction."""
+    """Wraps an energy function (an ``EnergyFn``) and counts its evaluations."""
 
-    def __init__(self, energy_fn):
+    def __init__(self, energy_fn: EnergyFn):
         self.energy_fn = energy_fn
+        self.allowed = energy_fn.allowed
         self.calls = 0
-        self.last = None
 
     def __call__(self, x):
-        energy, grad = self.energy_fn(x)
         self.calls += 1
-        self.last = {"energy": energy.clone()}
-        return energy, grad
+        return self.energy_fn(x)
 
 
-def run_chains(sampler: Sampler, energy_fn, x: torch.Tensor, steps: int, seed: int = 0):
-    """Run ``steps`` steps; return the final sample, the stacked diagnostics and the outputs' evaluation count."""
+def run_chains(sampler: Sampler, energy_fn: EnergyFn, x: torch.Tensor, steps: int, seed: int = 0):
+    """Run ``steps`` steps as ``seaflow.refine`` does; return the final sample, the stacked
+    per-step values the loop records (``SamplerOutput.trace``) and the outputs' evaluation count."""
     generator = torch.Generator().manual_seed(seed)
     state = sampler.init_state(x, steps)
     history: dict[str, list[torch.Tensor]] = {}
     evaluations = 0
     for _ in range(steps):
         out = sampler.step(x, energy_fn, state, generator)
-        x, state = out.sample.detach(), out.state  # as seaflow.refine does
+        state.iteration += 1
+        x = out.sample.detach()
         evaluations += out.evaluations
-        for name, value in out.diagnostics.items():
+        for name, value in out.trace().items():
             history.setdefault(name, []).append(value)
     return x, {name: torch.stack(values) for name, values in history.items()}, evaluations
 
@@ -261,7 +263,7 @@ class SamplerContract:
     def sample(self, target: GaussianTarget, seed: int = 0, sampler: Sampler | None = None):
         sampler = sampler if sampler is not None else self.make_sampler(self.step_size_for(target), target=target)
         chains = self.chains if target.dim <= 10 else self.chains_high_dim
-        return run_chains(sampler, target.energy_fn, target.start(chains), self.num_steps_for(target), seed)
+        return run_chains(sampler, target.energy, target.start(chains), self.num_steps_for(target), seed)
 
     def check_sampling(self, target: GaussianTarget, sampler: Sampler | None = None, seed: int = 0):
         samples, history, _ = self.sample(target, seed, sampler)
@@ -284,7 +286,7 @@ class SamplerContract:
         target = TARGETS[target_name]
         sampler, steps = self.optimiser_for(target)
         start = target.start(8)
-        x, history, _ = run_chains(sampler, target.energy_fn, start, steps)
+        x, history, _ = run_chains(sampler, target.energy, start, steps)
         initial = target.energy_fn(start)[0]
         final = target.energy_fn(x)[0]
         assert torch.all(final <= 1e-8 * initial), f"{target_name}: energy {final.max():.3g} not at the minimum 0 (from {initial.max():.3g})"
@@ -296,9 +298,9 @@ class SamplerContract:
         target = TARGETS["anisotropic-10d"]
         sampler = self.make_sampler(self.step_size_for(target))
         start = target.start(16)
-        a, history_a, _ = run_chains(sampler, target.energy_fn, start, 30, seed=7)
-        b, history_b, _ = run_chains(sampler, target.energy_fn, start, 30, seed=7)
-        c, _, _ = run_chains(sampler, target.energy_fn, start, 30, seed=8)
+        a, history_a, _ = run_chains(sampler, target.energy, start, 30, seed=7)
+        b, history_b, _ = run_chains(sampler, target.energy, start, 30, seed=7)
+        c, _, _ = run_chains(sampler, target.energy, start, 30, seed=8)
         assert torch.equal(a, b)
         for name in history_a:
             assert torch.equal(history_a[name], history_b[name]), name
@@ -318,8 +320,8 @@ class SamplerContract:
 
         start = torch.randn(chains, length * vocab, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
         sampler = self.make_sampler(0.05)
-        flat, flat_history, _ = run_chains(sampler, flat_energy, start, 5, seed=3)
-        logits, history, _ = run_chains(sampler, logits_energy, start.reshape(chains, length, vocab), 5, seed=3)
+        flat, flat_history, _ = run_chains(sampler, FunctionEnergy(flat_energy), start, 5, seed=3)
+        logits, history, _ = run_chains(sampler, FunctionEnergy(logits_energy), start.reshape(chains, length, vocab), 5, seed=3)
         assert logits.shape == (chains, length, vocab)
         torch.testing.assert_close(logits.reshape(chains, -1), flat)
         for name, values in history.items():
@@ -328,29 +330,30 @@ class SamplerContract:
 
     def test_diagnostics_and_evaluation_count(self):
         target = TARGETS["anisotropic-10d"]
-        energy_fn = CountingEnergy(target.energy_fn)
+        energy_fn = CountingEnergy(target.energy)
         sampler = self.make_sampler(self.step_size_for(target))
         x = target.start(6) + 0.1 * torch.randn(6, target.dim, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
         state = sampler.init_state(x, 10)
         generator = torch.Generator().manual_seed(0)
         total = 0
-        for _ in range(10):
+        for step in range(10):
             out = sampler.step(x, energy_fn, state, generator)
+            assert state.iteration == step, "the loop counts iterations; a sampler leaves state.iteration alone"
             expected_energy, expected_grad = target.energy_fn(x)
-            assert {"energy", "grad_norm"} <= set(out.diagnostics)
             if self.has_accept:
                 assert {"accept", "accept_prob"} <= set(out.diagnostics)
                 assert set(out.diagnostics["accept"].tolist()) <= {0.0, 1.0}
-            for name, value in out.diagnostics.items():
+            for name, value in out.trace().items():
                 assert value.shape == (6,), f"diagnostic {name} has shape {tuple(value.shape)}"
-            # diagnostics and the energy record describe the point the step started from
-            torch.testing.assert_close(out.diagnostics["energy"], expected_energy)
-            torch.testing.assert_close(out.diagnostics["grad_norm"], expected_grad.norm(dim=1))
-            torch.testing.assert_close(out.energy_record["energy"], expected_energy)
-            assert out.sample.shape == x.shape and out.state is state
+            # the step hands back the evaluation of the point it started from
+            assert torch.equal(out.start.point, x)
+            torch.testing.assert_close(out.start.energy, expected_energy)
+            torch.testing.assert_close(out.start.grad, expected_grad)
+            torch.testing.assert_close(out.trace()["grad_norm"], expected_grad.norm(dim=1))
+            assert out.sample.shape == x.shape
             total += out.evaluations
             x = out.sample.detach()
-        assert state.iteration == 10
+            state.iteration += 1
         assert total == energy_fn.calls, f"reported {total} gradient evaluations, made {energy_fn.calls}"
 
     def test_step_scale_is_per_chain(self):
@@ -360,10 +363,10 @@ class SamplerContract:
         scaled = self.make_sampler(step)
         state = scaled.init_state(x, 5)
         state.step_scale = torch.tensor([0.0, 0.5, 0.5, 0.5], dtype=DTYPE)
-        out = scaled.step(x, target.energy_fn, state, torch.Generator().manual_seed(0))
+        out = scaled.step(x, target.energy, state, torch.Generator().manual_seed(0))
         assert torch.equal(out.sample[0], x[0]), "a chain with step_scale 0 must not move"
         halved = self.make_sampler(step / 2)
-        reference = halved.step(x, target.energy_fn, halved.init_state(x, 5), torch.Generator().manual_seed(0))
+        reference = halved.step(x, target.energy, halved.init_state(x, 5), torch.Generator().manual_seed(0))
         assert not torch.equal(out.sample[1:], x[1:])
         torch.testing.assert_close(out.sample[1:], reference.sample[1:])
 
@@ -371,14 +374,14 @@ class SamplerContract:
         target = TARGETS["anisotropic-10d"]
         step = self.step_size_for(target)
         start = target.start(8)
-        plain, _, _ = run_chains(self.make_sampler(step, 1.0), target.energy_fn, start, 10, seed=1)
-        constant, _, _ = run_chains(self.make_sampler(Constant(step), Constant(1.0)), target.energy_fn, start, 10, seed=1)
+        plain, _, _ = run_chains(self.make_sampler(step, 1.0), target.energy, start, 10, seed=1)
+        constant, _, _ = run_chains(self.make_sampler(Constant(step), Constant(1.0)), target.energy, start, 10, seed=1)
         torch.testing.assert_close(plain, constant)
-        annealed, _, _ = run_chains(self.make_sampler(step, Linear(1.0, 0.0)), target.energy_fn, start, 10, seed=1)
+        annealed, _, _ = run_chains(self.make_sampler(step, Linear(1.0, 0.0)), target.energy, start, 10, seed=1)
         assert not torch.allclose(plain, annealed)
         broken = self.make_sampler(Linear(step, -step), 1.0)
         with pytest.raises(ValueError, match="step_size"):
-            run_chains(broken, target.energy_fn, start, 10)
+            run_chains(broken, target.energy, start, 10)
 
     @pytest.mark.parametrize("argument, value", [("step_size", -0.1), ("step_size", 0.0), ("noise_scale", -1.0), ("step_size", float("nan"))])
     def test_rejects_bad_values(self, argument, value):

@@ -111,11 +111,10 @@ def test_energy_signs(tiny_policy):
     y = torch.randn(2, 6, tiny_policy.vocab_size)
     for alpha, weight, field in ((1.0, 0.0, "reward"), (0.0, 1.0, "reference")):
         fn = EnergyFunction(batch, Softmax(), lex, ref, alpha=alpha, reference_weight=weight)
-        energy, grad = fn(y)
-        before = getattr(fn.last, field)
-        torch.testing.assert_close(energy, -before)
-        fn(y - 0.5 * grad)
-        assert (getattr(fn.last, field) > before).all()
+        evaluation = fn(y)
+        before = evaluation.parts[field]
+        torch.testing.assert_close(evaluation.energy, -before)
+        assert (fn(y - 0.5 * evaluation.grad).parts[field] > before).all()
 
 
 def test_straight_through_gradient_equals_softmax_gradient(tiny_policy):

@@ -24,8 +24,8 @@ from seaflow.data import PromptDataModule, PromptFileError, read_prompts
 from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.models import ModelLoadError, load_causal_lm, load_sequence_classifier
-from seaflow.refine import EnergyParts, refine
-from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
+from seaflow.refine import refine
+from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Evaluation, Langevin
 from test_cli import read_jsonl, tiny_config
 
 # -- numerical faults ------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class GaussianEnergy:
 
     def __init__(self, chain=None, calls=()):
         self.relaxation, self.chain, self.calls, self.count = self._Relaxation(), chain, set(calls), 0
-        self.last = None
+        self.allowed = None
 
     def __call__(self, x):
         self.count += 1
@@ -125,8 +125,7 @@ class GaussianEnergy:
         if self.count in self.calls:
             energy[self.chain] = float("nan")
             grad[self.chain] = float("nan")
-        self.last = EnergyParts(energy=energy)
-        return energy, grad
+        return Evaluation(x, energy, grad)
 
 
 @pytest.mark.parametrize("sampler, calls, rolled_back", [

@@ -30,7 +30,7 @@ from seaflow.energies.base import ResponseBatch
 from seaflow.refine import EnergyFunction
 from seaflow.relaxations import OneHot, Relaxation, StraightThrough
 from seaflow.rng import RowGenerators
-from seaflow.samplers import DiscreteLangevin, Linear, Sampler
+from seaflow.samplers import DiscreteLangevin, Evaluation, FunctionEnergy, Linear, Sampler
 
 ROOT = Path(__file__).parent.parent
 STATS = torch.float64
@@ -62,10 +62,14 @@ class Potts:
         energy = -(p * self.h).sum((1, 2)) - 0.5 * (p * local).sum((1, 2))
         return energy, -self.h - local
 
-    def __call__(self, x: torch.Tensor):
+    def energy_fn(self, x: torch.Tensor):
+        """``(energy, grad)`` of the argmax tokens of ``x``."""
         p = torch.nn.functional.one_hot(x.argmax(-1), self.categories).to(STATS)
         energy, grad = self.one_hot_energy(p)
         return energy.to(x.dtype), grad.to(x.dtype)
+
+    def __call__(self, x: torch.Tensor) -> Evaluation:
+        return Evaluation(x, *self.energy_fn(x))
 
     def states(self) -> torch.Tensor:
         """Every state, ``(categories**positions, positions)``, in the order of :meth:`index`."""
@@ -247,12 +251,12 @@ def test_optimisation_mode_never_raises_the_energy(proposal_temperature):
     sampler = DiscreteLangevin(step_size=0.5, noise_scale=0.0, proposal_temperature=proposal_temperature)
     start = torch.nn.functional.one_hot(torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0)), 4).float()
     x, history, _ = run_chains(sampler, target, start, 30)
-    energies = torch.cat([history["energy"], target(x)[0].unsqueeze(0)])
+    energies = torch.cat([history["energy"], target.energy_fn(x)[0].unsqueeze(0)])
     assert torch.all(energies[1:] <= energies[:-1] + 1e-9), "an accepted move raised the energy"
     if proposal_temperature is not None:
         # random gradient-informed descent finds the minimum of this small target from most starts
-        minimum = float(target(target.start(1, target.states()[target.exact().argmax()]))[0])
-        assert float((target(x)[0] <= minimum + 1e-6).float().mean()) > 0.5
+        minimum = float(target.energy_fn(target.start(1, target.states()[target.exact().argmax()]))[0])
+        assert float((target.energy_fn(x)[0] <= minimum + 1e-6).float().mean()) > 0.5
     assert float(energies[-1].mean()) < float(energies[0].mean())
 
 
@@ -293,6 +297,7 @@ def test_row_generators_give_each_chain_its_own_stream():
         for _ in range(15):
             out = sampler.step(x, target, state, generator)
             x = out.sample.detach()
+            state.iteration += 1
             visited.append(x.argmax(-1))
         return torch.stack(visited, 1)  # (chains, steps, positions)
 
@@ -311,19 +316,20 @@ def test_diagnostics_and_evaluation_count(metropolis, first, later):
     state = sampler.init_state(x, 10)
     generator = torch.Generator().manual_seed(0)
     counts = []
-    for _ in range(10):
-        expected_energy, expected_grad = target(x)
+    for step in range(10):
+        expected_energy, expected_grad = target.energy_fn(x)
         out = sampler.step(x, energy_fn, state, generator)
-        expected = {"energy", "grad_norm", "flips"} | ({"accept", "accept_prob"} if metropolis else set())
+        assert state.iteration == step
+        expected = {"flips"} | ({"accept", "accept_prob"} if metropolis else set())
         assert set(out.diagnostics) == expected
-        for name, value in out.diagnostics.items():
+        for name, value in out.trace().items():
             assert value.shape == (6,), f"diagnostic {name} has shape {tuple(value.shape)}"
-        torch.testing.assert_close(out.diagnostics["energy"], expected_energy)
-        torch.testing.assert_close(out.diagnostics["grad_norm"], expected_grad.flatten(1).norm(dim=1))
-        torch.testing.assert_close(out.energy_record["energy"], expected_energy)
+        torch.testing.assert_close(out.start.energy, expected_energy)
+        torch.testing.assert_close(out.start.grad, expected_grad)
+        torch.testing.assert_close(out.trace()["grad_norm"], expected_grad.flatten(1).norm(dim=1))
         counts.append(out.evaluations)
         x = out.sample.detach()
-    assert state.iteration == 10
+        state.iteration += 1
     assert counts == [first] + [later] * 9
     assert sum(counts) == energy_fn.calls
 
@@ -353,7 +359,7 @@ def test_step_scale_is_per_chain():
     reference = halved.step(x, target, halved.init_state(x, 5), torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.sample[1:], reference.sample[1:])
     # the proposal probabilities (not only the draws) follow the per-chain step
-    grad, tokens = target(x)[1], x.argmax(-1)
+    grad, tokens = target.energy_fn(x)[1], x.argmax(-1)
     per_chain = scaled.proposal_log_probs(grad, tokens, 2.0 * state.step_scale, 1.0, None)
     plain = halved.proposal_log_probs(grad, tokens, torch.ones(4), 1.0, None)
     torch.testing.assert_close(per_chain[1:], plain[1:])
@@ -393,7 +399,7 @@ def test_rejects_a_state_without_categories_and_a_bad_mask():
     sampler = DiscreteLangevin()
     x = torch.zeros(4)
     with pytest.raises(ValueError, match="categories"):
-        sampler.step(x, lambda y: (y.sum(), y), sampler.init_state(x, 1))
+        sampler.step(x, FunctionEnergy(lambda y: (y.sum(), y)), sampler.init_state(x, 1))
     target = Potts(allowed=torch.ones(5, 4, dtype=torch.bool))
     x = target.start(2)
     with pytest.raises(ValueError, match="broadcast"):
@@ -433,7 +439,8 @@ def test_one_hot_energy_is_the_token_log_likelihood(tiny_policy):
     vocab = tiny_policy.vocab_size
     y = torch.randn(2, 5, vocab, generator=torch.Generator().manual_seed(0))
     energy_fn = EnergyFunction(batch, OneHot(), None, reference, alpha=0.0, reference_weight=1.0)
-    energy, grad = energy_fn(y)
+    evaluation = energy_fn(y)
+    energy, grad = evaluation.energy, evaluation.grad
     prepared = reference.prepare(batch)
     tokens = y.argmax(-1)
     with torch.no_grad():
@@ -472,12 +479,10 @@ def test_sea_with_discrete_langevin(tiny_policy, restrict_top_k):
         assert final <= initial + 1e-4
 
 
-def test_warns_when_the_relaxation_is_not_one_hot(tiny_policy):
-    sea = SEA(reward=LexiconReward(), sampler=DiscreteLangevin(), relaxation=StraightThrough(), chains=1, steps=1,
-              max_new_tokens=4, alpha=5.0)
-    sea.attach(tiny_policy)
+def test_warns_when_the_relaxation_is_not_one_hot():
     with pytest.warns(UserWarning, match="OneHot"):
-        sea.predict_step(_batch(tiny_policy))
+        SEA(reward=LexiconReward(), sampler=DiscreteLangevin(), relaxation=StraightThrough(), chains=1, steps=1,
+            max_new_tokens=4, alpha=5.0)
 
 
 def test_demo_discrete_config_runs_on_tiny_models(tmp_path, tiny_models):

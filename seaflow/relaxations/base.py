@@ -29,6 +29,9 @@ class Relaxation(nn.Module, Registered):
     """Base class: ``relaxation(y, generator=None, allowed=None) -> p``."""
 
     registry: ClassVar[dict[str, type]] = {}
+    one_hot_gradient: ClassVar[bool] = False
+    """True when the gradient handed back to ``y`` is dE/d(one-hot tokens) (what discrete
+    samplers with ``needs_one_hot_gradient`` read)."""
 
     progress: float = 0.0
 

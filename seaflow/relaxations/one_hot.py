@@ -21,6 +21,8 @@ class OneHot(Relaxation):
     tokens get zero gradient.
     """
 
+    one_hot_gradient = True
+
     def forward(self, logits, generator=None, allowed=None):
         hard = self.hard(self.restrict(logits, allowed)).to(logits.dtype)
         passthrough = logits - logits.detach()  # zero in value, identity in gradient

@@ -1,7 +1,7 @@
 """Samplers: one file each, one step contract (see :mod:`seaflow.samplers.base`)."""
 
 from seaflow.samplers.adaptive import AdaptiveLangevin
-from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
+from seaflow.samplers.base import EnergyFn, Evaluation, FunctionEnergy, Sampler, SamplerOutput, SamplerState
 from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.samplers.hmc import HMC
 from seaflow.samplers.langevin import Langevin
@@ -9,7 +9,7 @@ from seaflow.samplers.mala import MALA
 from seaflow.samplers.schedules import Constant, Cosine, Linear, Piecewise, Schedule
 
 __all__ = [
-    "EnergyFn", "Sampler", "SamplerOutput", "SamplerState",
+    "EnergyFn", "Evaluation", "FunctionEnergy", "Sampler", "SamplerOutput", "SamplerState",
     "Langevin", "MALA", "HMC", "AdaptiveLangevin", "DiscreteLangevin",
     "Schedule", "Constant", "Linear", "Cosine", "Piecewise",
 ]

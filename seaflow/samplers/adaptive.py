@@ -51,7 +51,7 @@ class AdaptiveLangevin(Sampler):
     Cost: one gradient evaluation per step (at the current point without ``target_accept``,
     at the proposal with it; the current point's values are then cached).
 
-    Diagnostics: ``energy``, ``grad_norm`` (start point), ``step_size`` (the per-chain
+    Diagnostics: ``step_size`` (the per-chain
     ``eta`` after adaptation and ``state.step_scale``), and with ``target_accept``
     ``accept`` and ``accept_prob``.
 
@@ -80,21 +80,20 @@ class AdaptiveLangevin(Sampler):
         adaptation_rate: float = 1.0,
         adapt_until: float = 1.0,
     ):
-        name = "AdaptiveLangevin"
-        self.check_rate(name, "step_size", step_size, allow_zero=False)
-        self.check_rate(name, "noise_scale", noise_scale, allow_zero=True)
+        self.check_rate("step_size", step_size, allow_zero=False)
+        self.check_rate("noise_scale", noise_scale, allow_zero=True)
         if preconditioner not in ("diagonal", "scalar", "none"):
-            raise ValueError(f"{name} preconditioner must be 'diagonal', 'scalar' or 'none', got {preconditioner!r}")
+            raise ValueError(f"AdaptiveLangevin preconditioner must be 'diagonal', 'scalar' or 'none', got {preconditioner!r}")
         if not 0 <= beta < 1:
-            raise ValueError(f"{name} beta must be in [0, 1), got {beta!r}")
+            raise ValueError(f"AdaptiveLangevin beta must be in [0, 1), got {beta!r}")
         if not (epsilon > 0 and math.isfinite(epsilon)):
-            raise ValueError(f"{name} epsilon must be a finite number > 0, got {epsilon!r}")
+            raise ValueError(f"AdaptiveLangevin epsilon must be a finite number > 0, got {epsilon!r}")
         if target_accept is not None and not 0 < target_accept < 1:
-            raise ValueError(f"{name} target_accept must be in (0, 1) or None, got {target_accept!r}")
+            raise ValueError(f"AdaptiveLangevin target_accept must be in (0, 1) or None, got {target_accept!r}")
         if not (adaptation_rate > 0 and math.isfinite(adaptation_rate)):
-            raise ValueError(f"{name} adaptation_rate must be a finite number > 0, got {adaptation_rate!r}")
+            raise ValueError(f"AdaptiveLangevin adaptation_rate must be a finite number > 0, got {adaptation_rate!r}")
         if not 0 <= adapt_until <= 1:
-            raise ValueError(f"{name} adapt_until must be in [0, 1], got {adapt_until!r}")
+            raise ValueError(f"AdaptiveLangevin adapt_until must be in [0, 1], got {adapt_until!r}")
         self.step_size = step_size
         self.noise_scale = noise_scale
         self.preconditioner = preconditioner
@@ -131,47 +130,38 @@ class AdaptiveLangevin(Sampler):
         state: SamplerState,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        name = "AdaptiveLangevin"
         metropolis = self.target_accept is not None
-        if metropolis:
-            energy, grad, record, evaluations = self.energy_and_grad(x, energy_fn, state)
-        else:
-            (energy, grad, record), evaluations = self.evaluate(x, energy_fn), 1
+        start, evaluations = self.energy_at(x, energy_fn, state) if metropolis else (energy_fn(x), 1)
         adapting = state.progress < self.adapt_until
         log_step = state.cache.get("log_step")
         if log_step is None:
             log_step = state.cache["log_step"] = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        eta_chain = self.chain_step(self.scheduled(name, "step_size", self.step_size, state), state, x) * log_step.exp()
+        eta_chain = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x) * log_step.exp()
         eta = self.per_chain(eta_chain, x)
-        noise = self.scheduled(name, "noise_scale", self.noise_scale, state)
+        noise = self.scheduled("noise_scale", self.noise_scale, state)
         temperature = noise * noise
-        precondition = self._precondition(grad, state, adapting)
+        precondition = self._precondition(start.grad, state, adapting)
 
-        mean = x - eta * precondition * grad
+        mean = x - eta * precondition * start.grad
         proposal = mean
         if noise > 0:
             proposal = mean + torch.sqrt(2 * eta * precondition * temperature) * self.noise_like(x, generator)
-        diagnostics = {"energy": energy.detach(), "grad_norm": self.grad_norm(grad)}
-
-        if not metropolis:
-            new_x = proposal
-        else:
-            new_energy, new_grad, new_record = self.evaluate(proposal, energy_fn)
+        diagnostics = {}
+        if metropolis:
+            proposed = energy_fn(proposal)
             evaluations += 1
             log_ratio = None
             if temperature > 0:
                 variance = (4 * eta * precondition * temperature).clamp_min(torch.finfo(x.dtype).tiny)
                 log_forward = -self.sum_per_chain((proposal - mean) ** 2 / variance)
-                backward_mean = proposal - eta * precondition * new_grad
+                backward_mean = proposal - eta * precondition * proposed.grad
                 log_backward = -self.sum_per_chain((x - backward_mean) ** 2 / variance)
-                log_ratio = -(new_energy - energy) / temperature + log_backward - log_forward
-            new_x, accept, probability = self.accept_or_keep(
-                state, x, proposal, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
-            )
+                log_ratio = -(proposed.energy - start.energy) / temperature + log_backward - log_forward
+            kept, accept, probability = self.accept_or_keep(state, start, proposed, log_ratio, generator)
+            proposal = kept.point
             if adapting:
                 gain = self.adaptation_rate / (state.iteration + 1) ** 0.6
                 state.cache["log_step"] = log_step + gain * (probability.to(x.dtype) - self.target_accept)
             diagnostics.update(accept=accept.to(x.dtype), accept_prob=probability.detach())
         diagnostics["step_size"] = eta_chain.detach()
-        state.iteration += 1
-        return SamplerOutput(sample=new_x, state=state, diagnostics=diagnostics, evaluations=evaluations, energy_record=record)
+        return SamplerOutput(sample=proposal, start=start, diagnostics=diagnostics, evaluations=evaluations)

@@ -6,21 +6,25 @@ logits of shape (chains, length, vocab), the contract tests hand it Gaussians.
 
 One step::
 
-    out = sampler.step(x, energy_fn, state, generator)
-    x, state = out.sample, out.state
+    out = sampler.step(x, energy_fn, state, generator)   # -> SamplerOutput(sample, start, ...)
 
-``energy_fn(x)`` returns ``(energy, grad)``: the per-chain energy of shape ``(chains,)``
-(lower is better) and its gradient with the shape of ``x``. A sampler may call it more
-than once per step (MALA at the proposal, HMC per leapfrog step); ``out.evaluations``
-says how many gradient evaluations the step used, so samplers can be compared at equal
-cost. All randomness comes from the explicit ``generator``: a ``torch.Generator`` or
-:class:`seaflow.rng.RowGenerators` (one stream per chain); draw through ``noise_like``,
-``metropolis`` or :mod:`seaflow.rng` so both work.
+``energy_fn(x)`` returns an :class:`Evaluation`: the point, its per-chain energy
+``(chains,)`` (lower is better), the gradient with the shape of ``x`` and any per-chain
+parts the energy function reports (SEA: ``reward``, ``reference``). :class:`EnergyFn` is
+everything a sampler may ask of the energy function. A step hands back the evaluation of
+the point it started from (``out.start``); the loop records the trace from it (energy,
+gradient norm, parts) and from ``out.diagnostics``, the sampler's own per-chain values
+(e.g. ``accept``). A sampler may call ``energy_fn`` more than once per step (MALA at the
+proposal, HMC per leapfrog step); ``out.evaluations`` says how many gradient evaluations
+the step used, so samplers can be compared at equal cost. All randomness comes from the
+explicit ``generator``: a ``torch.Generator`` or :class:`seaflow.rng.RowGenerators` (one
+stream per chain); draw through ``noise_like``, ``metropolis`` or :mod:`seaflow.rng` so
+both work. The loop counts the steps (``state.iteration``).
 
 Subclasses implement :meth:`step` and, when they carry state between steps (momenta,
-preconditioners, cached gradients), :meth:`init_state`. Every subclass is recorded in
-``Sampler.registry`` (built-in and user-defined alike) so that ``seaflow list`` can show
-them; configs select samplers through LightningCLI's ``class_path`` as usual.
+preconditioners), :meth:`init_state`. Every subclass is recorded in ``Sampler.registry``
+(built-in and user-defined alike) so that ``seaflow list`` can show them; configs select
+samplers through LightningCLI's ``class_path`` as usual.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
@@ -37,22 +41,58 @@ from seaflow import rng
 from seaflow.registry import Registered
 from seaflow.samplers.schedules import Schedule, resolve
 
-EnergyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+@dataclass
+class Evaluation:
+    """The energy function at one point: ``point`` (as given), ``energy`` ``(chains,)``,
+    ``grad`` (shaped like ``point``) and ``parts``, further per-chain values ``(chains,)``
+    the energy function reports (recorded in the trace next to the energy)."""
+
+    point: torch.Tensor
+    energy: torch.Tensor
+    grad: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class EnergyFn(Protocol):
+    """What a sampler may ask of the energy function.
+
+    ``energy_fn(x)`` evaluates ``x``. ``allowed`` is ``None`` or a boolean mask broadcastable
+    to ``x``: the categories (last dimension) a discrete sampler may move to (SEA's
+    ``restrict_top_k``); continuous samplers ignore it.
+    """
+
+    allowed: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> Evaluation: ...
+
+
+class FunctionEnergy:
+    """An :class:`EnergyFn` from a plain function ``x -> (energy, grad)`` (toy targets, tests)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], allowed: torch.Tensor | None = None):
+        self.fn, self.allowed = fn, allowed
+
+    def __call__(self, x: torch.Tensor) -> Evaluation:
+        energy, grad = self.fn(x)
+        return Evaluation(x, energy, grad)
 
 
 @dataclass
 class SamplerState:
     """What a sampler carries from one step to the next.
 
-    ``iteration`` counts finished steps, ``num_steps`` is the planned total (schedules use
-    the ratio), ``step_scale`` is a per-chain multiplier on the step size that the caller
-    may shrink after a numerical fault. ``cache`` holds sampler-specific tensors, e.g. the
-    energy and gradient at the current point so they are not recomputed.
+    ``iteration`` counts finished steps (the loop advances it), ``num_steps`` is the planned
+    total (schedules use the ratio), ``step_scale`` is a per-chain multiplier on the step
+    size that the caller may shrink after a numerical fault. ``kept`` is the evaluation of
+    the point an accept/reject step kept (:meth:`Sampler.remember`), so the next step need
+    not evaluate it again. ``cache`` holds sampler-specific tensors (momenta, averages).
     """
 
     iteration: int = 0
     num_steps: int = 1
     step_scale: torch.Tensor | None = None
+    kept: Evaluation | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,28 +105,33 @@ class SamplerState:
 class SamplerOutput:
     """The result of one :meth:`Sampler.step`.
 
-    ``diagnostics`` maps names to per-chain tensors of shape ``(chains,)``; at least
-    ``energy`` (at the point the step started from) and ``grad_norm``. Samplers with an
-    accept/reject step add ``accept`` (1.0 accepted, 0.0 rejected).
-
-    ``energy_record`` is what ``energy_fn`` exposed as its ``last`` attribute right after
-    it evaluated the point the step started from (``None`` when ``energy_fn`` has no such
-    attribute). Samplers that evaluate proposals leave ``energy_fn.last`` describing the
-    last proposal, which may have been rejected; this field describes the start point, in
-    step with ``diagnostics["energy"]``.
+    ``sample`` is the new state, ``start`` the evaluation of the point the step started
+    from, ``diagnostics`` the sampler's own per-chain values ``(chains,)`` (accept/reject
+    samplers report ``accept``, 1.0 or 0.0, and ``accept_prob``), ``evaluations`` the
+    number of ``energy_fn`` calls the step made.
     """
 
     sample: torch.Tensor
-    state: SamplerState
-    diagnostics: dict[str, torch.Tensor]
+    start: Evaluation
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     evaluations: int = 1
-    energy_record: Any = None
+
+    def trace(self) -> dict[str, torch.Tensor]:
+        """The step's per-chain values the loop records: the start point's ``energy`` and
+        ``grad_norm``, the sampler's diagnostics, the start point's parts."""
+        return {
+            "energy": self.start.energy.detach(), "grad_norm": Sampler.grad_norm(self.start.grad),
+            **self.diagnostics, **self.start.parts,
+        }
 
 
 class Sampler(Registered):
     """Base class of all samplers; see the module docstring for the contract."""
 
     registry: ClassVar[dict[str, type]] = {}
+    needs_one_hot_gradient: ClassVar[bool] = False
+    """True for samplers that read the gradient as dE/d(one-hot tokens) (a relaxation with
+    ``one_hot_gradient``, e.g. OneHot); SEA warns when the two do not match."""
 
     def init_state(self, x: torch.Tensor, num_steps: int) -> SamplerState:
         """Fresh state for chains starting at ``x``, before ``num_steps`` steps."""
@@ -107,23 +152,21 @@ class Sampler(Registered):
 
     # helpers shared by implementations -------------------------------------------------
 
-    @staticmethod
-    def check_rate(owner: str, name: str, value: float | Schedule, allow_zero: bool) -> None:
+    def check_rate(self, name: str, value: float | Schedule, allow_zero: bool) -> None:
         """Reject a negative (or, unless ``allow_zero``, zero) float step size or noise scale."""
         if isinstance(value, Schedule):
             return
         ok = value >= 0 if allow_zero else value > 0
         if not (isinstance(value, (int, float)) and ok and math.isfinite(value)):
             bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{owner} {name} must be a finite number {bound} or a Schedule, got {value!r}")
+            raise ValueError(f"{type(self).__name__} {name} must be a finite number {bound} or a Schedule, got {value!r}")
 
-    @staticmethod
-    def scheduled(owner: str, name: str, value: float | Schedule, state: SamplerState, allow_zero: bool = True) -> float:
+    def scheduled(self, name: str, value: float | Schedule, state: SamplerState, allow_zero: bool = True) -> float:
         """The value of a float-or-schedule argument at this step, checked (schedules can go wrong too)."""
         current = resolve(value, state.progress)
         if not (current >= 0 if allow_zero else current > 0) or not math.isfinite(current):
             raise ValueError(
-                f"{owner} {name} evaluated to {current!r} at progress {state.progress:.3f}; "
+                f"{type(self).__name__} {name} evaluated to {current!r} at progress {state.progress:.3f}; "
                 f"it must be finite and {'>= 0' if allow_zero else '> 0'} (check the schedule's values)"
             )
         return current
@@ -154,23 +197,19 @@ class Sampler(Registered):
     def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
-    @staticmethod
-    def evaluate(x: torch.Tensor, energy_fn: EnergyFn):
-        """``(energy, grad, record)`` at ``x``; ``record`` is ``energy_fn.last`` if it has one."""
-        energy, grad = energy_fn(x)
-        return energy, grad, getattr(energy_fn, "last", None)
+    # accept/reject samplers ------------------------------------------------------------
 
-    def energy_and_grad(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState):
-        """``(energy, grad, record, evaluations)`` at ``x``, reusing the cache when ``x`` is the cached point.
+    def energy_at(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState) -> tuple[Evaluation, int]:
+        """``(evaluation at x, energy_fn calls made)``: the kept evaluation when ``x`` is the
+        point the previous step kept, else a fresh one.
 
-        The cached point counts as ``x`` when it is the same tensor or a view of the same
-        memory that nobody modified since (``refine`` hands back ``sample.detach()``).
+        The kept point counts as ``x`` when it is the same tensor or a view of the same
+        memory that nobody modified since (the loop hands back ``sample.detach()``).
         """
-        cached = state.cache.get("point")
-        if cached is not None and self.same_point(cached, x):
-            return state.cache["energy"], state.cache["grad"], state.cache.get("record"), 0
-        energy, grad, record = self.evaluate(x, energy_fn)
-        return energy, grad, record, 1
+        kept = state.kept
+        if kept is not None and self.same_point(kept.point, x):
+            return kept, 0
+        return energy_fn(x), 1
 
     @staticmethod
     def same_point(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -183,29 +222,33 @@ class Sampler(Registered):
         )
 
     @staticmethod
-    def remember(state: SamplerState, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor, record: Any = None) -> None:
-        state.cache.update(point=x, energy=energy, grad=grad, record=record)
+    def remember(state: SamplerState, evaluation: Evaluation) -> None:
+        """Keep ``evaluation`` for the next step (its point must be the sample returned)."""
+        state.kept = evaluation
 
     def accept_or_keep(
-        self, state: SamplerState, x, proposal, energy, new_energy, grad, new_grad, record, new_record,
-        log_ratio: torch.Tensor | None, generator,
-    ):
-        """Per chain, move to ``proposal`` or stay at ``x``; remember the kept point's energy,
-        gradient and record. ``log_ratio`` is the Metropolis log acceptance ratio; ``None`` is
+        self, state: SamplerState, current: Evaluation, proposed: Evaluation, log_ratio: torch.Tensor | None, generator,
+    ) -> tuple[Evaluation, torch.Tensor, torch.Tensor]:
+        """Per chain, move to the ``proposed`` point or stay at the ``current`` one, and remember
+        the kept evaluation. ``log_ratio`` is the Metropolis log acceptance ratio; ``None`` is
         the zero-temperature limit (accept when the energy does not rise). Returns
-        ``(new_x, accepted, acceptance probability)``."""
+        ``(kept evaluation, accepted (bool), acceptance probability)``; the new sample is
+        ``kept.point``."""
+        x = current.point
         if log_ratio is not None:
             accept, probability = self.metropolis(log_ratio, generator)
         else:
-            accept = new_energy <= energy  # NaN energies compare False: rejected
+            accept = proposed.energy <= current.energy  # NaN energies compare False: rejected
             probability = accept.to(x.dtype)
         keep = self.per_chain(accept, x)
-        new_x = torch.where(keep, proposal, x)
-        self.remember(
-            state, new_x, torch.where(accept, new_energy, energy), torch.where(keep, new_grad, grad),
-            self.select(accept, new_record, record),
+        kept = Evaluation(
+            point=torch.where(keep, proposed.point, x),
+            energy=torch.where(accept, proposed.energy, current.energy),
+            grad=torch.where(keep, proposed.grad, current.grad),
+            parts=self.select(accept, proposed.parts, current.parts),
         )
-        return new_x, accept, probability
+        self.remember(state, kept)
+        return kept, accept, probability
 
     @staticmethod
     def metropolis(log_ratio: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from seaflow import rng
@@ -46,13 +44,13 @@ class DiscreteLangevin(Sampler):
     ``proposal_temperature`` it is a random gradient-informed move; either way, with
     ``metropolis`` a chain accepts only moves that do not raise the energy.
 
-    If ``energy_fn`` has a boolean ``allowed`` mask (SEA's ``restrict_top_k``), disallowed
+    If ``energy_fn.allowed`` is a boolean mask (SEA's ``restrict_top_k``), disallowed
     tokens are never proposed (the current token always may be kept).
 
     Cost: one gradient evaluation per step with ``metropolis`` (at the proposal; the current
     point's energy and gradient are cached), and one without it (at the current point).
-    Diagnostics: ``energy``, ``grad_norm`` at the start point, ``flips`` (positions the
-    proposal changes) and, with ``metropolis``, ``accept`` and ``accept_prob``.
+    Diagnostics: ``flips`` (positions the proposal changes) and, with ``metropolis``,
+    ``accept`` and ``accept_prob``.
 
     Args:
         step_size: ``a``, a float or a schedule; multiplied per chain by ``state.step_scale``
@@ -65,6 +63,8 @@ class DiscreteLangevin(Sampler):
         scale: the value written at a changed position's new token.
     """
 
+    needs_one_hot_gradient = True
+
     def __init__(
         self,
         step_size: float | Schedule = 1.0,
@@ -73,10 +73,10 @@ class DiscreteLangevin(Sampler):
         proposal_temperature: float | Schedule | None = None,
         scale: float = 10.0,
     ):
-        self.check_rate("DiscreteLangevin", "step_size", step_size, allow_zero=False)
-        self.check_rate("DiscreteLangevin", "noise_scale", noise_scale, allow_zero=True)
+        self.check_rate("step_size", step_size, allow_zero=False)
+        self.check_rate("noise_scale", noise_scale, allow_zero=True)
         if proposal_temperature is not None:
-            self.check_rate("DiscreteLangevin", "proposal_temperature", proposal_temperature, allow_zero=True)
+            self.check_rate("proposal_temperature", proposal_temperature, allow_zero=True)
         if not (isinstance(scale, (int, float)) and scale > 0 and scale != float("inf")):
             raise ValueError(f"DiscreteLangevin scale must be a finite number > 0 (the new token's logit), got {scale!r}")
         self.step_size = step_size
@@ -84,7 +84,6 @@ class DiscreteLangevin(Sampler):
         self.metropolis_test = bool(metropolis)
         self.proposal_temperature = proposal_temperature
         self.scale = float(scale)
-        self._warned = False
 
     # -- the proposal ------------------------------------------------------------------------
 
@@ -154,7 +153,7 @@ class DiscreteLangevin(Sampler):
 
     def allowed_mask(self, energy_fn: EnergyFn, x: torch.Tensor) -> torch.Tensor | None:
         """``energy_fn.allowed`` broadcast to ``x`` (``None`` when there is no restriction)."""
-        allowed = getattr(energy_fn, "allowed", None)
+        allowed = energy_fn.allowed
         if allowed is None:
             return None
         if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool:
@@ -170,22 +169,6 @@ class DiscreteLangevin(Sampler):
                 f"{tuple(x.shape)}; it must be broadcastable to (chains, ..., vocab)"
             ) from None
 
-    def check_relaxation(self, energy_fn: EnergyFn) -> None:
-        """Warn once when the energy's gradient is not the one-hot gradient the proposal assumes."""
-        relaxation = getattr(energy_fn, "relaxation", None)
-        if relaxation is None or self._warned:
-            return
-        from seaflow.relaxations.one_hot import OneHot
-
-        if not isinstance(relaxation, OneHot):
-            self._warned = True
-            warnings.warn(
-                f"DiscreteLangevin reads the energy's gradient as dE/d(one-hot tokens), but the relaxation is "
-                f"{type(relaxation).__name__}, whose gradient is a different one; set the relaxation to OneHot "
-                f"(class_path: OneHot). With metropolis the chains stay exact, the proposals just follow a worse guide.",
-                stacklevel=3,
-            )
-
     # -- the step ------------------------------------------------------------------------------
 
     def step(
@@ -200,43 +183,33 @@ class DiscreteLangevin(Sampler):
                 f"DiscreteLangevin reads the last dimension of the state as categories and needs a state of shape "
                 f"(chains, ..., categories), got shape {tuple(x.shape)}"
             )
-        self.check_relaxation(energy_fn)
         if self.metropolis_test:
-            energy, grad, record, evaluations = self.energy_and_grad(x, energy_fn, state)
+            start, evaluations = self.energy_at(x, energy_fn, state)
         else:
-            (energy, grad, record), evaluations = self.evaluate(x, energy_fn), 1
-        step = self.chain_step(self.scheduled("DiscreteLangevin", "step_size", self.step_size, state), state, x)
-        noise = self.scheduled("DiscreteLangevin", "noise_scale", self.noise_scale, state)
+            start, evaluations = energy_fn(x), 1
+        step = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x)
+        noise = self.scheduled("noise_scale", self.noise_scale, state)
         temperature = noise * noise
         proposal_temperature = temperature if self.proposal_temperature is None else self.scheduled(
-            "DiscreteLangevin", "proposal_temperature", self.proposal_temperature, state
+            "proposal_temperature", self.proposal_temperature, state
         )
         allowed = self.allowed_mask(energy_fn, x)
         tokens = x.argmax(dim=-1)
-        proposed, log_forward = self.propose(grad, tokens, step, proposal_temperature, allowed, generator)
-        proposal = self.rewrite(x, tokens, proposed)
-        diagnostics = {
-            "energy": energy.detach(),
-            "grad_norm": self.grad_norm(grad),
-            "flips": self.sum_per_chain((proposed != tokens).to(x.dtype)),
-        }
+        proposed_tokens, log_forward = self.propose(start.grad, tokens, step, proposal_temperature, allowed, generator)
+        proposal = self.rewrite(x, tokens, proposed_tokens)
+        diagnostics = {"flips": self.sum_per_chain((proposed_tokens != tokens).to(x.dtype))}
 
         if self.metropolis_test:
-            new_energy, new_grad, new_record = self.evaluate(proposal, energy_fn)
+            proposed = energy_fn(proposal)
             evaluations += 1
             log_ratio = None
             if temperature > 0:
                 if log_forward is None:  # deterministic proposal
-                    log_forward = torch.zeros_like(energy)
-                log_backward = self.log_q(new_grad, proposed, tokens, step, proposal_temperature, allowed)
-                log_ratio = -(new_energy - energy) / temperature + log_backward - log_forward
-            proposal, accept, probability = self.accept_or_keep(
-                state, x, proposal, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
-            )
+                    log_forward = torch.zeros_like(start.energy)
+                log_backward = self.log_q(proposed.grad, proposed_tokens, tokens, step, proposal_temperature, allowed)
+                log_ratio = -(proposed.energy - start.energy) / temperature + log_backward - log_forward
+            kept, accept, probability = self.accept_or_keep(state, start, proposed, log_ratio, generator)
+            proposal = kept.point
             diagnostics["accept"] = accept.to(x.dtype)
             diagnostics["accept_prob"] = probability.detach().to(x.dtype)
-
-        state.iteration += 1
-        return SamplerOutput(
-            sample=proposal, state=state, diagnostics=diagnostics, evaluations=evaluations, energy_record=record,
-        )
+        return SamplerOutput(sample=proposal, start=start, diagnostics=diagnostics, evaluations=evaluations)

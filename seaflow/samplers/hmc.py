@@ -33,7 +33,7 @@ class HMC(Sampler):
     Cost: ``leapfrog_steps`` gradient evaluations per step (plus one on the first step);
     the energy and gradient of the current point are cached.
 
-    Diagnostics: ``energy``, ``grad_norm`` (start point), ``hamiltonian_error``
+    Diagnostics: ``hamiltonian_error``
     (``H_end - H_start``, near zero for an accurate integration), and with
     ``metropolis=True`` ``accept`` and ``accept_prob``.
 
@@ -59,8 +59,8 @@ class HMC(Sampler):
         metropolis: bool = True,
         jitter: float = 0.0,
     ):
-        self.check_rate("HMC", "step_size", step_size, allow_zero=False)
-        self.check_rate("HMC", "noise_scale", noise_scale, allow_zero=True)
+        self.check_rate("step_size", step_size, allow_zero=False)
+        self.check_rate("noise_scale", noise_scale, allow_zero=True)
         if not isinstance(leapfrog_steps, int) or leapfrog_steps < 1:
             raise ValueError(f"HMC leapfrog_steps must be an integer >= 1, got {leapfrog_steps!r}")
         if not (isinstance(mass, (int, float)) and mass > 0 and math.isfinite(mass)):
@@ -81,43 +81,36 @@ class HMC(Sampler):
         state: SamplerState,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        energy, grad, record, evaluations = self.energy_and_grad(x, energy_fn, state)
-        epsilon = self.chain_step(self.scheduled("HMC", "step_size", self.step_size, state), state, x)
+        start, evaluations = self.energy_at(x, energy_fn, state)
+        epsilon = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x)
         if self.jitter > 0:
             uniform = rng.rand(epsilon.shape, generator, device=x.device, dtype=x.dtype)
             epsilon = epsilon * (1 + self.jitter * (2 * uniform - 1))
         epsilon = self.per_chain(epsilon, x)
-        noise = self.scheduled("HMC", "noise_scale", self.noise_scale, state)
+        noise = self.scheduled("noise_scale", self.noise_scale, state)
         temperature = noise * noise
         mass = self.mass
 
         momentum0 = math.sqrt(mass * temperature) * self.noise_like(x, generator) if noise > 0 else torch.zeros_like(x)
-        position, new_energy, new_grad, new_record = x, energy, grad, record
-        momentum = momentum0 - 0.5 * epsilon * grad
+        position, end = x, start
+        momentum = momentum0 - 0.5 * epsilon * start.grad
         for leap in range(self.leapfrog_steps):
             position = position + epsilon * momentum / mass
-            new_energy, new_grad, new_record = self.evaluate(position, energy_fn)
+            end = energy_fn(position)
             evaluations += 1
             if leap < self.leapfrog_steps - 1:
-                momentum = momentum - epsilon * new_grad
-        momentum = momentum - 0.5 * epsilon * new_grad
+                momentum = momentum - epsilon * end.grad
+        momentum = momentum - 0.5 * epsilon * end.grad
 
         kinetic0 = self.sum_per_chain(momentum0 ** 2) / (2 * mass)
         kinetic = self.sum_per_chain(momentum ** 2) / (2 * mass)
-        hamiltonian_error = (new_energy + kinetic) - (energy + kinetic0)
-        diagnostics = {"energy": energy.detach(), "grad_norm": self.grad_norm(grad)}
-
+        hamiltonian_error = (end.energy + kinetic) - (start.energy + kinetic0)
+        diagnostics = {}
         if self.metropolis_correction:
             log_ratio = -hamiltonian_error / temperature if temperature > 0 else None
-            new_x, accept, probability = self.accept_or_keep(
-                state, x, position, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
-            )
+            end, accept, probability = self.accept_or_keep(state, start, end, log_ratio, generator)
             diagnostics.update(accept=accept.to(x.dtype), accept_prob=probability.detach())
         else:
-            new_x = position
-            self.remember(state, new_x, new_energy, new_grad, new_record)
+            self.remember(state, end)  # end.point is position
         diagnostics["hamiltonian_error"] = hamiltonian_error.detach()
-        state.iteration += 1
-        return SamplerOutput(
-            sample=new_x, state=state, diagnostics=diagnostics, evaluations=evaluations, energy_record=record,
-        )
+        return SamplerOutput(sample=end.point, start=start, diagnostics=diagnostics, evaluations=evaluations)

@@ -24,8 +24,8 @@ class Langevin(Sampler):
     """
 
     def __init__(self, step_size: float | Schedule = 0.1, noise_scale: float | Schedule = 1.0):
-        self.check_rate("Langevin", "step_size", step_size, allow_zero=False)
-        self.check_rate("Langevin", "noise_scale", noise_scale, allow_zero=True)
+        self.check_rate("step_size", step_size, allow_zero=False)
+        self.check_rate("noise_scale", noise_scale, allow_zero=True)
         self.step_size = step_size
         self.noise_scale = noise_scale
 
@@ -36,17 +36,10 @@ class Langevin(Sampler):
         state: SamplerState,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        energy, grad, record = self.evaluate(x, energy_fn)
-        eta = self.per_chain(self.chain_step(self.scheduled("Langevin", "step_size", self.step_size, state), state, x), x)
-        noise = self.scheduled("Langevin", "noise_scale", self.noise_scale, state)
-        new_x = x - eta * grad
+        start = energy_fn(x)
+        eta = self.per_chain(self.chain_step(self.scheduled("step_size", self.step_size, state), state, x), x)
+        noise = self.scheduled("noise_scale", self.noise_scale, state)
+        new_x = x - eta * start.grad
         if noise > 0:
             new_x = new_x + torch.sqrt(2 * eta) * noise * self.noise_like(x, generator)
-        state.iteration += 1
-        return SamplerOutput(
-            sample=new_x,
-            state=state,
-            diagnostics={"energy": energy.detach(), "grad_norm": self.grad_norm(grad)},
-            evaluations=1,
-            energy_record=record,
-        )
+        return SamplerOutput(sample=new_x, start=start)

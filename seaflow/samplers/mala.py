@@ -34,7 +34,7 @@ class MALA(Sampler):
     Stochastic energies (e.g. a :class:`~seaflow.relaxations.GumbelSoftmax` relaxation) make
     the test approximate: the cached energy of the current point is a single noisy draw.
 
-    Diagnostics: ``energy`` and ``grad_norm`` at the start point, ``accept`` (1/0 per chain)
+    Diagnostics: ``accept`` (1/0 per chain)
     and ``accept_prob`` (the Metropolis probability).
 
     Args:
@@ -43,8 +43,8 @@ class MALA(Sampler):
     """
 
     def __init__(self, step_size: float | Schedule = 0.1, noise_scale: float | Schedule = 1.0):
-        self.check_rate("MALA", "step_size", step_size, allow_zero=False)
-        self.check_rate("MALA", "noise_scale", noise_scale, allow_zero=True)
+        self.check_rate("step_size", step_size, allow_zero=False)
+        self.check_rate("noise_scale", noise_scale, allow_zero=True)
         self.step_size = step_size
         self.noise_scale = noise_scale
 
@@ -55,15 +55,15 @@ class MALA(Sampler):
         state: SamplerState,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        energy, grad, record, evaluations = self.energy_and_grad(x, energy_fn, state)
-        eta_chain = self.chain_step(self.scheduled("MALA", "step_size", self.step_size, state), state, x)
+        start, evaluations = self.energy_at(x, energy_fn, state)
+        eta_chain = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x)
         eta = self.per_chain(eta_chain, x)
-        noise = self.scheduled("MALA", "noise_scale", self.noise_scale, state)
+        noise = self.scheduled("noise_scale", self.noise_scale, state)
         temperature = noise * noise
 
-        mean = x - eta * grad
+        mean = x - eta * start.grad
         proposal = mean + torch.sqrt(2 * eta * temperature) * self.noise_like(x, generator) if noise > 0 else mean
-        new_energy, new_grad, new_record = self.evaluate(proposal, energy_fn)
+        proposed = energy_fn(proposal)
         evaluations += 1
 
         log_ratio = None
@@ -72,21 +72,12 @@ class MALA(Sampler):
             # move (x' = x), and the clamp keeps their 0 / 0 at 0
             variance = (4 * eta_chain * temperature).clamp_min(torch.finfo(x.dtype).tiny)
             log_forward = -self.sum_per_chain((proposal - mean) ** 2) / variance
-            log_backward = -self.sum_per_chain((x - (proposal - eta * new_grad)) ** 2) / variance
-            log_ratio = -(new_energy - energy) / temperature + log_backward - log_forward
-        new_x, accept, probability = self.accept_or_keep(
-            state, x, proposal, energy, new_energy, grad, new_grad, record, new_record, log_ratio, generator
-        )
-        state.iteration += 1
+            log_backward = -self.sum_per_chain((x - (proposal - eta * proposed.grad)) ** 2) / variance
+            log_ratio = -(proposed.energy - start.energy) / temperature + log_backward - log_forward
+        kept, accept, probability = self.accept_or_keep(state, start, proposed, log_ratio, generator)
         return SamplerOutput(
-            sample=new_x,
-            state=state,
-            diagnostics={
-                "energy": energy.detach(),
-                "grad_norm": self.grad_norm(grad),
-                "accept": accept.to(x.dtype),
-                "accept_prob": probability.detach(),
-            },
+            sample=kept.point,
+            start=start,
+            diagnostics={"accept": accept.to(x.dtype), "accept_prob": probability.detach()},
             evaluations=evaluations,
-            energy_record=record,
         )
