@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from seaflow.cost import count_soft_embedding
+
 
 @dataclass
 class Layout:
@@ -85,6 +87,7 @@ def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor) -
     if response.dtype in (torch.long, torch.int, torch.int32):
         return embedding(response)
     weight = embedding.weight
+    count_soft_embedding(embedding, response)
     return response.to(weight.dtype) @ weight
 
 

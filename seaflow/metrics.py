@@ -23,7 +23,9 @@ fields every method writes it reports, when the records allow:
   and it grows where a method pushes tokens the reference finds unlikely. It is the
   per-position "how far from the reference" curve of the paper's deep-alignment analysis,
   estimated from one response per prompt, since the methods have no per-token
-  distribution of their own. ``mean_kl_per_token`` averages it over all active positions.
+  distribution of their own. ``mean_kl_per_token`` averages it over all active positions;
+* ``cost``: the records' ``cost`` fields summed (FLOPs, token passes per model, wall time;
+  :mod:`seaflow.cost`), and ``mean_flops`` per prompt.
 
 :class:`PredictionMetrics` is a callback that keeps running means in torchmetrics
 (synchronised across processes) during predict and logs them to the trainer's loggers and,
@@ -42,6 +44,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from seaflow import cost
 from seaflow.refusal import is_harmful
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -169,6 +172,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if graded:
         summary["accuracy"] = sum(graded) / len(graded)
     summary.update(per_position(records))
+    spent = cost.total(records)
+    if spent is not None:
+        summary["cost"] = spent
+        summary["mean_flops"] = spent["flops"] / len(records)
     skipped = [r["id"] for r in records if r.get("skipped")]
     if skipped:
         summary["skipped"] = skipped

@@ -45,6 +45,13 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def _without_wall_time(record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k != "wall_time_s"}
+    if isinstance(out.get("cost"), dict):
+        out["cost"] = {k: v for k, v in out["cost"].items() if k != "wall_time_s"}
+    return out
+
+
 def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Complete records of a JSONL file; with ``repair``, truncate a torn last line in place."""
     if not path.exists():
@@ -71,7 +78,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
     Args:
         output_dir: run directory (created if missing).
         overwrite: start afresh, deleting earlier predictions in ``output_dir``, instead of resuming.
-        wall_time: keep each record's ``wall_time_s``; false makes reruns byte-identical.
+        wall_time: keep each record's ``wall_time_s`` (and its ``cost``'s); false makes reruns byte-identical.
     """
 
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -173,7 +180,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not self.wall_time:
-            prediction = [{k: v for k, v in record.items() if k != "wall_time_s"} for record in prediction]
+            prediction = [_without_wall_time(record) for record in prediction]
         lines = "".join(json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) + "\n" for record in prediction)
         with open(self.shard_path(self._rank), "a", encoding="utf-8") as handle:
             handle.write(lines)

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from seaflow import generation
+from seaflow import cost, generation
 from seaflow.layout import active_mask, next_token_logits
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
@@ -75,6 +75,12 @@ class AlignmentMethod(L.LightningModule):
         self.reference = ReferenceLogLikelihood()
         self.policy: LoadedModel | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        # every method's predict_step is metered: its records get a ``cost`` field (seaflow/cost.py)
+        super().__init_subclass__(**kwargs)
+        if "predict_step" in cls.__dict__:
+            cls.predict_step = cost.metered(cls.__dict__["predict_step"])
+
     # -- set-up ----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
@@ -91,6 +97,12 @@ class AlignmentMethod(L.LightningModule):
         self.reference.setup(policy)
         if self.reward is not None:
             self.reward.setup(policy)
+
+    def watch_models(self) -> None:
+        """Install the cost-counting hooks on the policy and on every model the reward holds."""
+        cost.watch(self.policy.model, "policy")
+        for role, model in cost.models_of(self.reward, skip=self.policy.model):
+            cost.watch(model, role)
 
     def context_length(self) -> int | None:
         config = self.policy.model.config
@@ -172,7 +184,13 @@ class AlignmentMethod(L.LightningModule):
         Both ``(B, L)``, zero past each row's length, computed ``chunk`` rows at a time.
         ``-log p_t - H_t`` has mean zero for the policy's own samples and grows as a method
         moves away from the reference at position t (seaflow.metrics' KL-per-position estimate).
+        These passes are for the record's metrics: they are not counted in its ``cost``
+        (a method that needs ``pi_ref`` for its own decisions calls ``self.reference.value``).
         """
+        with cost.uncounted():
+            return self._reference_stats(prompt_ids, prompts, tokens, lengths, chunk)
+
+    def _reference_stats(self, prompt_ids, prompts, tokens, lengths, chunk):
         chunk = chunk or tokens.shape[0]
         logprobs, entropies = [], []
         for start in range(0, tokens.shape[0], chunk):
