@@ -2,11 +2,12 @@
 
 from seaflow.energies.base import EnergyTerm, ResponseBatch, Reward
 from seaflow.energies.judge import PromptedJudge
+from seaflow.energies.keywords import KeywordReward
 from seaflow.energies.lexicon import LexiconReward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.energies.reward_model import RewardModel
 
 __all__ = [
     "EnergyTerm", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
-    "RewardModel", "PromptedJudge", "LexiconReward",
+    "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
 ]

@@ -1,0 +1,130 @@
+"""A lexical-constraint reward: the response should contain given keywords."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.models import LoadedModel
+
+
+def keyword_hits(text: str, keywords: list[str]) -> list[bool]:
+    """Whether each keyword occurs in ``text`` as a whole word (case-insensitive): the exact-match judge."""
+    return [re.search(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags=re.IGNORECASE) is not None for k in keywords]
+
+
+def read_keywords(path: str | Path) -> dict[str, list[str]]:
+    """Prompt text -> keywords, from a JSONL file whose rows have ``prompt`` and ``keywords``."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"keywords file {str(path)!r} does not exist")
+    table = {}
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        words = row.get("keywords")
+        if not isinstance(row.get("prompt"), str) or not isinstance(words, list) or not words:
+            raise ValueError(f"{path}:{number}: expected a 'prompt' string and a non-empty 'keywords' list, got {line!r}")
+        table[row["prompt"]] = [str(w) for w in words]
+    return table
+
+
+class KeywordReward(Reward):
+    """``r = mean over keywords k of P(k occurs in the response)``, in [0, 1].
+
+    On a token distribution ``p`` (relaxed tokens) a keyword written as tokens
+    ``(u_1, ..., u_m)`` starts at position t with probability ``q_t = prod_j p_{t+j}[u_j]``
+    (positions independent), and occurs somewhere with probability
+    ``s_k = 1 - prod_{variant, t} (1 - q_t)`` (a noisy-OR over the response positions and over
+    the keyword's spellings: with and without a leading space, lower-case and capitalised).
+    ``s_k`` saturates: a second occurrence adds nothing, so repeating a keyword does not pay.
+    On one-hot tokens it is exactly 1 when a spelling occurs and 0 otherwise. Its gradient
+    with respect to ``p_t[u]`` is ``prod_{t' != t} (1 - q_t')`` for every position t of
+    an absent keyword, so the gradient reaches every position (the largest probability over
+    positions, a max, would send it to one).
+
+    On token ids the reward is the exact-text check: the decoded response, whole words,
+    case-insensitive (:func:`keyword_hits`, also the task's judge). It agrees with the relaxed
+    value on one-hot tokens whenever a keyword occurs as one of its listed spellings.
+
+    Which keywords a prompt needs: ``keywords`` (the same for every prompt) and/or
+    ``keywords_file``, a JSONL file with ``prompt`` and ``keywords`` per row (the prompt file
+    itself works: the lookup is by the raw prompt text).
+
+    Args:
+        keywords: keywords every prompt's response should contain.
+        keywords_file: per-prompt keywords (see above).
+    """
+
+    def __init__(self, keywords: list[str] | None = None, keywords_file: str | None = None):
+        super().__init__()
+        if not keywords and not keywords_file:
+            raise ValueError("KeywordReward needs keywords or a keywords_file (model.init_args.reward.init_args.keywords_file)")
+        self.keywords = [str(k) for k in (keywords or [])]
+        self.keywords_file = keywords_file
+        self.table = read_keywords(keywords_file) if keywords_file else {}
+        self.spellings: dict[str, list[list[int]]] = {}
+
+    def setup(self, policy: LoadedModel) -> None:
+        self.tokenizer = policy.tokenizer
+        for words in [self.keywords, *self.table.values()]:
+            for word in words:
+                self._spellings(word)
+
+    def _spellings(self, word: str) -> list[list[int]]:
+        if word not in self.spellings:
+            word = word.strip()
+            variants = {word, " " + word, word.capitalize(), " " + word.capitalize()}
+            found = []
+            for variant in sorted(variants):
+                ids = self.tokenizer.encode(variant, add_special_tokens=False)
+                if ids and self.tokenizer.unk_token_id not in ids and ids not in found:
+                    found.append(ids)
+            if not found:
+                raise ValueError(f"keyword {word!r} cannot be written with the policy's tokenizer")
+            self.spellings[word] = found
+        return self.spellings[word]
+
+    def keywords_for(self, prompt: str) -> list[str]:
+        words = self.keywords + self.table.get(prompt, [])
+        if not words:
+            raise ValueError(
+                f"no keywords for the prompt {prompt[:60]!r}: add it to the keywords_file "
+                f"{self.keywords_file!r} or set model.init_args.reward.init_args.keywords"
+            )
+        return words
+
+    def prepare(self, batch: ResponseBatch) -> tuple[list[list[str]], torch.Tensor]:
+        return [self.keywords_for(p) for p in batch.prompts], batch.lengths
+
+    def value(self, prepared: tuple[list[list[str]], torch.Tensor], response: torch.Tensor) -> torch.Tensor:
+        words, lengths = prepared
+        if response.dtype == torch.long:
+            texts = [self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True) for row, n in zip(response, lengths)]
+            scores = [sum(keyword_hits(text, w)) / len(w) for text, w in zip(texts, words)]
+            return torch.tensor(scores, dtype=torch.float32, device=response.device)
+        out = []
+        width = response.shape[1]
+        for row, (row_words, n) in enumerate(zip(words, lengths.tolist())):
+            n = min(int(n), width)
+            per_word = []
+            for word in row_words:
+                misses = []
+                for ids in self.spellings.get(word) or self._spellings(word):
+                    m = len(ids)
+                    if m > n:
+                        continue
+                    # q_t = prod_j p_{t+j}[u_j] for every start t with room for the whole spelling
+                    q = torch.stack([response[row, j : n - m + 1 + j, u] for j, u in enumerate(ids)]).float().prod(0)
+                    misses.append(1 - q)
+                if misses:
+                    per_word.append(1 - torch.cat(misses).prod())
+                else:
+                    per_word.append(response.new_zeros((), dtype=torch.float32))
+            out.append(torch.stack(per_word).mean())
+        return torch.stack(out)
