@@ -3,7 +3,7 @@
 from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
-from seaflow.methods import ARGS, CBS, AlignmentMethod, BestOfN, Sample
+from seaflow.methods import ARGS, CBS, AlignmentMethod, BestOfN, GuidedSuffixMCMC, Sample
 from seaflow.module import SEA
 from seaflow.relaxations import GumbelSoftmax, Softmax, StraightThrough
 from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
@@ -15,5 +15,5 @@ __all__ = [
     "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
     "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
     "StraightThrough", "Softmax", "GumbelSoftmax", "Langevin", "MALA", "HMC", "AdaptiveLangevin",
-    "Sample", "BestOfN", "ARGS", "CBS",
+    "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC",
 ]

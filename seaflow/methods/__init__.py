@@ -6,5 +6,6 @@ from seaflow.methods.best_of_n import BestOfN
 from seaflow.methods.cbs import CBS
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.sample import Sample
+from seaflow.methods.suffix_mcmc import GuidedSuffixMCMC
 
-__all__ = ["AlignmentMethod", "DecodingMethod", "Sample", "BestOfN", "ARGS", "CBS"]
+__all__ = ["AlignmentMethod", "DecodingMethod", "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC"]

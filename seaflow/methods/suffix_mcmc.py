@@ -1,0 +1,562 @@
+"""``seaflow.methods.GuidedSuffixMCMC``: the policy rewrites a suffix, a Metropolis test on the reward accepts.
+
+Target: ``pi(y) ∝ pi_ref(y | x) exp(alpha r(x, y))``, the optimum of the KL-regularised
+reward objective (the distribution SEA aims at), over the responses the policy can write
+within ``max_new_tokens`` tokens.
+
+One step, for every chain of every prompt at once:
+
+1. **cut**: draw a slot ``t`` from ``q(t | y)``. The slots of a response of ``n`` tokens
+   are its tokens ``0 .. n-1`` plus the EOS slot ``n`` when ``n < L`` (cutting there lets the
+   response grow). ``q`` is a softmax over per-slot scores from the gradient of
+   ``alpha r`` with respect to the one-hot response (:func:`cut_scores`: the first-order
+   gain of the best replacement token at that slot, among the policy's ``cut_top_k`` next
+   tokens), at temperature ``cut_temperature``, mixed with a uniform floor ``cut_floor`` so
+   every slot keeps a positive probability;
+2. **resample**: keep ``y_<t`` and let the policy (temperature 1, no top-p) write a new
+   suffix from slot ``t`` until EOS or ``L`` tokens in all (:func:`resample_suffixes`; the
+   prompt's keys and values are computed once per batch, each step runs only the kept
+   prefix and the new tokens);
+3. **accept** with probability ``min(1, exp(alpha (r(y') - r(y))) q(t | y') / q(t | y))``.
+
+Why that ratio is exact (docs/method.md derives it in full): for a fixed cut ``t`` the
+move draws ``y' = y_<t + s`` with probability ``q(t | y) pi_ref(s | x, y_<t)``; the reverse
+move from ``y'`` with the same ``t`` draws ``y``'s suffix with ``q(t | y') pi_ref(y_>=t | x, y_<t)``;
+``pi_ref(y) = pi_ref(y_<t) pi_ref(y_>=t | y_<t)`` (EOS included, a length-L response has no
+EOS factor, exactly as the capped sampler writes it), so every ``pi_ref`` factor cancels
+and each cut's kernel satisfies detailed balance on its own; the mixture over cuts does too.
+``t`` is a valid cut of ``y'`` whenever it is one of ``y`` (``y'`` keeps ``y_<t`` and
+fills at least slot ``t``). A proposal at another temperature or top-p would leave the
+reference and proposal log-probabilities in the ratio: those settings are refused.
+
+``q(t | y')`` needs the gradient at the proposal: it is computed there for every proposal,
+and is the gradient the next step needs when the proposal is accepted, so each step costs
+one suffix generation and one reward forward and backward pass per chain. The policy's
+top-k at the proposal's slots comes from the generation itself (the kept prefix's logits and
+the sampling logits). Each prompt returns the best state (discrete reward) any of its
+chains visited; the record keeps every chain's acceptance rate and its trace.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from seaflow import generation
+from seaflow import layout as L
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.methods.base import prompt_seed
+from seaflow.methods.decoding import DecodingMethod
+from seaflow.models import EMBEDDED_DEFAULT
+
+
+# -- the cut distribution ------------------------------------------------------------------
+
+
+def cut_slots(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """``(B, width)`` mask of the slots a response may be cut at: its tokens and, if ``n < width``, its EOS slot."""
+    slots = torch.arange(width, device=lengths.device).unsqueeze(0)
+    return slots <= lengths.clamp(max=width - 1).unsqueeze(1)
+
+
+def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slot score ``(B, L)``: the first-order gain of the best replacement token.
+
+    ``grad[b, u, v]`` is the derivative of ``alpha r`` with respect to the one-hot entry
+    ``(u, v)`` of response ``b``; the score of token slot ``u`` is
+    ``max_{v in C_u} grad[b, u, v] - grad[b, u, y_u]``, the predicted change of
+    ``log pi`` when slot ``u`` takes the best token of ``C_u`` (the policy's top-k next
+    tokens at ``u`` given ``candidates``, else the whole vocabulary). The EOS slot and
+    slots past it score 0.
+    """
+    current = grad.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    best = grad.amax(-1) if candidates is None else grad.gather(-1, candidates).amax(-1)
+    scores = (best - current).float()
+    active = L.active_mask(lengths.to(scores.device), tokens.shape[1])
+    return torch.where(active, scores, torch.zeros_like(scores))
+
+
+def cut_log_probs(scores: torch.Tensor, lengths: torch.Tensor, temperature: float | None, floor: float) -> torch.Tensor:
+    """``log q(t | y)`` ``(B, L)``: ``(1 - floor) softmax(scores / temperature) + floor / slots``, -inf off the slots.
+
+    ``temperature`` None (or ``floor`` 1) gives uniform cuts.
+    """
+    valid = cut_slots(lengths, scores.shape[1])
+    count = valid.sum(1, keepdim=True).float()
+    uniform = valid.float() / count
+    if temperature is None or floor >= 1:
+        probs = uniform
+    else:
+        logits = torch.where(valid, scores.float() / temperature, torch.full_like(scores, float("-inf"), dtype=torch.float))
+        probs = (1 - floor) * torch.softmax(logits, dim=-1) + floor * uniform
+    return torch.where(valid, probs.log(), torch.full_like(probs, float("-inf")))
+
+
+# -- one batch of suffix proposals -----------------------------------------------------------
+
+
+@dataclass
+class PromptCache:
+    """The prompts' keys and values for all rows (prompts x chains), computed once per batch."""
+
+    layout: L.PrefixLayout | None  # with key_values; None when the model's cache cannot be re-wrapped
+    prompt_ids: list[list[int]]
+
+
+def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, width: int) -> PromptCache:
+    """Key/value cache of the distinct prompts, expanded to one row per entry of ``prompt_ids``."""
+    device = model.get_input_embeddings().weight.device
+    if not (L.supports_prefix_cache(model) and all(prompt_ids)):
+        return PromptCache(None, prompt_ids)
+    distinct: dict[tuple[int, ...], int] = {}
+    for ids in prompt_ids:
+        distinct.setdefault(tuple(ids), len(distinct))
+    index = torch.tensor([distinct[tuple(ids)] for ids in prompt_ids], device=device)
+    unique = [list(ids) for ids in distinct]
+    base = L.build_prefix_layout(unique, torch.zeros(len(unique), dtype=torch.long), pad_id).to(device)
+    base = L.with_prefix_cache(model, base)
+    rows = L.PrefixLayout(
+        ids=base.ids[index], attention_mask=base.attention_mask[index], position_ids=base.position_ids[index],
+        prompt_lengths=base.prompt_lengths[index], lengths=torch.zeros(len(prompt_ids), dtype=torch.long),
+        after_ids=base.after_ids[index], after_mask=base.after_mask[index],
+        key_values=tuple((k[index], v[index]) for k, v in base.key_values), last_logits=base.last_logits[index],
+        owner=base.owner,
+    )
+    return PromptCache(rows, prompt_ids)
+
+
+def _prefix_pass(model, cache: PromptCache, tokens: torch.Tensor, cuts: torch.Tensor, pad_id: int):
+    """Run the kept prefixes ``tokens[b, :cuts[b]]`` behind the prompts.
+
+    Returns ``(logits (B, P, V) | None, next_logits (B, V), key/value cache, attention mask,
+    next positions (B,))`` where ``logits[:, u]`` predicts slot ``u`` (u < cut) and
+    ``next_logits`` predicts slot ``cut``.
+    """
+    device = tokens.device
+    rows = tokens.shape[0]
+    width = int(cuts.max()) if rows else 0
+    if cache.layout is None:  # no re-wrappable cache: run prompt + prefix as whole rows
+        before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(cache.prompt_ids)]
+        layout = L.build_layout(before, torch.zeros(rows, dtype=torch.long), pad_id).to(device)
+        out = model(input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids, use_cache=True)
+        logits = out.logits.float()
+        # row b's slot u (u <= cut) is predicted at window index S - 1 - cut + u
+        start = layout.width - 1 - cuts.to(device)
+        index = (start.unsqueeze(1) + torch.arange(width + 1, device=device).unsqueeze(0)).clamp(max=layout.width - 1)
+        window = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        next_logits = logits[:, -1]
+        return window[:, :width], next_logits, L.output_cache(out), layout.attention_mask, layout.position_ids[:, -1] + 1
+    layout = replace(cache.layout, lengths=cuts.cpu())
+    prompt_mask = layout.attention_mask
+    next_positions = layout.prompt_lengths + cuts
+    if width == 0:
+        from transformers import DynamicCache
+
+        past = DynamicCache(ddp_cache_data=layout.key_values, config=model.config)
+        return None, layout.last_logits, past, prompt_mask, next_positions
+    out = L.run_tail(model, layout, tokens, slots=width)
+    slot_logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits.float()], dim=1)  # (B, width + 1, V)
+    next_logits = slot_logits[torch.arange(rows, device=device), cuts]
+    mask = torch.cat([prompt_mask, (torch.arange(width, device=device).unsqueeze(0) < cuts.unsqueeze(1)).long()], dim=1)
+    return slot_logits[:, :width], next_logits, L.output_cache(out), mask, next_positions
+
+
+@torch.no_grad()
+def resample_suffixes(
+    model: torch.nn.Module,
+    cache: PromptCache,
+    tokens: torch.Tensor,
+    cuts: torch.Tensor,
+    eos_ids: list[int],
+    pad_id: int,
+    generators: list[torch.Generator],
+    top_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keep ``tokens[b, :cuts[b]]`` and sample the rest from the policy at temperature 1.
+
+    Every row writes at most ``L - cuts[b]`` new tokens (``L = tokens.shape[1]``) and stops
+    at EOS, which is not part of the response. Returns ``(tokens (B, L), lengths (B,),
+    candidates (B, L, top_k) | None)``: ``candidates[b, u]`` are the policy's ``top_k`` most
+    likely tokens at slot ``u`` given the new response's prefix ``y'_<u`` (slots ``< length``).
+    """
+    rows, width = tokens.shape
+    device = tokens.device
+    cuts = cuts.to(device)
+    slot_logits, logits, past, mask, positions = _prefix_pass(model, cache, tokens, cuts, pad_id)
+    slots = torch.arange(width, device=device).unsqueeze(0)
+    out_tokens = torch.where(slots < cuts.unsqueeze(1), tokens, torch.full_like(tokens, pad_id))
+    candidates = None
+    if top_k is not None:
+        candidates = torch.zeros(rows, width, top_k, dtype=torch.long, device=device)
+        if slot_logits is not None:
+            kept = slot_logits.topk(top_k, dim=-1).indices
+            candidates[:, : kept.shape[1]] = torch.where((slots[:, : kept.shape[1]] < cuts.unsqueeze(1)).unsqueeze(-1), kept, 0)
+    budget = width - cuts
+    lengths = width - torch.zeros_like(cuts)  # a row that never emits EOS fills all L slots
+    finished = budget <= 0
+    eos = torch.tensor(eos_ids, device=device)
+    row_index = torch.arange(rows, device=device)
+    steps = int(budget.max())
+    for step in range(steps):
+        slot = cuts + step
+        live = ~finished & (step < budget)
+        if candidates is not None:
+            top = logits.topk(top_k, dim=-1).indices
+            target = slot.clamp(max=width - 1)
+            current = candidates[row_index, target]
+            candidates[row_index, target] = torch.where(live.unsqueeze(-1), top, current)
+        token = (logits + generation._gumbel(logits.shape, generators, device)).argmax(-1)
+        is_eos = torch.isin(token, eos) & live
+        lengths = torch.where(is_eos, slot, lengths)
+        write = live & ~is_eos
+        out_tokens[row_index, slot.clamp(max=width - 1)] = torch.where(
+            write, token, out_tokens[row_index, slot.clamp(max=width - 1)]
+        )
+        finished = finished | is_eos | (step + 1 >= budget)
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions + step).unsqueeze(1),
+            use_cache=True, **{L.cache_argument(model): past},
+        )
+        past = L.output_cache(out)
+        logits = out.logits[:, -1].float()
+    return out_tokens, lengths, candidates
+
+
+# -- the chains ----------------------------------------------------------------------------
+
+
+@dataclass
+class ChainState:
+    """The chains' current responses and what the next step needs about them."""
+
+    tokens: torch.Tensor  # (B, L)
+    lengths: torch.Tensor  # (B,)
+    reward: torch.Tensor  # (B,)
+    log_q: torch.Tensor  # (B, L) log q(. | y)
+
+
+@dataclass
+class ChainRun:
+    """Result of :func:`run_chains`: final states, best visited states, per-step diagnostics."""
+
+    final: ChainState
+    best_tokens: torch.Tensor
+    best_lengths: torch.Tensor
+    best_reward: torch.Tensor
+    accepted: torch.Tensor  # (steps, B) bool
+    cuts: torch.Tensor  # (steps, B)
+    rewards: torch.Tensor  # (steps + 1, B) reward of the state before each step, and the final one
+    proposal_rewards: torch.Tensor  # (steps, B)
+    log_ratio: torch.Tensor  # (steps, B) log of the acceptance ratio
+
+    @property
+    def acceptance(self) -> torch.Tensor:
+        """Acceptance rate per chain ``(B,)`` (NaN without steps)."""
+        if self.accepted.shape[0] == 0:
+            return torch.full((self.accepted.shape[1],), float("nan"))
+        return self.accepted.float().mean(0)
+
+
+class GradientCuts:
+    """``y -> (reward, log q(. | y))``: the reward and the gradient-guided cut distribution of responses.
+
+    ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V))`` gives the reward and its
+    gradient with respect to the one-hot response; ``alpha`` scales the gradient into
+    log-target units before :func:`cut_scores`.
+    """
+
+    def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float):
+        self.score_fn = score_fn
+        self.alpha = alpha
+        self.temperature = temperature
+        self.floor = floor
+        self.uniform = temperature is None or floor >= 1
+
+    def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
+        reward, grad = self.score_fn(tokens, lengths, need_grad=not self.uniform)
+        scores = torch.zeros(tokens.shape, device=tokens.device) if grad is None else cut_scores(self.alpha * grad, tokens, lengths, candidates)
+        return reward, cut_log_probs(scores, lengths, self.temperature, self.floor)
+
+
+def run_chains(
+    model: torch.nn.Module,
+    cache: PromptCache,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    cuts_fn: GradientCuts,
+    alpha: float,
+    steps: int,
+    eos_ids: list[int],
+    pad_id: int,
+    seeds,
+    top_k: int | None = None,
+    initial_candidates: torch.Tensor | None = None,
+    correct_cut: bool = True,
+) -> ChainRun:
+    """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
+
+    ``seeds(step) -> list[int]`` gives one seed per row for step ``step``: the row's cut,
+    its new suffix and its accept test draw from a generator seeded with it, so a chain's
+    path does not depend on the other rows of the batch. ``correct_cut=False`` drops the
+    ``q(t | y') / q(t | y)`` factor (a wrong sampler, kept to show the factor matters).
+    """
+    device = tokens.device
+    rows, width = tokens.shape
+    reward, log_q = cuts_fn(tokens, lengths, initial_candidates)
+    state = ChainState(tokens, lengths, reward.float(), log_q)
+    best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
+    accepted, cut_log, reward_log, proposal_log, ratio_log = [], [], [state.reward.cpu()], [], []
+    row_index = torch.arange(rows, device=device)
+    for step in range(steps):
+        gens = generation.row_generators(seeds(step), device=device)
+        # cut and accept draws come first from each row's generator, then the suffix's Gumbel noise
+        draws = torch.stack([torch.rand(2, generator=g, device=g.device) for g in gens]).to(device)
+        cuts = _categorical(state.log_q, draws[:, 0])
+        new_tokens, new_lengths, candidates = resample_suffixes(model, cache, state.tokens, cuts, eos_ids, pad_id, gens, top_k)
+        new_reward, new_log_q = cuts_fn(new_tokens, new_lengths, candidates)
+        new_reward = new_reward.float()
+        log_ratio = alpha * (new_reward - state.reward)
+        if correct_cut:
+            log_ratio = log_ratio + new_log_q[row_index, cuts] - state.log_q[row_index, cuts]
+        log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
+        accept = draws[:, 1].log() < log_ratio
+        state = ChainState(
+            tokens=torch.where(accept.unsqueeze(1), new_tokens, state.tokens),
+            lengths=torch.where(accept, new_lengths, state.lengths),
+            reward=torch.where(accept, new_reward, state.reward),
+            log_q=torch.where(accept.unsqueeze(1), new_log_q, state.log_q),
+        )
+        better = accept & (_finite(new_reward) > best_reward)
+        best_tokens = torch.where(better.unsqueeze(1), new_tokens, best_tokens)
+        best_lengths = torch.where(better, new_lengths, best_lengths)
+        best_reward = torch.where(better, new_reward, best_reward)
+        accepted.append(accept.cpu())
+        cut_log.append(cuts.cpu())
+        reward_log.append(state.reward.cpu())
+        proposal_log.append(new_reward.cpu())
+        ratio_log.append(log_ratio.cpu())
+
+    def stack(values, dtype):
+        return torch.stack(values) if values else torch.zeros(0, rows, dtype=dtype)
+
+    return ChainRun(
+        final=state, best_tokens=best_tokens, best_lengths=best_lengths, best_reward=best_reward,
+        accepted=stack(accepted, torch.bool), cuts=stack(cut_log, torch.long), rewards=torch.stack(reward_log),
+        proposal_rewards=stack(proposal_log, torch.float), log_ratio=stack(ratio_log, torch.float),
+    )
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
+
+
+def _categorical(log_probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One index per row from ``exp(log_probs)`` by inverting the CDF at ``uniform``."""
+    cdf = log_probs.exp().cumsum(-1)
+    index = (cdf < (uniform * cdf[:, -1]).unsqueeze(1)).sum(-1)
+    # never land past the last valid slot (float rounding at the top of the CDF)
+    last = torch.isfinite(log_probs).long().cumsum(-1).argmax(-1)
+    return torch.minimum(index, last)
+
+
+# -- the method ----------------------------------------------------------------------------
+
+
+class GuidedSuffixMCMC(DecodingMethod):
+    """Gradient-guided suffix resampling with an exact Metropolis test (see the module docstring).
+
+    Per prompt, ``chains`` chains start from policy samples (or, with ``init_pool``, from the
+    best ``chains`` of ``init_pool`` samples, candidate ``c`` being Best-of-N's candidate
+    ``c``), run ``steps`` Metropolis steps on ``pi_ref(y|x) exp(alpha r(x, y))``, and the
+    best state any chain visited (discrete reward) is returned.
+
+    Args:
+        alpha: reward weight of the target; ``alpha * (r' - r)`` is the log acceptance ratio's
+            reward part (a per-token-mean reward such as the lexicon moves by ~1/L per token).
+        chains: chains per prompt.
+        steps: Metropolis steps per chain (one suffix generation and one reward gradient each).
+        cut_temperature: temperature of the softmax over the slots' gradient scores (in units
+            of ``log pi``); null = uniform cuts (no gradient is computed).
+        cut_floor: share of the uniform distribution mixed into ``q(t|y)`` (in (0, 1]; 1 = uniform).
+        cut_top_k: a slot's score looks at the policy's ``cut_top_k`` most likely next tokens
+            there; null = the whole vocabulary.
+        init_pool: start from the best ``chains`` of this many policy samples per prompt
+            (null = the first ``chains`` samples); its cost is part of the method's.
+        (others: see :class:`DecodingMethod`; ``temperature`` and ``top_p`` must stay 1.0)
+    """
+
+    def __init__(
+        self,
+        policy: str = EMBEDDED_DEFAULT,
+        reward: Reward | None = None,
+        alpha: float = 50.0,
+        chains: int = 4,
+        steps: int = 8,
+        cut_temperature: float | None = 1.0,
+        cut_floor: float = 0.1,
+        cut_top_k: int | None = 50,
+        init_pool: int | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str | None = None,
+        sample_batch: int = 64,
+        score_batch: int = 64,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(
+            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
+            trust_remote_code=trust_remote_code,
+        )
+        if temperature != 1.0 or top_p != 1.0:
+            raise ValueError(
+                f"GuidedSuffixMCMC proposes suffixes from the policy itself, so its Metropolis ratio holds only at "
+                f"model.init_args.temperature 1.0 and model.init_args.top_p 1.0 (got {temperature} and {top_p}): "
+                "set both to 1.0; the target's sharpness is model.init_args.alpha"
+            )
+        self._require_reward()
+        if not alpha == alpha or alpha < 0:
+            raise ValueError(f"model.init_args.alpha must be >= 0, got {alpha}")
+        if chains < 1:
+            raise ValueError(f"model.init_args.chains must be >= 1, got {chains}")
+        if steps < 0:
+            raise ValueError(f"model.init_args.steps must be >= 0, got {steps}")
+        if cut_temperature is not None and not cut_temperature > 0:
+            raise ValueError(f"model.init_args.cut_temperature must be > 0 or null (uniform cuts), got {cut_temperature}")
+        if not 0 < cut_floor <= 1:
+            raise ValueError(
+                f"model.init_args.cut_floor must be in (0, 1], got {cut_floor}: every slot needs a positive "
+                "probability for the chain to reach every response"
+            )
+        if cut_top_k is not None and cut_top_k < 1:
+            raise ValueError(f"model.init_args.cut_top_k must be >= 1 or null (whole vocabulary), got {cut_top_k}")
+        if init_pool is not None and init_pool < chains:
+            raise ValueError(f"model.init_args.init_pool ({init_pool}) must be >= chains ({chains}) or null")
+        self.alpha = alpha
+        self.chains = chains
+        self.steps = steps
+        self.cut_temperature = cut_temperature
+        self.cut_floor = cut_floor
+        self.cut_top_k = cut_top_k
+        self.init_pool = init_pool
+
+    def method_name(self) -> str:
+        return "GuidedSuffixMCMC"
+
+    @property
+    def guided(self) -> bool:
+        return self.cut_temperature is not None and self.cut_floor < 1
+
+    def reward_and_grad(self, prompt_ids, prompts, tokens: torch.Tensor, lengths: torch.Tensor, need_grad: bool = True):
+        """Discrete reward ``(B,)`` and its gradient ``(B, L, V)`` with respect to the one-hot response."""
+        batch = ResponseBatch(prompt_ids, prompts, lengths.cpu(), tokens.shape[1])
+        prepared = self.reward.prepare(batch)
+        if not need_grad:
+            with torch.no_grad():
+                return self.reward.value(prepared, tokens).float(), None
+        with torch.enable_grad():
+            one_hot = torch.nn.functional.one_hot(tokens, self.policy.vocab_size).float().requires_grad_(True)
+            value = self.reward.value(prepared, one_hot)
+            (grad,) = torch.autograd.grad(value.sum(), one_hot)
+        return value.detach().float(), grad
+
+    def initial_states(self, prompt_ids, prompts, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[float]]]:
+        """Chains' initial responses: candidates ``0 .. chains-1``, or the best ``chains`` of ``init_pool``.
+
+        Returns ``(tokens, lengths, candidate index per row, pool rewards per prompt)``.
+        """
+        pool = self.init_pool or self.chains
+        n_prompts = len(prompt_ids) // self.chains
+        rows = [p * self.chains for p in range(n_prompts)]
+        pool_ids = [prompt_ids[r] for r in rows for _ in range(pool)]
+        pool_prompts = [prompts[r] for r in rows for _ in range(pool)]
+        pool_keys = [keys[r] for r in rows for _ in range(pool)]
+        tokens, lengths = self.sample_rows(pool_ids, pool_keys, [c for _ in rows for c in range(pool)])
+        if self.init_pool is None:
+            return tokens, lengths, torch.arange(self.chains).repeat(n_prompts), [[] for _ in rows]
+        rewards = self.rewards(pool_ids, pool_prompts, tokens, lengths).cpu().view(n_prompts, pool)
+        # stable sort: among equal rewards the earlier candidates go first
+        order = torch.sort(torch.where(torch.isfinite(rewards), rewards, float("-inf")), dim=1, descending=True, stable=True).indices
+        chosen = order[:, : self.chains]
+        index = (torch.arange(n_prompts).unsqueeze(1) * pool + chosen).flatten().to(tokens.device)
+        return tokens[index], lengths[index], chosen.flatten(), rewards.tolist()
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        chains, width = self.chains, self.max_new_tokens
+        prompt_ids, prompts, keys = self.expand(batch, chains)
+        tokens, lengths, candidate, pool_rewards = self.initial_states(prompt_ids, prompts, keys)
+        model = self.policy.model
+        cache = prompt_cache(model, prompt_ids, self.pad_id, width)
+        top_k = self.cut_top_k if self.guided else None
+        if top_k is not None:
+            top_k = min(top_k, self.policy.vocab_size)
+        initial_candidates = None
+        if top_k is not None:  # the policy's top-k along the initial responses (one prefix pass)
+            slot_logits, _, _, _, _ = _prefix_pass(model, cache, tokens, lengths, self.pad_id)
+            initial_candidates = torch.zeros(tokens.shape[0], width, top_k, dtype=torch.long, device=tokens.device)
+            if slot_logits is not None:
+                initial_candidates[:, : slot_logits.shape[1]] = slot_logits.topk(top_k, dim=-1).indices
+            del slot_logits
+        cuts_fn = GradientCuts(
+            lambda t, n, need_grad: self.reward_and_grad(prompt_ids, prompts, t, n, need_grad),
+            self.alpha, self.cut_temperature, self.cut_floor,
+        )
+
+        def seeds(step: int) -> list[int]:
+            return [prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}") for row, key in enumerate(keys)]
+
+        run = run_chains(
+            model, cache, tokens, lengths, cuts_fn, self.alpha, self.steps, self.eos_ids, self.pad_id, seeds,
+            top_k=top_k, initial_candidates=initial_candidates,
+        )
+        n_prompts = len(batch["id"])
+        best = run.best_reward.cpu().view(n_prompts, chains)
+        chosen_chain = best.argmax(-1)  # ties: the earlier chain
+        rows = torch.arange(n_prompts) * chains + chosen_chain
+        elapsed = time.perf_counter() - started  # the method's own work; what follows is for metrics
+        device_rows = rows.to(tokens.device)
+        final_texts = self.decode_text(run.final.tokens, run.final.lengths)
+        acceptance = run.acceptance
+        extras = []
+        for p in range(n_prompts):
+            span = slice(p * chains, (p + 1) * chains)
+            initial = run.rewards[0, span]
+            extra = {
+                "chain": int(chosen_chain[p]),
+                "chain_best_rewards": best[p].tolist(),
+                "chain_initial_rewards": initial.tolist(),
+                "chain_initial_candidates": [int(c) for c in candidate[span]],
+                "chain_rewards": run.final.reward[span].cpu().tolist(),
+                "chain_responses": final_texts[span],
+                "chain_acceptance": acceptance[span].tolist(),
+                "initial_reward": float(pool_rewards[p][0]) if pool_rewards[p] else float(initial[0]),
+                "initial_best_reward": float(initial.max()),
+                "trace": {
+                    "reward": run.rewards[:, span].T.tolist(),
+                    "proposal_reward": run.proposal_rewards[:, span].T.tolist(),
+                    "cut": run.cuts[:, span].T.tolist(),
+                    "accepted": run.accepted[:, span].T.int().tolist(),
+                },
+                "steps": self.steps,
+                "init_pool": self.init_pool,
+            }
+            if pool_rewards[p]:
+                extra["pool_rewards"] = pool_rewards[p]
+            extras.append(extra)
+        chosen_ids = [prompt_ids[int(r)] for r in rows]
+        chosen_prompts = [prompts[int(r)] for r in rows]
+        return self.records(
+            batch, chosen_ids, chosen_prompts, run.best_tokens[device_rows], run.best_lengths[device_rows],
+            best.max(-1).values, elapsed, extras,
+        )

@@ -1,0 +1,295 @@
+"""GuidedSuffixMCMC: the exact target on an enumerable case, the cut distribution, the method on tiny models."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sampler_contract import P_VALUE, chi2_quantile
+from seaflow.energies import LexiconReward
+from seaflow.energies.base import Reward
+from seaflow.methods import BestOfN, GuidedSuffixMCMC
+from seaflow.methods.suffix_mcmc import (
+    GradientCuts, PromptCache, cut_log_probs, cut_scores, prompt_cache, resample_suffixes, run_chains,
+)
+from test_methods import direct
+
+ROOT = Path(__file__).parent.parent
+
+# -- an enumerable target: vocabulary {pad, a, b, EOS}, responses of at most 3 tokens (40 of them)
+
+V, EOS, PAD, WIDTH = 4, 3, 0, 3
+PROMPT = [1, 2, 1]
+ALPHA = 2.0
+
+
+@pytest.fixture(scope="module")
+def small_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)  # a policy that prefers some continuations clearly
+    return model
+
+
+WEIGHTS = torch.randn(WIDTH, V, generator=torch.Generator().manual_seed(1))
+
+
+def small_reward(response: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A reward that is not a sum over tokens and that depends on the length."""
+    one_hot = torch.nn.functional.one_hot(response, V).float() if response.dtype == torch.long else response
+    mask = (torch.arange(WIDTH).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    return torch.tanh(((one_hot * WEIGHTS).sum(-1) * mask).sum(-1)) + 0.3 * lengths.float()
+
+
+def small_score(tokens, lengths, need_grad=True):
+    one_hot = torch.nn.functional.one_hot(tokens, V).float().requires_grad_(True)
+    with torch.enable_grad():
+        value = small_reward(one_hot, lengths)
+        (grad,) = torch.autograd.grad(value.sum(), one_hot)
+    return value.detach(), (grad if need_grad else None)
+
+
+def enumerate_target(model):
+    """Every response (token tuples), their tensors, and ``pi_ref exp(alpha r)`` normalised, by direct computation."""
+    states = [seq for n in range(WIDTH + 1) for seq in itertools.product([t for t in range(V) if t != EOS], repeat=n)]
+    log_ref = []
+    for seq in states:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([PROMPT + list(seq)])).logits[0].double(), -1)
+        start = len(PROMPT) - 1
+        total = sum(float(logp[start + u, tok]) for u, tok in enumerate(seq))
+        if len(seq) < WIDTH:  # the capped sampler writes EOS only before the cap
+            total += float(logp[start + len(seq), EOS])
+        log_ref.append(total)
+    tokens = torch.full((len(states), WIDTH), PAD)
+    for i, seq in enumerate(states):
+        tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in states])
+    log_ref = torch.tensor(log_ref, dtype=torch.float64)
+    assert math.isclose(float(log_ref.exp().sum()), 1.0, abs_tol=1e-5)  # the responses are all of them
+    target = torch.softmax(log_ref + ALPHA * small_reward(tokens, lengths).double(), 0)
+    return states, tokens, lengths, target
+
+
+def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=3000, seed=0):
+    states, tokens, lengths, target = enumerate_target(model)
+    generator = torch.Generator().manual_seed(seed)
+    if start == "target":
+        index = torch.multinomial(target.float(), chains, replacement=True, generator=generator)
+    else:  # every chain starts from the empty response
+        index = torch.zeros(chains, dtype=torch.long)
+    cache = prompt_cache(model, [PROMPT] * chains, PAD, WIDTH) if cached else PromptCache(None, [PROMPT] * chains)
+    cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05)
+    run = run_chains(
+        model, cache, tokens[index], lengths[index], cuts, ALPHA, steps, [EOS], PAD,
+        lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(chains)], correct_cut=correct_cut,
+    )
+    position = {s: i for i, s in enumerate(states)}
+    counts = torch.zeros(len(states), dtype=torch.float64)
+    for row, n in zip(run.final.tokens, run.final.lengths):
+        counts[position[tuple(row[: int(n)].tolist())]] += 1
+    expected = target * chains
+    statistic = float(((counts - expected) ** 2 / expected).sum())
+    return statistic, chi2_quantile(1 - P_VALUE, len(states) - 1), run
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_chains_sample_the_exact_target(small_lm, cached):
+    """From one state for all chains, 20 steps: the final states follow pi_ref exp(alpha r) (chi-square)."""
+    statistic, limit, run = chain_chi_square(small_lm, "empty", steps=20, cached=cached)
+    assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+    assert 0.2 < float(run.acceptance.mean()) < 0.95
+    # the kept rewards are the rewards of the kept responses; the best state is the best visited
+    assert torch.allclose(run.final.reward, small_reward(run.final.tokens, run.final.lengths))
+    assert torch.allclose(run.best_reward, small_reward(run.best_tokens, run.best_lengths))
+    assert torch.allclose(run.best_reward, run.rewards.max(0).values)
+
+
+def test_the_target_is_invariant(small_lm):
+    """Chains started exactly at the target stay there after two steps."""
+    statistic, limit, _ = chain_chi_square(small_lm, "target", steps=2)
+    assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+
+
+@pytest.mark.parametrize("start, steps", [("target", 2), ("empty", 20)])
+def test_without_the_cut_ratio_the_target_is_missed(small_lm, start, steps):
+    """Dropping q(t|y')/q(t|y) from the acceptance ratio gives a chain the chi-square test rejects."""
+    statistic, limit, _ = chain_chi_square(small_lm, start, steps=steps, correct_cut=False)
+    assert statistic > limit, f"a test without the cut ratio went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+def test_cut_scores_for_the_lexicon_are_the_valence_gap():
+    values = torch.tensor([0.0, 0.5, -1.0, 1.0, 0.2])
+    tokens = torch.tensor([[2, 0, 1, 0], [4, 3, 0, 0]])
+    lengths = torch.tensor([3, 2])
+    alpha = 8.0
+    # lexicon reward mean_t v[y_t]: d(alpha r)/d onehot[u, v] = alpha v[v] / n
+    grad = alpha * values.expand(2, 4, 5) / lengths.view(2, 1, 1)
+    scores = cut_scores(grad, tokens, lengths)
+    expected = torch.tensor([[(1.0 + 1.0) / 3 * alpha, 1.0 / 3 * alpha, 0.5 / 3 * alpha, 0.0], [0.8 / 2 * alpha, 0.0, 0.0, 0.0]])
+    assert torch.allclose(scores, expected)
+    # among candidates {0, 1} only: best value 0.5
+    candidates = torch.tensor([0, 1]).expand(2, 4, 2)
+    scores = cut_scores(grad, tokens, lengths, candidates)
+    assert torch.allclose(scores[0, :3], alpha * torch.tensor([1.5 / 3, 0.5 / 3, 0.0]))
+    assert torch.allclose(scores[1, :2], alpha * torch.tensor([0.3 / 2, -0.5 / 2]))
+
+
+def test_cut_log_probs():
+    scores = torch.tensor([[2.0, 0.0, -1.0, 5.0], [1.0, 1.0, 9.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    lengths = torch.tensor([2, 4, 0])  # slots: 0..2 (EOS at 2); 0..3 (full, no EOS slot); 0 only
+    log_q = cut_log_probs(scores, lengths, temperature=0.5, floor=0.2)
+    q = log_q.exp()
+    assert torch.allclose(q.sum(-1), torch.ones(3))
+    assert torch.equal(torch.isfinite(log_q), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]).bool())
+    soft = torch.softmax(torch.tensor([2.0, 0.0, -1.0]) / 0.5, 0)
+    assert torch.allclose(q[0, :3], 0.8 * soft + 0.2 / 3)
+    assert bool((q[1] >= 0.2 / 4 - 1e-7).all())
+    uniform = cut_log_probs(scores, lengths, temperature=None, floor=0.2).exp()
+    assert torch.allclose(uniform[1], torch.full((4,), 0.25))
+    assert torch.allclose(cut_log_probs(scores, lengths, 0.5, floor=1.0).exp(), uniform)
+
+
+def test_resample_keeps_the_prefix_and_matches_the_uncached_path(tiny_policy):
+    model = tiny_policy.model
+    prompts = [tiny_policy.tokenizer("describe the city")["input_ids"], tiny_policy.tokenizer("how was the train today")["input_ids"]]
+    rows = [prompts[0], prompts[0], prompts[1], prompts[1]]
+    width = 6
+    tokens = torch.randint(4, tiny_policy.vocab_size, (4, width), generator=torch.Generator().manual_seed(0))
+    cuts = torch.tensor([0, 3, 5, 2])
+    results = []
+    for cache in (prompt_cache(model, rows, 0, width), PromptCache(None, rows)):
+        gens = [torch.Generator().manual_seed(s) for s in range(4)]
+        results.append(resample_suffixes(model, cache, tokens, cuts, [3], 0, gens, top_k=5))
+    (new, lengths, top), (new_ref, lengths_ref, top_ref) = results
+    assert torch.equal(new, new_ref) and torch.equal(lengths, lengths_ref)
+    for row in range(4):
+        n = int(lengths[row])
+        assert torch.equal(new[row, : cuts[row]], tokens[row, : cuts[row]])
+        assert int(cuts[row]) <= n <= width
+        assert bool((new[row, n:] == 0).all()) and not bool((new[row, :n] == 3).any())
+        assert torch.equal(top[row, :n], top_ref[row, :n])
+    # the candidates are the policy's top-5 given the new prefix (teacher forcing on the new response)
+    for row in range(4):
+        n = int(lengths[row])
+        ids = torch.tensor([rows[row] + new[row, :n].tolist()])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(rows[row]) - 1 : len(rows[row]) - 1 + n]
+        assert torch.equal(logits.topk(5, -1).indices, top[row, :n])
+
+
+# -- the method on tiny models -------------------------------------------------------------------
+
+
+def test_no_steps_with_a_pool_is_best_of_n(tiny_policy):
+    mcmc, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=1, steps=0, init_pool=6, max_new_tokens=6), tiny_policy)
+    bon, _ = direct(BestOfN(policy="tiny", reward=LexiconReward(), n=6, max_new_tokens=6), tiny_policy)
+    for m, b in zip(mcmc, bon):
+        assert m["response"] == b["response"]
+        assert m["reward"] == pytest.approx(b["reward"])
+        assert m["pool_rewards"] == pytest.approx(b["candidate_rewards"])
+        assert m["initial_reward"] == pytest.approx(b["initial_reward"])
+
+
+def test_pool_start_takes_the_best_candidates(tiny_policy):
+    records, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=3, steps=0, init_pool=8, max_new_tokens=6), tiny_policy)
+    for r in records:
+        top = sorted(r["pool_rewards"], reverse=True)[:3]
+        assert sorted(r["chain_initial_rewards"], reverse=True) == pytest.approx(top)
+        assert [r["pool_rewards"][c] for c in r["chain_initial_candidates"]] == pytest.approx(r["chain_initial_rewards"])
+
+
+@pytest.mark.parametrize("cut_temperature, cut_top_k", [(1.0, 5), (0.5, None), (None, None)])
+def test_records_and_best_visited_state(tiny_policy, cut_temperature, cut_top_k):
+    reward = LexiconReward()
+    method = GuidedSuffixMCMC(policy="tiny", reward=reward, alpha=20.0, chains=3, steps=4, max_new_tokens=6,
+                              cut_temperature=cut_temperature, cut_top_k=cut_top_k)
+    records, items = direct(method, tiny_policy)
+    for r, item in zip(records, items):
+        trace = r["trace"]
+        assert len(trace["cut"]) == 3 and all(len(c) == 4 for c in trace["cut"])
+        assert all(len(c) == 5 for c in trace["reward"])
+        visited = [v for chain in trace["reward"] for v in chain]
+        assert r["reward"] == pytest.approx(max(visited))
+        assert r["reward"] >= max(r["chain_initial_rewards"]) - 1e-6
+        for chain in range(3):
+            accepted = trace["accepted"][chain]
+            assert r["chain_acceptance"][chain] == pytest.approx(sum(accepted) / 4)
+            for step, ok in enumerate(accepted):  # an accepted step moves to the proposal, a rejected one stays
+                after = trace["reward"][chain][step + 1]
+                assert after == pytest.approx(trace["proposal_reward"][chain][step] if ok else trace["reward"][chain][step])
+        assert len(r["ref_token_logprobs"]) == r["response_tokens"] <= 6
+
+
+def test_results_do_not_depend_on_the_batch(tiny_policy):
+    method = GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=3, max_new_tokens=6, init_pool=3)
+    together, _ = direct(method, tiny_policy)
+    alone, _ = direct(method, tiny_policy, batch_size=1)
+    assert [r["response"] for r in together] == [r["response"] for r in alone]
+    assert [r["trace"] for r in together] == [r["trace"] for r in alone]
+
+
+def test_a_high_alpha_climbs(tiny_policy):
+    reward = LexiconReward()
+    records, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=reward, alpha=200.0, chains=2, steps=12, max_new_tokens=6), tiny_policy)
+    gains = [r["reward"] - r["initial_best_reward"] for r in records]
+    assert all(g >= -1e-6 for g in gains) and sum(gains) > 0
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("temperature", 0.7, "model.init_args.temperature"),
+        ("top_p", 0.9, "model.init_args.top_p"),
+        ("cut_floor", 0.0, "model.init_args.cut_floor"),
+        ("cut_temperature", 0.0, "model.init_args.cut_temperature"),
+        ("init_pool", 2, "model.init_args.init_pool"),
+        ("steps", -1, "model.init_args.steps"),
+        ("alpha", -1.0, "model.init_args.alpha"),
+    ],
+)
+def test_rejects_bad_values(argument, value, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=4, **{argument: value})
+
+
+def test_config_runs_on_tiny_models(tmp_path, tiny_models):
+    """configs/suffix_mcmc.yaml, with the tiny policy and a short run, through ``seaflow predict``."""
+    from seaflow.cli import main
+
+    config = yaml.safe_load((ROOT / "configs" / "suffix_mcmc.yaml").read_text())
+    assert config["model"]["class_path"] == "seaflow.methods.GuidedSuffixMCMC"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(["describe the city", "how was the train"])))
+    config["model"]["init_args"].update(policy=str(tiny_models["policy"]), steps=3, chains=2, max_new_tokens=6, init_pool=4)
+    config["data"].update(path=str(prompts), batch_size=2)
+    config["output"]["output_dir"] = str(tmp_path / "run")
+    config["trainer"]["enable_progress_bar"] = False
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path)])
+    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["p0", "p1"]
+    assert all(len(r["chain_acceptance"]) == 2 and len(r["pool_rewards"]) == 4 for r in records)
+
+
+def test_every_key_of_the_config_is_commented():
+    lines = (ROOT / "configs" / "suffix_mcmc.yaml").read_text().splitlines()
+    keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
+    uncommented = [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]
+    assert not uncommented, uncommented
