@@ -14,7 +14,7 @@ from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.methods import BestOfN, GuidedSuffixMCMC
 from seaflow.methods.suffix_mcmc import (
-    GradientCuts, PromptCache, cut_log_probs, cut_scores, prompt_cache, resample_suffixes, run_chains,
+    GradientCuts, PromptCache, SuffixProposals, cut_log_probs, cut_scores, prompt_cache, resample_suffixes, run_chains,
 )
 from test_methods import direct
 
@@ -92,8 +92,9 @@ def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=
         index = torch.zeros(chains, dtype=torch.long)
     cache = prompt_cache(model, [PROMPT] * chains, PAD, WIDTH) if cached else PromptCache(None, [PROMPT] * chains)
     cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05)
+    proposals = SuffixProposals(model, cache, WIDTH, [EOS], PAD)
     run = run_chains(
-        model, cache, tokens[index], lengths[index], cuts, ALPHA, steps, [EOS], PAD,
+        proposals, tokens[index], lengths[index], cuts, ALPHA, steps,
         lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(chains)], correct_cut=correct_cut,
     )
     position = {s: i for i, s in enumerate(states)}
@@ -191,6 +192,47 @@ def test_resample_keeps_the_prefix_and_matches_the_uncached_path(tiny_policy):
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(rows[row]) - 1 : len(rows[row]) - 1 + n]
         assert torch.equal(logits.topk(5, -1).indices, top[row, :n])
+
+
+def test_chains_on_the_state_cache_match_whole_rows(tiny_policy, monkeypatch):
+    """Chains whose proposals run on each state's keys and values (one re-fed token, rows leaving the
+    batch as they finish) take the same path as chains that re-run prompt and prefix every step."""
+    model, tokenizer = tiny_policy.model, tiny_policy.tokenizer
+    texts = ["describe the city", "how was the train today with my friend", "tell me"]
+    rows = [tokenizer(t)["input_ids"] for t in texts for _ in range(3)]
+    width = 7
+    reward = LexiconReward()
+    reward.setup(tiny_policy)
+
+    def score(tokens, lengths, need_grad=True):
+        one_hot = torch.nn.functional.one_hot(tokens, tiny_policy.vocab_size).float().requires_grad_(True)
+        with torch.enable_grad():
+            value = reward.value(lengths, one_hot)
+            (grad,) = torch.autograd.grad(value.sum(), one_hot)
+        return value.detach(), grad
+
+    from transformers import DynamicCache
+
+    narrowed = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda self, index: (narrowed.append(len(index)), select(self, index))[1])
+    start = torch.randint(4, tiny_policy.vocab_size, (len(rows), width), generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([7, 3, 0, 5, 7, 1, 2, 6, 4])
+    start = torch.where(torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1), start, 0)
+    runs = []
+    for cache in (prompt_cache(model, rows, 0, width), PromptCache(None, rows)):
+        proposals = SuffixProposals(model, cache, width, [3], 0, top_k=4)
+        cuts = GradientCuts(score, 30.0, temperature=0.5, floor=0.2)
+        runs.append(run_chains(proposals, start, lengths, cuts, 30.0, 6, lambda step: [100 * step + r for r in range(len(rows))]))
+    cached, whole = runs
+    assert cached.final.kv is not None and whole.final.kv is None
+    assert torch.equal(cached.cuts, whole.cuts) and torch.equal(cached.accepted, whole.accepted)
+    assert torch.equal(cached.final.tokens, whole.final.tokens) and torch.equal(cached.final.lengths, whole.final.lengths)
+    assert torch.allclose(cached.log_ratio, whole.log_ratio, atol=1e-5)
+    active = (torch.arange(width).unsqueeze(0) < cached.final.lengths.unsqueeze(1)).unsqueeze(-1)
+    assert torch.equal(cached.final.candidates * active, whole.final.candidates * active)
+    assert bool(cached.accepted.any()) and not bool(cached.accepted.all())
+    assert narrowed  # rows did leave the batch
 
 
 # -- the method on tiny models -------------------------------------------------------------------

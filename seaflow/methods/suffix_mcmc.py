@@ -129,40 +129,160 @@ def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: in
     return PromptCache(rows, prompt_ids)
 
 
-def _prefix_pass(model, cache: PromptCache, tokens: torch.Tensor, cuts: torch.Tensor, pad_id: int):
-    """Run the kept prefixes ``tokens[b, :cuts[b]]`` behind the prompts.
+class SuffixProposals:
+    """Suffix proposals for a batch of chains: the policy rewrites ``y_>=t`` given ``x`` and ``y_<t``.
 
-    Returns ``(logits (B, P, V) | None, next_logits (B, V), key/value cache, attention mask,
-    next positions (B,))`` where ``logits[:, u]`` predicts slot ``u`` (u < cut) and
-    ``next_logits`` predicts slot ``cut``.
+    With a re-wrappable prompt cache each chain state carries the keys and values of its
+    response slots (``kv``, per layer ``(B, heads, L, head_dim)``): a proposal then runs one
+    token (``y_{t-1}``, whose output predicts slot ``t``) on top of prompt + kept prefix, and
+    the new tokens; rows leave the batch as they finish (the batch is narrowed whenever half
+    of its rows are done), so a step costs about ``L - t + 1`` token passes per chain.
+    Without such a cache every proposal runs prompt + kept prefix as whole rows.
     """
-    device = tokens.device
-    rows = tokens.shape[0]
-    width = int(cuts.max()) if rows else 0
-    if cache.layout is None:  # no re-wrappable cache: run prompt + prefix as whole rows
-        before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(cache.prompt_ids)]
-        layout = L.build_layout(before, torch.zeros(rows, dtype=torch.long), pad_id).to(device)
-        out = model(input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids, use_cache=True)
-        logits = out.logits.float()
-        # row b's slot u (u <= cut) is predicted at window index S - 1 - cut + u
-        start = layout.width - 1 - cuts.to(device)
-        index = (start.unsqueeze(1) + torch.arange(width + 1, device=device).unsqueeze(0)).clamp(max=layout.width - 1)
-        window = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-        next_logits = logits[:, -1]
-        return window[:, :width], next_logits, L.output_cache(out), layout.attention_mask, layout.position_ids[:, -1] + 1
-    layout = replace(cache.layout, lengths=cuts.cpu())
-    prompt_mask = layout.attention_mask
-    next_positions = layout.prompt_lengths + cuts
-    if width == 0:
+
+    def __init__(self, model: torch.nn.Module, cache: PromptCache, width: int, eos_ids: list[int], pad_id: int, top_k: int | None = None):
+        self.model, self.cache, self.width = model, cache, width
+        self.eos_ids, self.pad_id, self.top_k = eos_ids, pad_id, top_k
+
+    @property
+    def cached(self) -> bool:
+        return self.cache.layout is not None
+
+    @torch.no_grad()
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """``(kv, candidates)`` of given responses: one pass over them (nothing without a cache or top-k)."""
+        rows, width = tokens.shape
+        if self.cached:
+            layout = replace(self.cache.layout, lengths=lengths.cpu())
+            keep = {} if self.top_k is not None else {"logits_to_keep": 1}
+            out = L.run_tail(self.model, layout, tokens, slots=width, **keep)
+            prompt_width = layout.ids.shape[1]
+            kv = tuple((layer.keys[:, :, prompt_width:], layer.values[:, :, prompt_width:]) for layer in L.output_cache(out).layers)
+            candidates = None
+            if self.top_k is not None:
+                logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits[:, : width - 1].float()], dim=1)
+                candidates = logits.topk(self.top_k, dim=-1).indices
+            return kv, candidates
+        if self.top_k is None:
+            return None, None
+        batch = L.build_layout(self.cache.prompt_ids, lengths.cpu(), self.pad_id).to(tokens.device)
+        return None, L.next_token_logits(self.model, batch, tokens).topk(self.top_k, dim=-1).indices
+
+    @torch.no_grad()
+    def propose(self, tokens, lengths, kv, candidates, cuts: torch.Tensor, generators: list[torch.Generator]):
+        """New responses ``y_<t + s``: ``(tokens, lengths, kv, candidates)`` (see :func:`resample_suffixes`)."""
+        rows, width = tokens.shape
+        device = tokens.device
+        cuts = cuts.to(device)
+        slots = torch.arange(width, device=device).unsqueeze(0)
+        kept = slots < cuts.unsqueeze(1)
+        out_tokens = torch.where(kept, tokens, torch.full_like(tokens, self.pad_id))
+        out_candidates = None
+        if self.top_k is not None:
+            out_candidates = torch.where(kept.unsqueeze(-1), candidates, 0) if candidates is not None else torch.zeros(
+                rows, width, self.top_k, dtype=torch.long, device=device)
+        if self.cached:
+            past, mask, logits, positions = self._refeed(tokens, kv, cuts)
+            out_kv = tuple((torch.empty_like(k), torch.empty_like(v)) for k, v in kv)
+            prompt_width = self.cache.layout.ids.shape[1]
+
+            def harvest(rows_global, rows_local, cache):
+                # physical layout of the cache: [prompt | L state slots | y_{t-1} | new tokens ...]
+                c = cuts[rows_global].unsqueeze(1)
+                u = slots.expand(len(rows_global), -1)
+                index = torch.where(u < c - 1, prompt_width + u, torch.where(u == c - 1, prompt_width + width, prompt_width + width + 1 + u - c))
+                for (k_out, v_out), layer in zip(out_kv, cache.layers):
+                    size = layer.keys.shape
+                    gather = index.clamp(max=size[2] - 1)[:, None, :, None].expand(-1, size[1], -1, size[3])
+                    k_out[rows_global] = layer.keys[rows_local].gather(2, gather)
+                    v_out[rows_global] = layer.values[rows_local].gather(2, gather)
+        else:
+            past, mask, logits, positions = self._whole_rows(tokens, cuts)
+            out_kv, harvest = None, None
+        lengths = _generate(
+            self.model, past, mask, positions, logits, cuts, width, self.eos_ids, generators,
+            out_tokens, out_candidates, harvest,
+        )
+        return out_tokens, lengths, out_kv, out_candidates
+
+    def _refeed(self, tokens, kv, cuts):
+        """Cache of prompt + state slots, then one pass of ``y_{t-1}``: ``(cache, mask, logits of slot t, positions)``."""
         from transformers import DynamicCache
 
-        past = DynamicCache(ddp_cache_data=layout.key_values, config=model.config)
-        return None, layout.last_logits, past, prompt_mask, next_positions
-    out = L.run_tail(model, layout, tokens, slots=width)
-    slot_logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits.float()], dim=1)  # (B, width + 1, V)
-    next_logits = slot_logits[torch.arange(rows, device=device), cuts]
-    mask = torch.cat([prompt_mask, (torch.arange(width, device=device).unsqueeze(0) < cuts.unsqueeze(1)).long()], dim=1)
-    return slot_logits[:, :width], next_logits, L.output_cache(out), mask, next_positions
+        layout = self.cache.layout
+        device = tokens.device
+        width = tokens.shape[1]
+        data = tuple((torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(layout.key_values, kv))
+        past = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        previous = (cuts - 1).clamp(min=0)
+        has_previous = cuts >= 1
+        slot_mask = (torch.arange(width, device=device).unsqueeze(0) < previous.unsqueeze(1)) & has_previous.unsqueeze(1)
+        mask = torch.cat([layout.attention_mask, slot_mask.long(), has_previous.long().unsqueeze(1)], dim=1)
+        token = torch.where(has_previous, tokens.gather(1, previous.unsqueeze(1)).squeeze(1), torch.full_like(cuts, self.pad_id))
+        out = self.model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(layout.prompt_lengths + previous).unsqueeze(1),
+            use_cache=True, **{L.cache_argument(self.model): past},
+        )
+        logits = torch.where(has_previous.unsqueeze(1), out.logits[:, -1].float(), layout.last_logits)
+        return L.output_cache(out), mask, logits, layout.prompt_lengths + cuts
+
+    def _whole_rows(self, tokens, cuts):
+        """Prompt + kept prefix as whole left-padded rows: ``(cache, mask, logits of slot t, positions)``."""
+        before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(self.cache.prompt_ids)]
+        layout = L.build_layout(before, torch.zeros(len(before), dtype=torch.long), self.pad_id).to(tokens.device)
+        out = self.model(
+            input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+            use_cache=True, logits_to_keep=1,
+        )
+        return L.output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
+
+
+def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest):
+    """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot ``width - 1``.
+
+    Rows leave the batch once half of it is done; ``harvest(global rows, local rows, cache)``
+    sees each row's cache before it leaves (and the rest at the end). Returns the lengths.
+    """
+    device = tokens.device
+    eos = torch.tensor(eos_ids, device=device)
+    budget = width - cuts
+    lengths = torch.full_like(cuts, width)  # a row that never writes EOS fills all L slots
+    ids = torch.arange(len(cuts), device=device)  # the batch's rows, as rows of the full batch
+    finished = budget <= 0
+    step = 0
+    while True:
+        slot = cuts[ids] + step
+        live = ~finished & (step < budget[ids])
+        target = slot.clamp(max=width - 1)
+        if candidates is not None:
+            top = logits.topk(candidates.shape[-1], dim=-1).indices
+            candidates[ids[live], target[live]] = top[live]
+        token = (logits + generation._gumbel(logits.shape, generators, device)).argmax(-1)
+        is_eos = torch.isin(token, eos) & live
+        lengths[ids[is_eos]] = slot[is_eos]
+        write = live & ~is_eos
+        tokens[ids[write], target[write]] = token[write]
+        finished = finished | is_eos | (step + 1 >= budget[ids])
+        if bool(finished.all()):
+            break
+        if 2 * int(finished.sum()) >= len(ids):  # narrow the batch to its unfinished rows
+            if harvest is not None:
+                harvest(ids[finished], finished.nonzero().squeeze(1), past)
+            keep = (~finished).nonzero().squeeze(1)
+            past.batch_select_indices(keep)
+            mask, token, ids, finished = mask[keep], token[keep], ids[keep], finished[keep]
+            generators = [generators[int(i)] for i in keep]
+        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions[ids] + step).unsqueeze(1),
+            use_cache=True, **{L.cache_argument(model): past},
+        )
+        past = L.output_cache(out)
+        logits = out.logits[:, -1].float()
+        step += 1
+    if harvest is not None:
+        harvest(ids, torch.arange(len(ids), device=device), past)
+    return lengths
 
 
 @torch.no_grad()
@@ -182,51 +302,12 @@ def resample_suffixes(
     at EOS, which is not part of the response. Returns ``(tokens (B, L), lengths (B,),
     candidates (B, L, top_k) | None)``: ``candidates[b, u]`` are the policy's ``top_k`` most
     likely tokens at slot ``u`` given the new response's prefix ``y'_<u`` (slots ``< length``).
+    (:class:`SuffixProposals` without a chain state: the kept prefixes are encoded first.)
     """
-    rows, width = tokens.shape
-    device = tokens.device
-    cuts = cuts.to(device)
-    slot_logits, logits, past, mask, positions = _prefix_pass(model, cache, tokens, cuts, pad_id)
-    slots = torch.arange(width, device=device).unsqueeze(0)
-    out_tokens = torch.where(slots < cuts.unsqueeze(1), tokens, torch.full_like(tokens, pad_id))
-    candidates = None
-    if top_k is not None:
-        candidates = torch.zeros(rows, width, top_k, dtype=torch.long, device=device)
-        if slot_logits is not None:
-            kept = slot_logits.topk(top_k, dim=-1).indices
-            candidates[:, : kept.shape[1]] = torch.where((slots[:, : kept.shape[1]] < cuts.unsqueeze(1)).unsqueeze(-1), kept, 0)
-    budget = width - cuts
-    lengths = width - torch.zeros_like(cuts)  # a row that never emits EOS fills all L slots
-    finished = budget <= 0
-    eos = torch.tensor(eos_ids, device=device)
-    row_index = torch.arange(rows, device=device)
-    steps = int(budget.max())
-    for step in range(steps):
-        slot = cuts + step
-        live = ~finished & (step < budget)
-        if candidates is not None:
-            top = logits.topk(top_k, dim=-1).indices
-            target = slot.clamp(max=width - 1)
-            current = candidates[row_index, target]
-            candidates[row_index, target] = torch.where(live.unsqueeze(-1), top, current)
-        token = (logits + generation._gumbel(logits.shape, generators, device)).argmax(-1)
-        is_eos = torch.isin(token, eos) & live
-        lengths = torch.where(is_eos, slot, lengths)
-        write = live & ~is_eos
-        out_tokens[row_index, slot.clamp(max=width - 1)] = torch.where(
-            write, token, out_tokens[row_index, slot.clamp(max=width - 1)]
-        )
-        finished = finished | is_eos | (step + 1 >= budget)
-        if bool(finished.all()):
-            break
-        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions + step).unsqueeze(1),
-            use_cache=True, **{L.cache_argument(model): past},
-        )
-        past = L.output_cache(out)
-        logits = out.logits[:, -1].float()
-    return out_tokens, lengths, candidates
+    proposals = SuffixProposals(model, cache, tokens.shape[1], eos_ids, pad_id, top_k)
+    kv, candidates = proposals.encode(tokens, cuts.to(tokens.device))
+    new_tokens, lengths, _, new_candidates = proposals.propose(tokens, cuts, kv, candidates, cuts, generators)
+    return new_tokens, lengths, new_candidates
 
 
 # -- the chains ----------------------------------------------------------------------------
@@ -240,6 +321,21 @@ class ChainState:
     lengths: torch.Tensor  # (B,)
     reward: torch.Tensor  # (B,)
     log_q: torch.Tensor  # (B, L) log q(. | y)
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # per layer (B, heads, L, dim) of the response slots
+    candidates: torch.Tensor | None = None  # (B, L, k) the policy's top-k at each slot given y_<u
+
+    def where(self, accept: torch.Tensor, other: "ChainState") -> "ChainState":
+        """``other``'s rows where ``accept``, this state's elsewhere."""
+        def pick(new, old):
+            mask = accept.view(-1, *([1] * (old.dim() - 1)))
+            return torch.where(mask, new, old)
+
+        return ChainState(
+            tokens=pick(other.tokens, self.tokens), lengths=pick(other.lengths, self.lengths),
+            reward=pick(other.reward, self.reward), log_q=pick(other.log_q, self.log_q),
+            kv=None if self.kv is None else tuple((pick(nk, k), pick(nv, v)) for (nk, nv), (k, v) in zip(other.kv, self.kv)),
+            candidates=None if self.candidates is None else pick(other.candidates, self.candidates),
+        )
 
 
 @dataclass
@@ -286,18 +382,13 @@ class GradientCuts:
 
 
 def run_chains(
-    model: torch.nn.Module,
-    cache: PromptCache,
+    proposals: SuffixProposals,
     tokens: torch.Tensor,
     lengths: torch.Tensor,
     cuts_fn: GradientCuts,
     alpha: float,
     steps: int,
-    eos_ids: list[int],
-    pad_id: int,
     seeds,
-    top_k: int | None = None,
-    initial_candidates: torch.Tensor | None = None,
     correct_cut: bool = True,
 ) -> ChainRun:
     """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
@@ -308,9 +399,10 @@ def run_chains(
     ``q(t | y') / q(t | y)`` factor (a wrong sampler, kept to show the factor matters).
     """
     device = tokens.device
-    rows, width = tokens.shape
-    reward, log_q = cuts_fn(tokens, lengths, initial_candidates)
-    state = ChainState(tokens, lengths, reward.float(), log_q)
+    rows = tokens.shape[0]
+    kv, candidates = proposals.encode(tokens, lengths)
+    reward, log_q = cuts_fn(tokens, lengths, candidates)
+    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates)
     best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
     accepted, cut_log, reward_log, proposal_log, ratio_log = [], [], [state.reward.cpu()], [], []
     row_index = torch.arange(rows, device=device)
@@ -319,20 +411,18 @@ def run_chains(
         # cut and accept draws come first from each row's generator, then the suffix's Gumbel noise
         draws = torch.stack([torch.rand(2, generator=g, device=g.device) for g in gens]).to(device)
         cuts = _categorical(state.log_q, draws[:, 0])
-        new_tokens, new_lengths, candidates = resample_suffixes(model, cache, state.tokens, cuts, eos_ids, pad_id, gens, top_k)
-        new_reward, new_log_q = cuts_fn(new_tokens, new_lengths, candidates)
+        new_tokens, new_lengths, new_kv, new_candidates = proposals.propose(
+            state.tokens, state.lengths, state.kv, state.candidates, cuts, gens
+        )
+        new_reward, new_log_q = cuts_fn(new_tokens, new_lengths, new_candidates)
         new_reward = new_reward.float()
         log_ratio = alpha * (new_reward - state.reward)
         if correct_cut:
             log_ratio = log_ratio + new_log_q[row_index, cuts] - state.log_q[row_index, cuts]
         log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
         accept = draws[:, 1].log() < log_ratio
-        state = ChainState(
-            tokens=torch.where(accept.unsqueeze(1), new_tokens, state.tokens),
-            lengths=torch.where(accept, new_lengths, state.lengths),
-            reward=torch.where(accept, new_reward, state.reward),
-            log_q=torch.where(accept.unsqueeze(1), new_log_q, state.log_q),
-        )
+        proposal = ChainState(new_tokens, new_lengths, new_reward, new_log_q, new_kv, new_candidates)
+        state = state.where(accept, proposal)
         better = accept & (_finite(new_reward) > best_reward)
         best_tokens = torch.where(better.unsqueeze(1), new_tokens, best_tokens)
         best_lengths = torch.where(better, new_lengths, best_lengths)
@@ -496,18 +586,9 @@ class GuidedSuffixMCMC(DecodingMethod):
         chains, width = self.chains, self.max_new_tokens
         prompt_ids, prompts, keys = self.expand(batch, chains)
         tokens, lengths, candidate, pool_rewards = self.initial_states(prompt_ids, prompts, keys)
-        model = self.policy.model
-        cache = prompt_cache(model, prompt_ids, self.pad_id, width)
-        top_k = self.cut_top_k if self.guided else None
-        if top_k is not None:
-            top_k = min(top_k, self.policy.vocab_size)
-        initial_candidates = None
-        if top_k is not None:  # the policy's top-k along the initial responses (one prefix pass)
-            slot_logits, _, _, _, _ = _prefix_pass(model, cache, tokens, lengths, self.pad_id)
-            initial_candidates = torch.zeros(tokens.shape[0], width, top_k, dtype=torch.long, device=tokens.device)
-            if slot_logits is not None:
-                initial_candidates[:, : slot_logits.shape[1]] = slot_logits.topk(top_k, dim=-1).indices
-            del slot_logits
+        cache = prompt_cache(self.policy.model, prompt_ids, self.pad_id, width)
+        top_k = min(self.cut_top_k, self.policy.vocab_size) if (self.guided and self.cut_top_k is not None) else None
+        proposals = SuffixProposals(self.policy.model, cache, width, self.eos_ids, self.pad_id, top_k)
         cuts_fn = GradientCuts(
             lambda t, n, need_grad: self.reward_and_grad(prompt_ids, prompts, t, n, need_grad),
             self.alpha, self.cut_temperature, self.cut_floor,
@@ -516,10 +597,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         def seeds(step: int) -> list[int]:
             return [prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}") for row, key in enumerate(keys)]
 
-        run = run_chains(
-            model, cache, tokens, lengths, cuts_fn, self.alpha, self.steps, self.eos_ids, self.pad_id, seeds,
-            top_k=top_k, initial_candidates=initial_candidates,
-        )
+        run = run_chains(proposals, tokens, lengths, cuts_fn, self.alpha, self.steps, seeds)
         n_prompts = len(batch["id"])
         best = run.best_reward.cpu().view(n_prompts, chains)
         chosen_chain = best.argmax(-1)  # ties: the earlier chain
