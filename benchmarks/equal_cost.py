@@ -10,7 +10,8 @@ sentence-level compound score > 0.05, rules that the token lexicon does not have
 reference log-likelihood per token (fluency), the policy's forward token passes per prompt
 (every token position the policy computes, prompts and padding included, counted by a hook
 on the model; and those past the prompt prefills, i.e. what a Best-of-N that shared one
-prompt cache would pay) with FLOPs as 2 x parameters per token, and the median wall time per prompt.
+prompt cache would pay), the FLOPs of the records' ``cost`` (seaflow/cost.py: every model,
+attention and heads included), and the median wall time per prompt.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def measure(name, method, prompts, batch_size, data_cfg, counter) -> dict:
         "positive": sum(c > 0.05 for c in compound) / len(records),
         "ref": statistics.fmean(r["ref_logprob_per_token"] for r in records),
         "tokens": tokens / len(records),
+        "flops": statistics.fmean(r["cost"]["flops"] for r in records) if "cost" in records[0] else None,
         "response_tokens": (tokens - prefill) / len(records),
         "time": statistics.median(r["wall_time_s"] for r in records),
         "records": records,
@@ -126,7 +128,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['reward']:+.3f} | {r['positive']:.0%} | {r['ref']:.2f} | {r['tokens']:.0f} | {r['response_tokens']:.0f} | "
-              f"{2 * counter.params * r['tokens'] / 1e9:.0f} | {r['time']:.2f} |")
+              f"{(r['flops'] or 2 * counter.params * r['tokens']) / 1e9:.0f} | {r['time']:.2f} |")
 
 
 if __name__ == "__main__":
