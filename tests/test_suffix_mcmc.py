@@ -248,6 +248,22 @@ def test_no_steps_with_a_pool_is_best_of_n(tiny_policy):
         assert m["initial_reward"] == pytest.approx(b["initial_reward"])
 
 
+def test_cost_counts_the_pool_the_prompt_cache_and_the_steps(tiny_policy):
+    """Without steps the method costs Best-of-N's sampling plus one prompt cache and one pass over the chains."""
+    width = 6
+    bon, items = direct(BestOfN(policy="tiny", reward=LexiconReward(), n=6, max_new_tokens=width), tiny_policy)
+    still, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=0, init_pool=6, max_new_tokens=width), tiny_policy)
+    moving, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=3, init_pool=6, max_new_tokens=width), tiny_policy)
+    prompt_width = max(len(item["prompt_ids"]) for item in items)
+    for b, s, m in zip(bon, still, moving):
+        policy = s["cost"]["models"]["policy"]
+        assert policy["forward_tokens"] == b["cost"]["models"]["policy"]["forward_tokens"] + prompt_width + 2 * width
+        assert policy["backward_tokens"] == 0
+        # each step: per chain one re-fed token plus at most width new ones
+        extra = m["cost"]["models"]["policy"]["forward_tokens"] - policy["forward_tokens"]
+        assert 3 * 2 <= extra <= 3 * 2 * (width + 1)
+
+
 def test_pool_start_takes_the_best_candidates(tiny_policy):
     records, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=3, steps=0, init_pool=8, max_new_tokens=6), tiny_policy)
     for r in records:
