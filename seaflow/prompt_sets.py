@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -115,12 +116,22 @@ def locate(name: str) -> Path:
 
 
 def load_prompt_set(name: str) -> list[dict[str, Any]]:
-    """Items of prompt set ``name`` (with or without the ``prompt_set:`` prefix)."""
+    """Items of prompt set ``name`` (with or without the ``prompt_set:`` prefix).
+
+    ``name[start:stop]`` takes a slice of the set's rows (Python slice rules; ids and
+    ``index`` stay those of the full set), e.g. ``advbench[400:424]``: rows that the refusal
+    head, trained on the first 120 rows, never saw.
+    """
     name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    rows = slice(None)
+    sliced = re.fullmatch(r"([\w-]+)\[(-?\d*):(-?\d*)\]", name)
+    if sliced:
+        name = sliced.group(1)
+        rows = slice(*(int(v) if v else None for v in sliced.group(2, 3)))
     spec = _spec(name)
-    items = spec.parse(locate(name).read_text(encoding="utf-8"), spec)
+    items = spec.parse(locate(name).read_text(encoding="utf-8"), spec)[rows]
     if not items:
-        raise PromptSetError(f"prompt set {name!r} is empty in {spec.package}: {spec.path}")
+        raise PromptSetError(f"prompt set {name!r} is empty in {spec.package}: {spec.path} (rows {rows.start}:{rows.stop})")
     return items
 
 

@@ -91,3 +91,10 @@ def test_real_wheels(name, rows):
     assert len(items) == rows
     assert len({i["id"] for i in items}) == rows
     assert all(i["prompt"].strip() for i in items)
+
+
+def test_a_slice_of_a_set_keeps_its_ids(fake_site):
+    assert [i["id"] for i in load_prompt_set("advbench[1:]")] == ["advbench_1"]
+    assert [i["prompt"] for i in read_prompts("prompt_set:harmbench[0:1]")] == ["first prompt"]
+    with pytest.raises(PromptSetError, match="empty"):
+        load_prompt_set("advbench[5:9]")

