@@ -40,7 +40,7 @@ from step_overhead import build_models, machine, make_terms, peak_memory, peak_t
 from seaflow.energies import RewardModel  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
 from seaflow.methods import BestOfN  # noqa: E402
-from seaflow.module import SEA  # noqa: E402
+from seaflow.methods.sea import SEA  # noqa: E402
 from seaflow.refine import EnergyFunction  # noqa: E402
 from seaflow.relaxations import StraightThrough  # noqa: E402
 

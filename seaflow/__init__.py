@@ -3,8 +3,7 @@
 from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
-from seaflow.methods import ARGS, CBS, AlignmentMethod, BestOfN, GuidedSuffixMCMC, Sample
-from seaflow.module import SEA
+from seaflow.methods import ARGS, CBS, SEA, AlignmentMethod, BestOfN, GuidedSuffixMCMC, Sample
 from seaflow.relaxations import GumbelSoftmax, Softmax, StraightThrough
 from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
 from seaflow.writer import JsonlPredictionWriter

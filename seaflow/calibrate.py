@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 
 from seaflow.encoding import encode_chat, encode_text
-from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.base import Reward
+from seaflow.layout import pad_rows
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
 from seaflow.refusal import is_refusal
 
@@ -321,21 +322,13 @@ def score_reward(
     batch_size: int = 8,
 ) -> list[float]:
     """Discrete reward of each (prompt, response) row, batched by similar lengths."""
-    pad = policy.tokenizer.pad_token_id
     order = sorted(range(len(responses)), key=lambda i: (len(prompts[i]) + len(responses[i])))
+    device = policy.model.get_input_embeddings().weight.device
+    tokens, lengths = pad_rows([responses[i] for i in order], policy.tokenizer.pad_token_id)
+    values = reward.score([prompts[i] for i in order], [prompt_texts[i] for i in order], tokens.to(device), lengths, batch_size)
     scores = [0.0] * len(responses)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        lengths = torch.tensor([len(responses[i]) for i in index])
-        width = int(lengths.max())
-        tokens = torch.full((len(index), width), pad, dtype=torch.long)
-        for row, i in enumerate(index):
-            tokens[row, : len(responses[i])] = torch.tensor(responses[i], dtype=torch.long)
-        batch = ResponseBatch([prompts[i] for i in index], [prompt_texts[i] for i in index], lengths, width)
-        device = policy.model.get_input_embeddings().weight.device
-        values = reward.value(reward.prepare(batch), tokens.to(device))
-        for i, v in zip(index, values.float().cpu().tolist()):
-            scores[i] = v
+    for i, v in zip(order, values.cpu().tolist()):
+        scores[i] = v
     return scores
 
 

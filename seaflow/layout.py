@@ -213,13 +213,8 @@ def build_prefix_layout(
 
     def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max((len(r) for r in rows), default=0)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, tokens in enumerate(rows):
-            if tokens:
-                ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-                mask[row, width - len(tokens):] = 1
-        return ids, mask
+        ids, lengths = pad_rows(rows, pad_id, width=width, left=True)
+        return ids, (torch.arange(width) >= width - lengths.unsqueeze(1)).long()
 
     ids, mask = left_padded(before)
     after_ids, after_mask = left_padded(after)
@@ -322,3 +317,19 @@ def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tenso
 def active_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """``(B, L)`` boolean mask of active response positions."""
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None, left: bool = False,
+             device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists padded with ``pad_id`` into ``(B, width)`` (default: the longest row), on the
+    right or, with ``left``, on the left; plus their lengths ``(B,)``."""
+    width = max([len(r) for r in rows] + [1]) if width is None else width
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            if left:
+                tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            else:
+                tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    return tokens.to(device), lengths.to(device)

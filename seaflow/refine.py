@@ -1,6 +1,6 @@
 """The SEA refinement loop and the helpers around it, free of Lightning.
 
-``SEA.predict_step`` (seaflow/module.py) strings these together:
+``SEA.predict_step`` (seaflow/methods/sea.py) strings these together:
 
 1. :func:`initial_logits` - logits that decode (argmax) exactly to the policy's samples;
 2. :class:`EnergyFunction` + :func:`refine` - T sampler steps on

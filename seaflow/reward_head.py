@@ -354,10 +354,7 @@ class RewardHead(L.LightningModule):
                 [encode_prompt(tok, prompts[i], True, self.max_prompt_tokens) for i in missing]
                 if self.include_prompt else [[] for _ in missing]
             )
-            lengths = torch.tensor([len(x) for x in ids])
-            tokens = torch.full((len(ids), int(lengths.max())), tok.pad_token_id, dtype=torch.long)
-            for row, x in enumerate(ids):
-                tokens[row, : len(x)] = torch.tensor(x)
+            tokens, lengths = LY.pad_rows(ids, tok.pad_token_id)
             layout = LY.build_layout(before, lengths, tok.pad_token_id).to(self.device)
             hidden = LY.run(self.backbone, layout, tokens.to(self.device)).last_hidden_state[:, -1].float()
             computed = {keys[i]: hidden[row] for row, i in enumerate(missing)}

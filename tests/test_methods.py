@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ from seaflow.cli import main
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward
 from seaflow.methods import ARGS, CBS, BestOfN, Sample
+from seaflow.methods.record import FIELDS, Cost, make_record
 
 PROMPTS = ["describe the city", "tell me about the weather", "write about my dog", "how was the train"]
-CORE_FIELDS = ("id", "index", "prompt", "method", "response", "reward", "ref_logprob_per_token",
+CORE_FIELDS = ("id", "index", "prompt", "method", "response", "response_token_ids", "reward", "ref_logprob_per_token",
                "response_tokens", "wall_time_s", "ref_token_logprobs", "ref_token_entropy")
+DOCS = Path(__file__).parent.parent / "docs"
 
 
 def write_prompts(tmp_path: Path) -> Path:
@@ -71,7 +74,10 @@ def test_cli_writes_core_fields(tmp_path, tiny_models, class_path, init_args):
     for record in records:
         for field in CORE_FIELDS:
             assert field in record, (class_path, field)
-        assert len(record["ref_token_logprobs"]) == record["response_tokens"] <= 6
+        assert len(record["ref_token_logprobs"]) == len(record["response_token_ids"]) == record["response_tokens"] <= 6
+        known = [key for key in record if key in FIELDS]
+        assert known == sorted(known, key=FIELDS.index), f"{class_path}: fields out of schema order: {known}"
+        assert set(record) - set(FIELDS) == set(), f"{class_path}: fields outside the schema"
         assert math.isclose(sum(record["ref_token_logprobs"]) / max(record["response_tokens"], 1),
                             record["ref_logprob_per_token"], abs_tol=1e-3)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -182,3 +188,54 @@ def test_shipped_baseline_configs_parse(config, capsys):
 
 def test_shipped_configs_exist():
     assert len(SHIPPED) == 9
+
+
+def test_response_token_ids_are_the_response(tiny_policy):
+    for method in (BestOfN(policy="tiny", reward=LexiconReward(), n=3, max_new_tokens=6),
+                   Sample(policy="tiny", reward=LexiconReward(), max_new_tokens=6)):
+        records, _ = direct(method, tiny_policy)
+        for record in records:
+            assert len(record["response_token_ids"]) == record["response_tokens"]
+            assert tiny_policy.tokenizer.decode(record["response_token_ids"], skip_special_tokens=True) == record["response"]
+
+
+def byte_level_tokenizer():
+    """A byte-level BPE tokenizer without merges: every UTF-8 byte is a token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_a_character_cut_by_the_last_token_is_left_out_of_the_text_but_not_the_ids():
+    from types import SimpleNamespace
+
+    tokenizer = byte_level_tokenizer()
+    ids = tokenizer.encode("ok \u2600", add_special_tokens=False)  # the sun: 3 UTF-8 bytes, 3 tokens
+    assert len(ids) == 6 and tokenizer.decode(ids[:-1]).endswith("\ufffd")
+    method = Sample(policy="tiny")
+    method.policy = SimpleNamespace(tokenizer=tokenizer)
+    tokens = torch.tensor([ids[:-1] + [0], ids])
+    assert method.decode_text(tokens, torch.tensor([5, 6])) == ["ok ", "ok \u2600"]
+    fields = method.response_fields(tokens[0], 5, 0.5, -1.0, torch.zeros(6), torch.zeros(6))
+    assert fields["response"] == "ok " and fields["response_token_ids"] == ids[:-1]
+    assert fields["response_tokens"] == 5
+
+
+def test_records_follow_the_schema_and_docs_mirror_it():
+    text = DOCS.joinpath("outputs.md").read_text()
+    def first_column(section):
+        return [name for line in section.splitlines() if line.startswith("| `")
+                for name in re.findall(r"`([a-z_0-9]+)`", line.split("|")[1])]
+
+    assert first_column(text[text.index("## Record fields"): text.index("### `cost`")]) == list(FIELDS)
+    assert first_column(text[text.index("### `cost`"): text.index("## summary.json")]) == list(Cost.__annotations__)
+    batch = {"id": ["a"], "index": [0], "prompt": ["hi"], "prompt_ids": [[1]], "target": ["42"]}
+    record = make_record(batch, 0, "X", wall_time_s=1.0, reward=0.5, response="r")
+    assert list(record) == ["id", "index", "prompt", "method", "target", "response", "reward", "wall_time_s"]
+    with pytest.raises(KeyError, match="not_a_field .*Record.*docs/outputs.md"):
+        make_record(batch, 0, "X", not_a_field=1)

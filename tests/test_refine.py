@@ -6,6 +6,7 @@ import torch
 from seaflow import SEA
 from seaflow.energies import LexiconReward, ReferenceLogLikelihood
 from seaflow.energies.base import ResponseBatch
+from seaflow.methods.record import FIELDS
 from seaflow.refine import EnergyFunction, initial_logits
 from seaflow.relaxations import StraightThrough
 
@@ -34,6 +35,9 @@ def test_zero_steps_returns_the_samples(tiny_policy):
         assert record["chain_responses"] == [record["initial_response"]] + record["chain_responses"][1:]
         assert record["chain_rewards"] == pytest.approx(record["chain_initial_rewards"])
         assert record["reward"] == pytest.approx(record["initial_best_reward"])
+        assert list(record) == sorted(record, key=FIELDS.index)  # the record schema's order
+        assert len(record["response_token_ids"]) == record["response_tokens"]
+        assert tiny_policy.tokenizer.decode(record["response_token_ids"], skip_special_tokens=True) == record["response"]
 
 
 def test_same_seed_same_result_different_seed_differs(tiny_policy):

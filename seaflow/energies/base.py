@@ -78,6 +78,20 @@ class Reward(EnergyTerm):
 
     abstract = True
 
+    @torch.no_grad()
+    def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor,
+              batch_size: int) -> torch.Tensor:
+        """Discrete reward ``(B,)`` of responses given as ids ``(B, L)``, ``batch_size`` rows per
+        pass, each pass cut to its longest response."""
+        out = []
+        for start in range(0, tokens.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            n = lengths[rows]
+            width = max(int(n.max()), 1)
+            batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), width)
+            out.append(self.value(self.prepare(batch), tokens[rows, :width]).float())
+        return torch.cat(out)
+
     @staticmethod
     def _borrow(module: nn.Module, name: str, model: nn.Module) -> None:
         """Keep a reference to ``model`` without registering it as a submodule (no double copy)."""

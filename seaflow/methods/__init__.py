@@ -1,4 +1,4 @@
-"""Alignment methods: SEA (``seaflow.SEA``) and the baselines, all LightningModules."""
+"""Alignment methods: SEA (``seaflow.SEA``, ``seaflow.methods.SEA``) and the baselines, all LightningModules."""
 
 from seaflow.methods.args import ARGS
 from seaflow.methods.base import AlignmentMethod
@@ -6,6 +6,7 @@ from seaflow.methods.best_of_n import BestOfN
 from seaflow.methods.cbs import CBS
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.sample import Sample
+from seaflow.methods.sea import SEA
 from seaflow.methods.suffix_mcmc import GuidedSuffixMCMC
 
-__all__ = ["AlignmentMethod", "DecodingMethod", "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC"]
+__all__ = ["AlignmentMethod", "DecodingMethod", "SEA", "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC"]

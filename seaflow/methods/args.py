@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from seaflow import generation
-from seaflow.energies.base import Reward
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.methods.record import Record
 
 
 class ARGS(DecodingMethod):
@@ -33,36 +32,18 @@ class ARGS(DecodingMethod):
         top_k: candidates per position (the ARGS paper's default: 10).
         weight: reward weight w (ARGS: 1.0-1.5).
         mode: ``greedy`` or ``sample``.
-        (others: see :class:`DecodingMethod`; ``temperature`` applies to ``mode: sample``)
+        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`; ``temperature``
+        applies to ``mode: sample``)
     """
 
-    def __init__(
-        self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
-        top_k: int = 10,
-        weight: float = 1.0,
-        mode: Literal["greedy", "sample"] = "greedy",
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
-        sample_batch: int = 64,
-        score_batch: int = 64,
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
-            trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, top_k: int = 10, weight: float = 1.0, mode: Literal["greedy", "sample"] = "greedy", **kwargs):
+        super().__init__(**kwargs)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if mode not in ("greedy", "sample"):
             raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
-        if mode == "sample" and temperature <= 0:
-            raise ValueError(f"mode: sample needs temperature > 0, got {temperature}; use mode: greedy instead")
+        if mode == "sample" and self.temperature <= 0:
+            raise ValueError(f"mode: sample needs temperature > 0, got {self.temperature}; use mode: greedy instead")
         if weight != 0:
             self._require_reward()
         self.top_k = top_k
@@ -73,7 +54,7 @@ class ARGS(DecodingMethod):
         return "ARGS" if self.mode == "greedy" else "ARGS-sample"
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
         tokens, lengths = [], []

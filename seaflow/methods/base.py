@@ -1,16 +1,16 @@
 """What every alignment method shares: the policy, the reward, sampling, scoring, records.
 
 A method is a LightningModule whose ``predict_step`` turns a batch of prompts into one
-JSON-ready record per prompt. SEA and the baselines (Best-of-N, ...) subclass
-:class:`AlignmentMethod` so they load models the same way, sample with the same per-prompt
-seeds, score with the same discrete reward and write the same record fields.
+JSON-ready record per prompt (:class:`~seaflow.methods.record.Record`). SEA and the
+baselines (Best-of-N, ...) subclass :class:`AlignmentMethod` so they load models the same
+way, sample with the same per-prompt seeds, score with the same discrete reward and write
+the same record fields. A subclass declares only its own constructor arguments and passes
+``**kwargs`` on; LightningCLI (jsonargparse) offers the base's arguments with them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
-
 import lightning as L
 import torch
 
@@ -18,11 +18,8 @@ from seaflow import cost, generation
 from seaflow.layout import active_mask, next_token_logits
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
+from seaflow.methods.record import rounded
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
-
-
-# batch keys that are not per-prompt metadata worth copying into records
-BATCH_KEYS = {"id", "index", "prompt", "prompt_ids"}
 
 
 def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
@@ -152,8 +149,11 @@ class AlignmentMethod(L.LightningModule):
         return out
 
     def decode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """The text of each row's first ``lengths`` tokens. A response cut in the middle of a
+        character (its last bytes missing) would end in U+FFFD; those incomplete bytes are
+        dropped from the text (the token ids keep them)."""
         return [
-            self.policy.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
+            self.policy.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).rstrip("\ufffd")
             for row, n in zip(tokens, lengths)
         ]
 
@@ -166,16 +166,20 @@ class AlignmentMethod(L.LightningModule):
     def method_name(self) -> str:
         return type(self).__name__
 
-    def base_record(self, batch: dict[str, list], index: int) -> dict[str, Any]:
-        """id, index, prompt, method, plus per-prompt metadata of the prompt set (e.g. GSM8K's target)."""
-        record = {
-            "id": batch["id"][index], "index": batch["index"][index],
-            "prompt": batch["prompt"][index], "method": self.method_name(),
-        }
-        for key, values in batch.items():
-            if key not in BATCH_KEYS:
-                record[key] = values[index]
-        return record
+    def response_fields(self, tokens: torch.Tensor, length: int, reward: float | None, ref_logprob_per_token: float,
+                        logprobs: torch.Tensor, entropy: torch.Tensor) -> dict:
+        """The fields every record has about its response, from one row's ``tokens``, per-position
+        reference ``logprobs`` and ``entropy`` (each ``(L,)``) and its first ``length`` active."""
+        length = int(length)
+        return dict(
+            response=self.decode_text(tokens.unsqueeze(0), torch.tensor([length]))[0],
+            response_token_ids=tokens[:length].tolist(),
+            reward=None if reward is None or reward != reward else float(reward),  # NaN: no reward term
+            ref_logprob_per_token=ref_logprob_per_token,
+            response_tokens=length,
+            ref_token_logprobs=rounded(logprobs, length),
+            ref_token_entropy=rounded(entropy, length),
+        )
 
     @torch.no_grad()
     def reference_stats(self, prompt_ids, prompts, tokens: torch.Tensor, lengths: torch.Tensor, chunk: int | None = None):

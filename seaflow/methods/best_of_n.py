@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
-from seaflow.energies.base import Reward
 from seaflow.methods.decoding import DecodingMethod
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.methods.record import Record
 
 
 class BestOfN(DecodingMethod):
@@ -25,29 +23,11 @@ class BestOfN(DecodingMethod):
         n: candidates per prompt.
         keep_candidates: write every candidate's text to the record (``candidate_responses``);
             candidate rewards are always written.
-        (others: see :class:`DecodingMethod`)
+        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`)
     """
 
-    def __init__(
-        self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
-        n: int = 16,
-        keep_candidates: bool = True,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
-        sample_batch: int = 64,
-        score_batch: int = 64,
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
-            trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, n: int = 16, keep_candidates: bool = True, **kwargs):
+        super().__init__(**kwargs)
         if n < 1:
             raise ValueError(f"n (candidates per prompt) must be >= 1, got {n}")
         self._require_reward()
@@ -58,7 +38,7 @@ class BestOfN(DecodingMethod):
         return f"BestOfN-{self.n}"
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         n = self.n
         prompt_ids, prompts, keys = self.expand(batch, n)

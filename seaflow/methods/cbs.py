@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from seaflow.energies.base import Reward
-from seaflow.methods.decoding import DecodingMethod, pad_rows
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.layout import pad_rows
+from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.record import Record
 
 
 @dataclass
@@ -39,30 +38,11 @@ class CBS(DecodingMethod):
         beams: beam width w (default 4).
         samples_per_beam: chunks sampled per beam k (default 4).
         chunk_length: tokens per chunk l (default 10).
-        (others: see :class:`DecodingMethod`)
+        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`)
     """
 
-    def __init__(
-        self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
-        beams: int = 4,
-        samples_per_beam: int = 4,
-        chunk_length: int = 10,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
-        sample_batch: int = 64,
-        score_batch: int = 64,
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
-            trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, beams: int = 4, samples_per_beam: int = 4, chunk_length: int = 10, **kwargs):
+        super().__init__(**kwargs)
         for name, value in (("beams", beams), ("samples_per_beam", samples_per_beam), ("chunk_length", chunk_length)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -72,7 +52,7 @@ class CBS(DecodingMethod):
         self.chunk_length = chunk_length
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
         n_prompts, k = len(keys), self.samples_per_beam

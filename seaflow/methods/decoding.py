@@ -10,53 +10,24 @@ same core record fields as SEA, plus the per-position reference statistics that
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from seaflow import generation
-from seaflow import layout as L
-from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.methods.base import AlignmentMethod, prompt_seed
-from seaflow.models import EMBEDDED_DEFAULT
-
-def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(B, width)`` plus their lengths ``(B,)``."""
-    width = max([len(r) for r in rows] + [1]) if width is None else width
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    return tokens.to(device), lengths.to(device)
+from seaflow.methods.record import Record, make_record
 
 
 class DecodingMethod(AlignmentMethod):
     """Base of the token-level baselines; see the module docstring.
 
-    Args (besides :class:`AlignmentMethod`'s):
+    Args (besides :class:`AlignmentMethod`'s, passed on as ``**kwargs``):
         sample_batch: rows (prompts x candidates) per generation call; bounds memory
             (e.g. BoN-64 on 4 prompts is 256 rows, generated 64 at a time by default).
         score_batch: rows per reward / reference forward pass.
     """
 
-    def __init__(
-        self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
-        sample_batch: int = 64,
-        score_batch: int = 64,
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, sample_batch: int = 64, score_batch: int = 64, **kwargs):
+        super().__init__(**kwargs)
         if sample_batch < 1:
             raise ValueError(f"sample_batch must be >= 1, got {sample_batch}")
         if score_batch < 1:
@@ -103,18 +74,10 @@ class DecodingMethod(AlignmentMethod):
 
     # -- scoring -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def rewards(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Discrete reward ``(B,)`` of responses given as ids, ``score_batch`` rows per pass."""
         self._require_reward()
-        out = []
-        for start in range(0, tokens.shape[0], self.score_batch):
-            rows = slice(start, start + self.score_batch)
-            n = lengths[rows]
-            width = max(int(n.max()), 1)
-            batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), width)
-            out.append(self.reward.value(self.reward.prepare(batch), tokens[rows, :width]).float())
-        return torch.cat(out)
+        return self.reward.score(prompt_ids, prompts, tokens, lengths, self.score_batch)
 
     @torch.no_grad()
     def reference_stats(self, prompt_ids, prompts, tokens, lengths, chunk=None):
@@ -122,38 +85,15 @@ class DecodingMethod(AlignmentMethod):
 
     # -- records -----------------------------------------------------------------------
 
-    def record(
-        self,
-        batch: dict[str, list],
-        index: int,
-        tokens: torch.Tensor,
-        length: int,
-        reward: float,
-        logprobs: torch.Tensor,
-        entropy: torch.Tensor,
-        wall_time_s: float,
-        **extra: Any,
-    ) -> dict[str, Any]:
-        """The core fields every method writes, for one prompt's chosen response."""
-        length = int(length)
-        record = self.base_record(batch, index)
-        record.update(
-            response=self.decode_text(tokens.unsqueeze(0), torch.tensor([length]))[0],
-            reward=None if reward is None or reward != reward else float(reward),  # NaN: no reward term
-            ref_logprob_per_token=float(logprobs[:length].sum()) / max(length, 1),
-            response_tokens=length,
-            ref_token_logprobs=[round(float(v), 5) for v in logprobs[:length]],
-            ref_token_entropy=[round(float(v), 5) for v in entropy[:length]],
-            wall_time_s=wall_time_s,
-        )
-        record.update(extra)
-        return record
-
-    def records(self, batch, prompt_ids, prompts, tokens, lengths, rewards, elapsed, extras) -> list[dict[str, Any]]:
-        """Records for one chosen row per prompt (``tokens``/``lengths``/``rewards`` prompt-aligned)."""
+    def records(self, batch, prompt_ids, prompts, tokens, lengths, rewards, elapsed, extras) -> list[Record]:
+        """Records for one chosen row per prompt (``tokens``/``lengths``/``rewards`` prompt-aligned);
+        ``extras[p]`` holds prompt ``p``'s method-specific fields."""
         logprobs, entropy = self.reference_stats(prompt_ids, prompts, tokens, lengths)
         n = len(batch["id"])
-        return [
-            self.record(batch, p, tokens[p], int(lengths[p]), float(rewards[p]), logprobs[p], entropy[p], elapsed / n, **extras[p])
-            for p in range(n)
-        ]
+        records = []
+        for p in range(n):
+            length = int(lengths[p])
+            fluency = float(logprobs[p, :length].sum()) / max(length, 1)
+            fields = self.response_fields(tokens[p], length, float(rewards[p]), fluency, logprobs[p], entropy[p])
+            records.append(make_record(batch, p, self.method_name(), **fields, **extras[p], wall_time_s=elapsed / n))
+        return records

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
 from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.record import Record
 
 
 class Sample(DecodingMethod):
@@ -20,7 +20,7 @@ class Sample(DecodingMethod):
     """
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
         tokens, lengths = self.sample_rows(prompt_ids, keys, [0] * len(keys))

@@ -42,16 +42,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
 from seaflow import generation
 from seaflow import layout as L
-from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.methods.record import Record
 
 
 # -- the cut distribution ------------------------------------------------------------------
@@ -484,8 +483,6 @@ class GuidedSuffixMCMC(DecodingMethod):
 
     def __init__(
         self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
         alpha: float = 50.0,
         chains: int = 4,
         steps: int = 8,
@@ -493,20 +490,10 @@ class GuidedSuffixMCMC(DecodingMethod):
         cut_floor: float = 0.1,
         cut_top_k: int | None = 50,
         init_pool: int | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
-        sample_batch: int = 64,
-        score_batch: int = 64,
-        trust_remote_code: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, sample_batch=sample_batch, score_batch=score_batch,
-            trust_remote_code=trust_remote_code,
-        )
+        super().__init__(**kwargs)
+        temperature, top_p = self.temperature, self.top_p
         if temperature != 1.0 or top_p != 1.0:
             raise ValueError(
                 f"GuidedSuffixMCMC proposes suffixes from the policy itself, so its Metropolis ratio holds only at "
@@ -581,7 +568,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         return tokens[index], lengths[index], chosen.flatten(), rewards.tolist()
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         chains, width = self.chains, self.max_new_tokens
         prompt_ids, prompts, keys = self.expand(batch, chains)

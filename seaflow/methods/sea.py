@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from seaflow import generation, layout
-from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import AlignmentMethod, prompt_seed
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.methods.record import Record, make_record
 from seaflow.rng import RowGenerators
 from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
 from seaflow.relaxations.base import Relaxation
@@ -29,9 +30,8 @@ class SEA(AlignmentMethod):
     through the ``relaxation``, decode, score the discrete tokens and return the chain with
     the highest reward. See docs/method.md for the choices the paper leaves open.
 
-    Args:
-        policy: the reference policy (see :class:`AlignmentMethod`).
-        reward: the reward term r(x, y).
+    Args (besides :class:`AlignmentMethod`'s: ``policy``, ``reward`` r(x, y), ``max_new_tokens``,
+    the policy's ``temperature`` and ``top_p`` for the initial samples, ``seed``, ...):
         sampler: the sampler moving ``y`` (default: Langevin).
         relaxation: how ``y`` becomes model inputs (default: straight-through).
         alpha: reward weight; 0 is the "w/o reward" ablation (the reward still selects).
@@ -58,8 +58,6 @@ class SEA(AlignmentMethod):
 
     def __init__(
         self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
         sampler: Sampler | None = None,
         relaxation: Relaxation | None = None,
         alpha: float = 1.0,
@@ -73,19 +71,11 @@ class SEA(AlignmentMethod):
         decode: Literal["argmax", "best", "guided"] = "argmax",
         decode_top_k: int = 10,
         restrict_top_k: int | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
         trace_every: int = 1,
         max_faults: int = 3,
-        trust_remote_code: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code,
-        )
+        super().__init__(**kwargs)
         if chains < 1:
             raise ValueError(f"chains must be >= 1, got {chains}")
         if steps < 0:
@@ -102,7 +92,7 @@ class SEA(AlignmentMethod):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
         if max_faults < 1:
             raise ValueError(f"max_faults must be >= 1, got {max_faults}")
-        if reward is None and alpha != 0:
+        if self.reward is None and alpha != 0:
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
         self.relaxation = relaxation if relaxation is not None else StraightThrough()
@@ -130,7 +120,7 @@ class SEA(AlignmentMethod):
 
     # -- the method ------------------------------------------------------------------------
 
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         try:
             return self.align(batch)
         except torch.cuda.OutOfMemoryError as err:
@@ -142,7 +132,7 @@ class SEA(AlignmentMethod):
                 f"rerun the same command to resume ({err})"
             ) from err
 
-    def align(self, batch: dict[str, list]) -> list[dict[str, Any]]:
+    def align(self, batch: dict[str, list]) -> list[Record]:
         """One record per prompt of ``batch`` (steps 1-5 of the class docstring)."""
         started = time.perf_counter()
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
@@ -209,7 +199,21 @@ class SEA(AlignmentMethod):
             self.policy.model, prompt_ids, y, lengths, self.eos_ids, self.pad_id, self.decode_top_k
         )
 
-    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations):
+    def select(self, reward0: torch.Tensor, reward: torch.Tensor, dropped: torch.Tensor | None) -> Selection:
+        """Per prompt, the chain with the highest discrete reward after refinement; the best initial
+        sample when no chain is usable. Dropped chains (numerical faults) and non-finite rewards never win."""
+        chains = self.chains
+        n_prompts = len(reward) // chains
+        dropped = dropped.cpu() if dropped is not None else torch.zeros(len(reward), dtype=torch.bool)
+        usable = torch.where(torch.isfinite(reward) & ~dropped, reward, float("-inf")).view(n_prompts, chains)
+        usable0 = torch.where(torch.isfinite(reward0), reward0, float("-inf")).view(n_prompts, chains)
+        best_initial = [p * chains + int(usable0[p].argmax()) for p in range(n_prompts)]
+        fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
+        rows = [best_initial[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
+        return Selection(rows=rows, best_initial=best_initial, fallback=fallback)
+
+    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations) -> list[Record]:
+        """One record per prompt: the selected chain (:meth:`select`) and every chain's summary."""
         chains, n_prompts = self.chains, len(batch["id"])
         texts0 = self.decode_text(tokens0, lengths0)
         texts = self.decode_text(tokens, lengths)
@@ -217,34 +221,25 @@ class SEA(AlignmentMethod):
         ll = self.per_token(final["ref_token_logprobs"], lengths)
         reward0 = initial["reward"].float().cpu()
         reward = final["reward"].float().cpu()
-        # dropped chains (numerical faults) and non-finite rewards never win the selection
-        dropped = trace.dropped.cpu() if trace.dropped is not None else torch.zeros(len(reward), dtype=torch.bool)
-        usable = torch.where(torch.isfinite(reward) & ~dropped, reward, float("-inf")).view(n_prompts, chains)
-        usable0 = torch.where(torch.isfinite(reward0), reward0, float("-inf")).view(n_prompts, chains)
-        firsts = [p * chains + int(usable0[p].argmax()) for p in range(n_prompts)]  # best initial sample
-        fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
-        chosen = [firsts[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
-        # the returned response of each prompt: a refined chain, or the best initial sample
-        # (its per-position reference statistics come from the discrete scoring above)
-        picked = [initial if fallback[p] else final for p in range(n_prompts)]
-        token_logprobs = torch.stack([picked[p]["ref_token_logprobs"][chosen[p]] for p in range(n_prompts)])
-        token_entropy = torch.stack([picked[p]["ref_token_entropy"][chosen[p]] for p in range(n_prompts)])
+        selection = self.select(reward0, reward, trace.dropped)
         stacked = trace.stacked()
         out = []
         for p in range(n_prompts):
             rows = slice(p * chains, (p + 1) * chains)
-            row, first = chosen[p], firsts[p]
-            n = int((lengths0 if fallback[p] else lengths)[row])
-            kept = {name: values[:: self.trace_every, row].tolist() for name, values in stacked.items()}
-            record = self.base_record(batch, p)
-            record.update(
-                response=texts0[row] if fallback[p] else texts[row],
+            row, first = selection.rows[p], selection.best_initial[p]
+            # the returned response: a refined chain, or the best initial sample (its per-position
+            # reference statistics come from the discrete scoring of either)
+            if selection.fallback[p]:
+                picked, picked_tokens, picked_lengths, picked_reward, picked_ll = initial, tokens0, lengths0, reward0, ll0
+            else:
+                picked, picked_tokens, picked_lengths, picked_reward, picked_ll = final, tokens, lengths, reward, ll
+            response = self.response_fields(
+                picked_tokens[row], int(picked_lengths[row]), float(picked_reward[row]), picked_ll[row],
+                picked["ref_token_logprobs"][row], picked["ref_token_entropy"][row],
+            )
+            out.append(make_record(
+                batch, p, self.method_name(), **response,
                 chain=row - p * chains,
-                reward=float(reward0[row] if fallback[p] else reward[row]),
-                ref_logprob_per_token=ll0[row] if fallback[p] else ll[row],
-                response_tokens=n,
-                ref_token_logprobs=[round(float(v), 5) for v in token_logprobs[p, :n]],
-                ref_token_entropy=[round(float(v), 5) for v in token_entropy[p, :n]],
                 initial_response=texts0[p * chains],
                 initial_reward=float(reward0[p * chains]),
                 initial_ref_logprob_per_token=ll0[p * chains],
@@ -255,7 +250,7 @@ class SEA(AlignmentMethod):
                 chain_ref_logprob_per_token=ll[rows],
                 chain_responses=texts[rows],
                 chain_response_tokens=[int(v) for v in lengths[rows]],
-                trace=kept,
+                trace={name: values[:: self.trace_every, row].tolist() for name, values in stacked.items()},
                 trace_mean_reward=stacked["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in stacked else None,
                 steps=self.steps,
                 energy_evaluations=evaluations,
@@ -263,8 +258,17 @@ class SEA(AlignmentMethod):
                     {**event, "chain": event["chain"] - p * chains}
                     for event in trace.faults if rows.start <= event["chain"] < rows.stop
                 ],
-                fallback="initial_best" if fallback[p] else None,
+                fallback="initial_best" if selection.fallback[p] else None,
                 wall_time_s=elapsed / n_prompts,
-            )
-            out.append(record)
+            ))
         return out
+
+
+@dataclass
+class Selection:
+    """SEA's choice per prompt: the returned row (prompt-major, ``chains`` rows per prompt), the
+    best initial sample's row, and whether the returned row is that initial sample (no chain usable)."""
+
+    rows: list[int]
+    best_initial: list[int]
+    fallback: list[bool]
