@@ -13,7 +13,7 @@ from seaflow.energies import RewardModel
 from seaflow.methods import BestOfN, Sample
 from seaflow.metrics import summarize
 from seaflow.models import load_causal_lm
-from seaflow.module import SEA
+from seaflow.methods import SEA
 from seaflow.samplers import Langevin
 
 from test_methods import PROMPTS, direct

@@ -10,7 +10,7 @@ from seaflow.energies import KeywordReward
 from seaflow.energies.base import ResponseBatch
 from seaflow.energies.keywords import keyword_hits
 from seaflow.methods import BestOfN
-from seaflow.module import SEA
+from seaflow.methods import SEA
 from seaflow.relaxations import OneHot
 from seaflow.samplers import DiscreteLangevin, Langevin
 
