@@ -7,6 +7,10 @@
     seaflow calibrate --config configs/calibration/lexicon_sentiment.yaml   # reward AUC on labelled rows
     seaflow fit --config configs/reward_head.yaml     # train the refusal reward head
 
+A mistake in a file, a value, a model name or the output directory prints one message and
+exits with status 1; ``--debug`` (anywhere on the command line) or ``SEAFLOW_DEBUG=1`` shows
+the traceback instead.
+
 Every pluggable part is a type hint on a constructor (``sampler: Sampler``,
 ``reward: Reward``, ...), so YAML selects it with ``class_path`` (a short class name works
 for anything seaflow or the user has imported) and ``init_args``.
@@ -22,17 +26,38 @@ from pathlib import Path
 
 import torch
 
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import seaflow  # noqa: F401  (registers every built-in component)
 from seaflow.data import PromptDataModule
 from seaflow.methods.base import AlignmentMethod
+from seaflow.models import ModelLoadError
+from seaflow.resume import RunMismatchError, config_differences, ways_out
 from seaflow.writer import JsonlPredictionWriter
 
 
 class SeaflowCLI(LightningCLI):
+    """``seaflow predict``: a method, the prompts, the JSONL writer (``output``) and a Trainer.
+
+    The components are wired by declaration: the data module loads the tokenizer of the
+    method's policy and reserves its ``max_new_tokens`` (parse-time links), shares the
+    writer's run directory (:class:`~seaflow.resume.RunDirectory`, an instantiation link) and
+    the trainer's ``default_root_dir`` is the output directory (where loggers write).
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Only ``predict``: a method is never trained (``seaflow fit`` trains a reward head instead)."""
+        return {"predict": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(JsonlPredictionWriter, "output")
+        parser.link_arguments("model.init_args.policy", "data.policy")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.trust_remote_code")
+        parser.link_arguments("model.init_args.max_new_tokens", "data.max_new_tokens")
+        parser.link_arguments("output", "data.run", compute_fn=lambda writer: writer.run, apply_on="instantiate")
+        parser.link_arguments("output.output_dir", "trainer.default_root_dir")
         parser.set_defaults(
             {
                 "trainer.inference_mode": False,  # SEA differentiates inside predict_step
@@ -65,16 +90,46 @@ class SeaflowCLI(LightningCLI):
                 "trainer.inference_mode must be false for seaflow predict: the refinement needs gradients"
             )
         offline_wandb(self.trainer)
-        # the resolved config travels with the results, so every run can be reproduced
-        if self.trainer.global_rank == 0:
-            output = Path(self.config["predict"]["output"]["output_dir"])
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config as ``<output_dir>/config.yaml`` before any model loads.
+
+    The config (minus the keys that do not change a record, :data:`seaflow.resume.NOT_FINGERPRINT`)
+    is half of a run's fingerprint; the prompt texts, checked by the data module against the
+    records, are the other half. A rerun into a directory whose config.yaml differs fails
+    with the differing keys, unless ``output.overwrite`` is true; config.yaml of a different
+    run is never overwritten. The same fingerprint resumes.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        output = self.config["output"]
+        directory = Path(output["output_dir"])
+        path = directory / self.config_filename
+        current = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        if path.is_file() and not output["overwrite"]:
+            try:
+                saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                raise RunMismatchError(f"{path} is not a readable config ({err}). {ways_out(directory)}") from None
+            differences = config_differences(saved if isinstance(saved, dict) else {}, current)
+            if differences:
+                shown = "\n    ".join(differences[:12]) + (f"\n    ... and {len(differences) - 12} more" if len(differences) > 12 else "")
+                raise RunMismatchError(
+                    f"output_dir '{directory}' holds records of a different run; its config.yaml differs in:\n"
+                    f"    {shown}\n{ways_out(directory)}"
+                )
+        if trainer.is_global_zero:
             try:  # before any model is loaded: a bad output_dir fails in seconds
-                output.mkdir(parents=True, exist_ok=True)
-                self._parser("predict").save(self.config["predict"], output / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+                directory.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
             except OSError as err:
                 raise OSError(
-                    f"output_dir {str(output)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
+                    f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
                 ) from None
+        self.already_saved = True
 
 
 def offline_wandb(trainer) -> None:
@@ -116,45 +171,104 @@ def _subclasses(cls):
         yield from _subclasses(sub)
 
 
-def main(args: list[str] | None = None) -> None:
-    from_shell = args is None
-    args = sys.argv[1:] if args is None else args
-    if args[:1] == ["list"]:
-        print(list_components())
-        return
-    if args[:1] == ["report"]:  # compare finished runs (seaflow/report.py)
-        from seaflow.report import main as report
+def _list(args: list[str]) -> None:
+    print(list_components())
 
-        report(args[1:])
-        return
-    if args[:1] == ["calibrate"]:  # score a reward on labelled rows (seaflow/calibrate.py)
-        from seaflow.calibrate import main as calibrate
 
-        calibrate(args[1:])
-        return
-    if args[:1] in (["fit"], ["validate"]):  # train a LightningModule, e.g. the reward head (seaflow/reward_head.py)
-        from seaflow.reward_head import fit_main
+def _report(args: list[str]) -> None:  # compare finished runs (seaflow/report.py)
+    from seaflow.report import main as report
 
-        fit_main(args)
-        return
+    report(args)
+
+
+def _calibrate(args: list[str]) -> None:  # score a reward on labelled rows (seaflow/calibrate.py)
+    from seaflow.calibrate import main as calibrate
+
+    calibrate(args)
+
+
+def _fit(args: list[str]) -> None:  # train a LightningModule, e.g. the reward head (seaflow/reward_head.py)
+    from seaflow.reward_head import fit_main
+
+    fit_main(args)
+
+
+def _predict(args: list[str] | None) -> None:
     try:
         SeaflowCLI(
             AlignmentMethod,
             PromptDataModule,
             subclass_mode_model=True,
             seed_everything_default=0,
-            save_config_callback=None,  # before_predict saves the config next to the predictions
-            args=None if from_shell else args,  # LightningCLI reads sys.argv itself when run from the shell
+            save_config_callback=SaveRunConfig,  # config.yaml next to the predictions, never another run's
+            args=args,
             auto_configure_optimizers=False,
         )
     except torch.cuda.OutOfMemoryError as err:
-        if "data.init_args.batch_size" in str(err):  # SEA said which settings already
+        if "data.batch_size" in str(err):  # SEA said which settings already
             raise
         raise torch.cuda.OutOfMemoryError(
-            "out of GPU memory: lower data.init_args.batch_size, the method's candidates or chains "
+            "out of GPU memory: lower data.batch_size, the method's candidates or chains "
             "(model.init_args.n / chains) or model.init_args.max_new_tokens, then rerun the same "
             f"command to resume ({err})"
         ) from err
+
+
+# commands that are not LightningCLI subcommands of a method (SeaflowCLI.subcommands() has ``predict``)
+COMMANDS = {"list": _list, "report": _report, "calibrate": _calibrate, "fit": lambda a: _fit(["fit"] + a),
+            "validate": lambda a: _fit(["validate"] + a)}
+DEBUG_ENV = "SEAFLOW_DEBUG"
+
+# exceptions that describe a mistake in the user's files, values, models or disk: one message, no traceback
+USER_ERRORS = (ValueError, OSError, ImportError, ModelLoadError, torch.cuda.OutOfMemoryError)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The exception to show a user for ``err``, or None when ``err`` is not a user error.
+
+    Configuration errors reach here wrapped by jsonargparse (``Does not validate against any of
+    the Union subtypes ...`` listing the real message among others); the wrapped cause is shown.
+    """
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__
+    for candidate in chain:
+        if isinstance(candidate, USER_ERRORS) and not _is_wrapper(candidate):
+            return candidate
+    return None
+
+
+def _is_wrapper(err: BaseException) -> bool:
+    message = str(err)
+    return err.__cause__ is not None and (
+        message.startswith("Does not validate against any of the Union subtypes") or message.startswith("Problem with given class_path")
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """``seaflow COMMAND ...``; a user error prints one message and exits 1 (``--debug`` or
+    ``SEAFLOW_DEBUG=1`` shows the traceback instead)."""
+    from_shell = args is None
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+    if "--debug" in args:
+        args = [a for a in args if a != "--debug"]
+        if from_shell:
+            sys.argv[1:] = args
+    try:
+        if args[:1] and args[0] in COMMANDS:
+            COMMANDS[args[0]](args[1:])
+        else:
+            # from the shell LightningCLI reads sys.argv itself (it warns when given both)
+            _predict(None if from_shell else args)
+    except Exception as err:
+        shown = user_error(err)
+        if debug or shown is None:
+            raise
+        print(f"seaflow: error: {shown}\n(for the traceback: rerun with --debug or {DEBUG_ENV}=1)", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

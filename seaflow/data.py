@@ -3,8 +3,9 @@
 Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of objects or of
 strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
 comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent).
-Prompts are tokenised with the policy's tokenizer, which the method attaches at set-up,
-with its chat template (``chat_template: true``) or as plain text.
+Prompts are tokenised with the policy's tokenizer, which the data module loads itself
+(the CLI links ``model.init_args.policy`` to ``data.policy``), with its chat template
+(``chat_template: true``) or as plain text; special-token strings typed in a prompt stay text.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seaflow.encoding import encode_chat, encode_text
+from seaflow.resume import RunDirectory
 
 
 class PromptFileError(ValueError):
@@ -83,7 +85,7 @@ def read_prompts(
         elif isinstance(row, dict):
             pid = str(row.get(id_field, number))
             if prompt_field not in row:
-                bad(number, pid, f"no field {prompt_field!r} (fields: {', '.join(map(str, row))}); set data.init_args.prompt_field")
+                bad(number, pid, f"no field {prompt_field!r} (fields: {', '.join(map(str, row))}); set data.prompt_field")
                 continue
             prompt = row[prompt_field]
         else:
@@ -119,7 +121,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, list]:
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Prompts from a file, tokenised for the policy.
+    """Prompts from a file, tokenised with the policy's tokenizer, which it loads itself.
 
     Args:
         path: prompts file (.jsonl, .json, .csv, .txt).
@@ -128,11 +130,19 @@ class PromptDataModule(L.LightningDataModule):
         chat_template: format each prompt as a user turn of the policy's chat template.
         system_prompt: optional system message for the chat template.
         batch_size: prompts per batch (each expands to ``chains`` rows in SEA).
-        limit: use only the first ``limit`` prompts (None: all).
+        limit: use only the first ``limit`` prompts (None: all; at least 1).
         on_bad_prompt: ``error`` stops at the first bad prompt (malformed line, missing field,
             empty prompt, duplicate id, longer than the model's context) with a message naming
             it; ``skip`` leaves it out and lists it, with the reason, under ``skipped`` in
             summary.json. A missing, empty or non-UTF-8 file is always an error.
+        policy: the policy whose tokenizer and context length to use. The CLI links it from
+            ``model.init_args.policy`` (with ``trust_remote_code``); None needs :meth:`attach_tokenizer`.
+        max_new_tokens: response tokens each prompt must leave free in the context (linked from
+            ``model.init_args.max_new_tokens``).
+        trust_remote_code: allow custom tokenizer code (linked from the method).
+        run: the run directory shared with the writer (linked from ``output``): prompts written
+            already are left out, after checking that their text is unchanged; skipped prompts
+            are reported to it for summary.json.
     """
 
     def __init__(
@@ -145,12 +155,18 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: int = 4,
         limit: int | None = None,
         on_bad_prompt: Literal["error", "skip"] = "error",
+        policy: str | None = None,
+        max_new_tokens: int = 0,
+        trust_remote_code: bool = False,
+        run: RunDirectory | None = None,
     ):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"data.limit must be >= 1 (or null for every prompt), got {limit}")
         if on_bad_prompt not in ("error", "skip"):
-            raise ValueError(f"on_bad_prompt must be 'error' or 'skip', got {on_bad_prompt!r}")
+            raise ValueError(f"data.on_bad_prompt must be 'error' or 'skip', got {on_bad_prompt!r}")
         self.path = path
         self.prompt_field = prompt_field
         self.id_field = id_field
@@ -159,13 +175,16 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.limit = limit
         self.on_bad_prompt = on_bad_prompt
+        self.policy = policy
+        self.max_new_tokens = max_new_tokens
+        self.trust_remote_code = trust_remote_code
+        self.run = run
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
         self.file_skips: list[dict[str, Any]] = []
         self.length_skips: list[dict[str, Any]] = []
         self.prompts: list[dict[str, str]] | None = None
         self.tokenizer = None
         self.context_length: int | None = None
-        self.skip_ids: set[str] = set()
 
     def setup(self, stage: str | None = None) -> None:
         if self.prompts is None:
@@ -173,6 +192,18 @@ class PromptDataModule(L.LightningDataModule):
             skipped = self.file_skips if self.on_bad_prompt == "skip" else None
             prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped)
             self.prompts = prompts[: self.limit] if self.limit is not None else prompts
+            if self.run is not None:
+                self.run.check_prompts(self.prompts)  # before any model loads
+        if self.tokenizer is None and self.policy is not None:
+            from seaflow.models import load_tokenizer
+
+            tokenizer, context_length = load_tokenizer(self.policy, trust_remote_code=self.trust_remote_code)
+            self.attach_tokenizer(tokenizer, context_length)
+
+    @property
+    def done_ids(self) -> set[str]:
+        """Ids of prompts the run directory holds already (resume)."""
+        return set(self.run.done()) if self.run is not None else set()
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
@@ -180,18 +211,14 @@ class PromptDataModule(L.LightningDataModule):
         return self.file_skips + self.length_skips
 
     def attach_tokenizer(self, tokenizer, context_length: int | None = None) -> None:
-        """Called by the method at set-up: prompts are tokenised with the policy's tokenizer."""
+        """Use this tokenizer (``setup`` loads the policy's otherwise; for use outside the CLI)."""
         if self.chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 "data.chat_template is true but the policy's tokenizer has no chat template; "
-                "set data.init_args.chat_template: false"
+                "set data.chat_template: false"
             )
         self.tokenizer = tokenizer
         self.context_length = context_length
-
-    def skip(self, ids: set[str]) -> None:
-        """Leave out prompts whose ids are already done (resume)."""
-        self.skip_ids = set(ids)
 
     def encode(self, prompt: str) -> list[int]:
         """Policy tokens of a prompt; special-token strings typed in the prompt or the system
@@ -203,15 +230,17 @@ class PromptDataModule(L.LightningDataModule):
             return encode_chat(self.tokenizer, messages)
         return encode_text(self.tokenizer, prompt, add_special_tokens=True)
 
-    def items(self, reserve: int = 0) -> list[dict[str, Any]]:
-        """Tokenised prompts not yet done; ``reserve`` tokens must stay free for the response."""
-        if self.tokenizer is None:
-            raise RuntimeError("PromptDataModule has no tokenizer: the method attaches it in setup()")
+    def items(self, reserve: int | None = None) -> list[dict[str, Any]]:
+        """Tokenised prompts not yet done; ``reserve`` (default ``max_new_tokens``) tokens must stay free."""
+        reserve = self.max_new_tokens if reserve is None else reserve
         self.setup()
+        if self.tokenizer is None:
+            raise RuntimeError("PromptDataModule has no tokenizer: give it a policy, or call attach_tokenizer()")
+        done = self.done_ids
         items = []
         self.length_skips = []
         for prompt in self.prompts:
-            if prompt["id"] in self.skip_ids:
+            if prompt["id"] in done:
                 continue
             ids = self.encode(prompt["prompt"])
             if self.context_length is not None and len(ids) + reserve > self.context_length:
@@ -220,28 +249,30 @@ class PromptDataModule(L.LightningDataModule):
                     f"exceeds the model's context of {self.context_length}: shorten it or remove it"
                 )
                 if self.on_bad_prompt == "error":
-                    raise PromptFileError(f"{reason} (or set data.init_args.on_bad_prompt: skip)")
+                    raise PromptFileError(f"{reason} (or set data.on_bad_prompt: skip)")
                 self.length_skips.append({"id": prompt["id"], "reason": reason})
                 continue
             items.append({**prompt, "prompt_ids": ids})
+        if self.run is not None:
+            self.run.skipped = self.skipped
         return items
 
-    def fill_ranks(self, items: list[dict[str, Any]], world_size: int, reserve: int) -> list[dict[str, Any]]:
+    def fill_ranks(self, items: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
         """Give every process at least one prompt when a resume leaves fewer than ``world_size``.
 
         Lightning's predict sampler needs a prompt per rank. Prompts already done are run again
         to fill the gap; the writer keeps the first record of each id, so nothing is duplicated.
         """
-        if world_size <= 1 or len(items) >= world_size or not self.skip_ids:
+        done_ids = self.done_ids
+        if world_size <= 1 or len(items) >= world_size or not done_ids:
             return items
-        done = [p for p in self.prompts if p["id"] in self.skip_ids]
+        done = [p for p in self.prompts if p["id"] in done_ids]
         for prompt in done[: world_size - len(items)]:
             items.append({**prompt, "prompt_ids": self.encode(prompt["prompt"])})
         return sorted(items, key=lambda item: item["index"])
 
     def predict_dataloader(self) -> DataLoader:
-        reserve = getattr(self.trainer.lightning_module, "max_new_tokens", 0) if self.trainer else 0
-        items = self.items(reserve)
+        items = self.items()
         if self.trainer is not None:
-            items = self.fill_ranks(items, self.trainer.world_size, reserve)
+            items = self.fill_ranks(items, self.trainer.world_size)
         return DataLoader(PromptDataset(items), batch_size=self.batch_size, shuffle=False, collate_fn=collate)

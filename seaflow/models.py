@@ -171,6 +171,21 @@ def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool, needs_hea
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
 
 
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> tuple[object, int | None]:
+    """The tokenizer of model ``name`` and its context length (``max_position_embeddings``), without its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    location = resolve_location(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"could not load the tokenizer of {name!r}: {err}.{_offline_hint(err)}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, getattr(config, "max_position_embeddings", None)
+
+
 def load_causal_lm(name: str, dtype=None, device=None, trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer (see the module docstring for accepted names)."""
     from transformers import AutoModelForCausalLM

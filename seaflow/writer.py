@@ -29,9 +29,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from seaflow.metrics import summarize
-
-PREDICTIONS = "predictions.jsonl"
-SUMMARY = "summary.json"
+from seaflow.resume import PREDICTIONS, SUMMARY, RunDirectory, read_records  # noqa: F401  (read_records: public here too)
 
 
 def strict_json(value: Any) -> Any:
@@ -52,26 +50,6 @@ def _without_wall_time(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Complete records of a JSONL file; with ``repair``, truncate a torn last line in place."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, good_bytes = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # torn write: the process died mid-line
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_bytes += len(line)
-    if repair and good_bytes != len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(good_bytes)
-    return records
-
-
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes each prompt's record as one JSON line; see the module docstring.
 
@@ -87,6 +65,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
+        # what the directory holds: shared with the data module (its ``run`` argument, linked by the CLI)
+        self.run = RunDirectory(self.output_dir, overwrite)
         self.wall_time = wall_time
         self._rank = 0
         self._world = 1
@@ -104,7 +84,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         return self.output_dir / PREDICTIONS
 
     def existing_files(self) -> list[Path]:
-        return sorted(self.output_dir.glob("predictions*.jsonl"))
+        return self.run.record_files()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._rank, self._world = trainer.global_rank, trainer.world_size
@@ -122,21 +102,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
             for path in self.existing_files() + [self.output_dir / SUMMARY]:
                 path.unlink(missing_ok=True)
         trainer.strategy.barrier("seaflow-writer-setup")
-        done = set()
-        for path in self.existing_files():
-            # only the owner of a file repairs it; everyone reads
-            owner = path == self.shard_path(self._rank)
-            done |= {r["id"] for r in read_records(path, repair=owner)}
-        datamodule = getattr(trainer, "datamodule", None)
-        if done and datamodule is not None and hasattr(datamodule, "skip"):
-            datamodule.skip(done)
-        self.resumed = len(done)
-        if done and self._rank == 0:
-            print(f"seaflow: resuming: {len(done)} prompts already in {self.output_dir}, skipping them", file=sys.stderr)
 
-    # -- stopping on SIGINT / SIGTERM ------------------------------------------------------
+    # -- resuming, and stopping on SIGINT / SIGTERM -----------------------------------------
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # resume: only the owner of a file repairs a torn last line; the data module left out what is done
+        for path in self.existing_files():
+            if path == self.shard_path(self._rank):
+                read_records(path, repair=True)
+        done = len(self.run.done())
+        if done and self._rank == 0:
+            print(f"seaflow: resuming: {done} prompts already in {self.output_dir}, skipping them", file=sys.stderr)
         # installed after Lightning's own handlers, which the SIGTERM handler still calls
         self._stop_signal = None
         if threading.current_thread() is threading.main_thread():
@@ -197,7 +173,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         records = self.merge()
         summary = summarize(records)
         # prompts the data module left out (on_bad_prompt: skip), with the reason for each
-        skipped = list(getattr(getattr(trainer, "datamodule", None), "skipped", None) or [])
+        skipped = list(self.run.skipped)
         if skipped:
             summary["skipped"] = [{"id": pid} for pid in summary.get("skipped", [])] + skipped
         (self.output_dir / SUMMARY).write_text(json.dumps(strict_json(summary), indent=2) + "\n")

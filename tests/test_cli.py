@@ -1,6 +1,7 @@
 """End to end through the CLI on tiny random models saved to disk."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -104,13 +105,15 @@ def test_unknown_sampler_lists_available(tmp_path, tiny_models, capsys):
     assert "NoSuchSampler" in capsys.readouterr().err
 
 
-def test_vocabulary_mismatch_names_both_sizes(tmp_path, tiny_models):
+def test_vocabulary_mismatch_names_both_sizes(tmp_path, tiny_models, capsys):
     config = tiny_config(
         tmp_path, tiny_models,
         reward={"class_path": "RewardModel", "init_args": {"model": str(tiny_models["other_vocab_reward"])}},
     )
-    with pytest.raises(ValueError, match=r"vocabulary of \d+ tokens but the policy .* has \d+"):
+    with pytest.raises(SystemExit) as exited:
         main(["predict", "--config", str(config)])
+    assert exited.value.code == 1
+    assert re.search(r"vocabulary of \d+ tokens but the policy .* has \d+", capsys.readouterr().err)
 
 
 def test_list_command(capsys):

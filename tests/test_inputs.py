@@ -104,3 +104,75 @@ def test_judge_keeps_the_inserted_prompt_as_text(tiny_policy):
         assert _specials(tok, before)  # the question's <|im_start|> stays a real token
         layout = judge.prepare(ResponseBatch([[4]], [INJECTION], torch.tensor([2]), 2))
         assert layout is not None
+
+
+# -- a rerun never mixes runs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("second, named", [
+    (["--model.init_args.steps", "2"], ["model.init_args.steps: 1 -> 2"]),
+    (["--model.init_args.sampler", "MALA"], ["model.init_args.sampler.class_path: 'seaflow.Langevin' -> 'seaflow.MALA'"]),
+    (["--model", "seaflow.methods.BestOfN", "--model.init_args.reward", "LexiconReward"], ["model.class_path: 'seaflow.SEA' -> 'seaflow.methods.BestOfN'"]),
+    (["--data.chat_template", "false"], ["data.chat_template: True -> False"]),
+])
+def test_rerun_with_another_config_fails_before_loading_models(tmp_path, tiny_models, monkeypatch, capsys, second, named):
+    from seaflow.methods.base import AlignmentMethod
+
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    main(["predict", "--config", str(config), "--data.limit", "2"])
+    run = tmp_path / "run"
+    before = (run / "predictions.jsonl").read_bytes(), (run / "config.yaml").read_bytes()
+    monkeypatch.setattr(AlignmentMethod, "setup", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config)] + second)
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    for text in named + ["holds records of a different run", "new output.output_dir", "output.overwrite: true"]:
+        assert text in err, err
+    assert "Traceback" not in err
+    # nothing was appended, and the first run's config.yaml is kept
+    assert ((run / "predictions.jsonl").read_bytes(), (run / "config.yaml").read_bytes()) == before
+
+
+def test_rerun_with_changed_prompt_text_fails_and_names_the_id(tmp_path, tiny_models, monkeypatch, capsys):
+    from seaflow.cli import main
+    from seaflow.methods.base import AlignmentMethod
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    main(["predict", "--config", str(config), "--data.limit", "2"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompts.read_text().replace("tell me about the weather", "tell me about the train"))
+    monkeypatch.setattr(AlignmentMethod, "setup", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config)])
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    assert "'p1': 'tell me about the weather' -> 'tell me about the train'" in err
+    assert "new output.output_dir" in err and "output.overwrite: true" in err
+
+
+def test_rerun_with_the_same_fingerprint_resumes_and_overwrite_starts_afresh(tmp_path, tiny_models):
+    from seaflow.cli import main
+    from test_cli import read_jsonl, tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    run = tmp_path / "run"
+    main(["predict", "--config", str(config), "--data.limit", "2"])
+    first = read_jsonl(run / "predictions.jsonl")
+    # batch size, limit, progress bar and output keys do not change a record: this resumes
+    main(["predict", "--config", str(config), "--data.batch_size", "1", "--trainer.enable_progress_bar", "true"])
+    records = read_jsonl(run / "predictions.jsonl")
+    assert [r["id"] for r in records] == ["p0", "p1", "p2", "p3"] and records[:2] == first
+    # the saved config resumes too (the command the stop message prints)
+    main(["predict", "--config", str(run / "config.yaml")])
+    assert len(read_jsonl(run / "predictions.jsonl")) == 4
+    # another run into the same directory with output.overwrite: true starts afresh
+    main(["predict", "--config", str(config), "--model.init_args.steps", "2", "--output.overwrite", "true", "--data.limit", "1"])
+    assert [r["id"] for r in read_jsonl(run / "predictions.jsonl")] == ["p0"]
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["steps"] == 2

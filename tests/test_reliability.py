@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_missing_chat_template_is_named(tiny_models):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
     tokenizer.chat_template = None
-    with pytest.raises(ValueError, match="no chat template; set data.init_args.chat_template: false"):
+    with pytest.raises(ValueError, match="no chat template; set data.chat_template: false"):
         PromptDataModule(path="unused").attach_tokenizer(tokenizer)
 
 
@@ -291,13 +292,15 @@ def test_wandb_logger_is_offline_unless_configured(tmp_path, monkeypatch):
 # -- output directory, out of memory ---------------------------------------------------------
 
 
-def test_unwritable_output_dir_fails_before_any_compute(tmp_path, tiny_models, monkeypatch):
+def test_unwritable_output_dir_fails_before_any_compute(tmp_path, tiny_models, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     config = tiny_config(tmp_path, tiny_models)
     monkeypatch.setattr(SEA, "setup", lambda *a, **k: pytest.fail("a model was loaded"))
-    with pytest.raises(OSError, match=r"output_dir '.*a-file/run' is not writable .*choose another output.output_dir"):
+    with pytest.raises(SystemExit) as exited:
         main(["predict", "--config", str(config), "--output.output_dir", str(blocker / "run")])
+    assert exited.value.code == 1
+    assert re.search(r"output_dir '.*a-file/run' is not writable .*choose another output.output_dir", capsys.readouterr().err)
 
 
 def test_out_of_memory_names_the_settings_to_lower(tiny_policy, monkeypatch):
@@ -307,7 +310,7 @@ def test_out_of_memory_names_the_settings_to_lower(tiny_policy, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(sea, "align", oom)
-    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"data.init_args.batch_size \(now 2\), model.init_args.chains \(now 2\).*max_new_tokens \(now 6\)"):
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"data.batch_size \(now 2\), model.init_args.chains \(now 2\).*max_new_tokens \(now 6\)"):
         sea.predict_step(_batch(tiny_policy))
 
 

@@ -83,9 +83,6 @@ class AlignmentMethod(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.policy is None:
             self.attach(load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code))
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "attach_tokenizer"):
-            datamodule.attach_tokenizer(self.policy.tokenizer, self.context_length())
 
     def attach(self, policy: LoadedModel) -> None:
         """Use an already loaded policy (``setup`` loads it otherwise) and set up the energy terms."""

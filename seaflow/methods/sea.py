@@ -126,7 +126,7 @@ class SEA(AlignmentMethod):
         except torch.cuda.OutOfMemoryError as err:
             raise torch.cuda.OutOfMemoryError(
                 f"out of GPU memory refining {len(batch['id'])} prompts x {self.chains} chains x "
-                f"{self.max_new_tokens} tokens x vocabulary {self.policy.vocab_size}: lower data.init_args.batch_size "
+                f"{self.max_new_tokens} tokens x vocabulary {self.policy.vocab_size}: lower data.batch_size "
                 f"(now {len(batch['id'])}), model.init_args.chains (now {self.chains}) or "
                 f"model.init_args.max_new_tokens (now {self.max_new_tokens}), or use a bfloat16 dtype; "
                 f"rerun the same command to resume ({err})"

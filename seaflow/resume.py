@@ -1,0 +1,141 @@
+"""A run directory and what it already holds: the one object the writer and the data module share.
+
+:class:`RunDirectory` is made by :class:`~seaflow.writer.JsonlPredictionWriter` (the
+``output`` group of the CLI) and handed to :class:`~seaflow.data.PromptDataModule` as
+``run`` (a declared link in ``seaflow/cli.py``). Through it
+
+* the data module learns which prompts are written already (:meth:`RunDirectory.done`)
+  and leaves them out, after checking that each of them still has the text it was run
+  with (a rerun never mixes runs);
+* the writer learns which prompts the data module skipped (:attr:`RunDirectory.skipped`)
+  and lists them in ``summary.json``.
+
+The resolved config is the other half of a run's fingerprint; :func:`config_differences`
+compares two of them for the CLI's :class:`~seaflow.cli.SaveRunConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+# Keys of the resolved config that do not change what a record holds: where and how the
+# run is written, how it is spread over devices and shown, and which prompts it takes.
+# Everything else (the method, its components and seeds, the data's text fields and chat
+# template, trainer.precision, seed_everything) is the run's fingerprint.
+NOT_FINGERPRINT = ("config", "output", "trainer", "return_predictions", "ckpt_path",
+                   "data.batch_size", "data.limit", "data.on_bad_prompt")
+FINGERPRINT_EXCEPTIONS = ("trainer.precision",)
+
+
+class RunMismatchError(ValueError):
+    """``output_dir`` holds records of a different run; the message names what differs and the ways out."""
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Complete records of a JSONL file; with ``repair``, truncate a torn last line in place."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_bytes = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn write: the process died mid-line
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good_bytes += len(line)
+    if repair and good_bytes != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+def ways_out(output_dir: Path) -> str:
+    return (
+        f"Appending would mix two runs in {output_dir}. Either choose a new output.output_dir, "
+        "or set output.overwrite: true to delete its records and start afresh."
+    )
+
+
+class RunDirectory:
+    """The output directory of a run: records already written, prompts skipped this run.
+
+    Args:
+        output_dir: the run directory.
+        overwrite: the run starts afresh, so nothing counts as written.
+    """
+
+    def __init__(self, output_dir: str | Path, overwrite: bool = False):
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.skipped: list[dict[str, Any]] = []  # filled by the data module: {"line"?, "id", "reason"}
+        self._done: dict[str, str | None] | None = None
+
+    def record_files(self) -> list[Path]:
+        return sorted(self.output_dir.glob("predictions*.jsonl"))
+
+    def done(self) -> dict[str, str | None]:
+        """Prompt id -> prompt text of every record already written (read once; empty with ``overwrite``)."""
+        if self._done is None:
+            self._done = {}
+            if not self.overwrite:
+                for path in self.record_files():
+                    for record in read_records(path):
+                        self._done.setdefault(str(record["id"]), record.get("prompt"))
+        return self._done
+
+    def check_prompts(self, prompts: list[dict[str, Any]]) -> None:
+        """Refuse prompts whose id is written already with another text (RunMismatchError)."""
+        done = self.done()
+        changed = [p for p in prompts if p["id"] in done and done[p["id"]] is not None and done[p["id"]] != p["prompt"]]
+        if changed:
+            shown = "; ".join(
+                f"{p['id']!r}: {_short(done[p['id']])} -> {_short(p['prompt'])}" for p in changed[:3]
+            ) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise RunMismatchError(
+                f"output_dir '{self.output_dir}' holds records of {len(changed)} prompt id(s) whose text "
+                f"differs from the prompts file now: {shown}. {ways_out(self.output_dir)}"
+            )
+
+
+def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened keys of a resolved config that determine a record (see NOT_FINGERPRINT)."""
+    flat = _flatten(config)
+    return {
+        key: value for key, value in flat.items()
+        if key in FINGERPRINT_EXCEPTIONS or not any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINT)
+    }
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every fingerprint key that differs between two resolved configs."""
+    old, new = fingerprint(saved or {}), fingerprint(current or {})
+    missing = object()
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            show = lambda v: "(not set)" if v is missing else _short(v)  # noqa: E731
+            lines.append(f"{key}: {show(a)} -> {show(b)}")
+    return lines
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
