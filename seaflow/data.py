@@ -10,7 +10,9 @@ Prompts are tokenised with the policy's tokenizer, which the data module loads i
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -51,14 +53,18 @@ def read_prompts(
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"prompts file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise PromptFileError(f"{path} is a directory, not a prompts file: set data.path to a .jsonl, .json, .csv or .txt file")
+    raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a UTF-8 BOM is accepted and dropped
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as err:
-        raise PromptFileError(f"{path}: not UTF-8 text (byte {err.start}): re-save the file as UTF-8") from None
+        raise PromptFileError(f"{path}: not UTF-8 text (byte {err.start + bom}): re-save the file as UTF-8") from None
     suffix = path.suffix.lower()
     rows: list[tuple[int, Any]] = []
     if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(physical_lines(text), 1):
             if line.strip():
                 try:
                     rows.append((number, json.loads(line)))
@@ -73,9 +79,17 @@ def read_prompts(
             raise PromptFileError(f"{path}: expected a JSON list of prompts, got {type(data).__name__}")
         rows = list(enumerate(data, 1))
     elif suffix == ".csv":
-        rows = [(number, row) for number, row in enumerate(csv.DictReader(text.splitlines()), 2)]
+        # the csv module reads the file itself, so quoted fields keep their line breaks; rows are
+        # numbered by the physical line they start on
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            for row in reader:
+                breaks = sum(value.count("\n") for value in row.values() if isinstance(value, str))
+                rows.append((reader.line_num - breaks, row))
+        except csv.Error as err:
+            raise PromptFileError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
     elif suffix in (".txt", ".text", ""):
-        rows = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = [(number, line) for number, line in enumerate(physical_lines(text), 1) if line.strip()]
     else:
         raise PromptFileError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .json, .csv or .txt")
     prompts, seen = [], {}
@@ -102,6 +116,15 @@ def read_prompts(
         more = f" ({len(skipped)} bad rows skipped, the first: {skipped[0]['reason']})" if skipped else ""
         raise PromptFileError(f"{path}: no prompts in the file{more}")
     return prompts
+
+
+def physical_lines(text: str) -> list[str]:
+    """Lines split at ``\\n`` (and ``\\r\\n``) only: U+2028, U+0085 and other separators inside a
+    line (valid in a JSON string, or in a prompt) are text, not line breaks."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 class PromptDataset(Dataset):

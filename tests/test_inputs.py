@@ -176,3 +176,71 @@ def test_rerun_with_the_same_fingerprint_resumes_and_overwrite_starts_afresh(tmp
     import yaml
 
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["steps"] == 2
+
+
+# -- readers that do not lose data -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bom.jsonl", '{"id": "a", "prompt": "first"}\n{"id": "b", "prompt": "second"}\n'),
+    ("bom.csv", "id,prompt\na,first\nb,second\n"),
+    ("bom.json", '[{"id": "a", "prompt": "first"}, {"id": "b", "prompt": "second"}]'),
+    ("bom.txt", "first\nsecond\n"),
+])
+def test_utf8_bom_is_accepted_and_stripped(tmp_path, name, content):
+    from seaflow.data import read_prompts
+
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    prompts = read_prompts(path)
+    assert [p["prompt"] for p in prompts] == ["first", "second"]
+    if not name.endswith(".txt"):
+        assert [p["id"] for p in prompts] == ["a", "b"]  # not row numbers: the header is 'id', not '\ufeffid'
+
+
+def test_csv_keeps_quoted_line_breaks_and_reports_physical_lines(tmp_path):
+    from seaflow.data import PromptFileError, read_prompts
+
+    path = tmp_path / "multi.csv"
+    path.write_text('id,prompt\na,"line one\nline two\r\nline three"\nb,\nc,last\n', newline="")
+    skipped = []
+    prompts = read_prompts(path, skipped=skipped)
+    assert prompts[0]["prompt"] == "line one\nline two\r\nline three"
+    assert [p["id"] for p in prompts] == ["a", "c"]
+    assert skipped[0]["line"] == 5 and skipped[0]["id"] == "b"  # the physical line of row b
+    with pytest.raises(PromptFileError, match=r"multi\.csv:5: empty prompt \(id 'b'"):
+        read_prompts(path)
+
+
+def test_line_separators_inside_a_line_are_text(tmp_path):
+    from seaflow.data import read_prompts
+
+    jsonl = tmp_path / "sep.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", "prompt": "one\u2028two\x85three"}, ensure_ascii=False) + "\r\n"
+                     + json.dumps({"id": "b", "prompt": "next"}) + "\n", encoding="utf-8")
+    assert [(p["id"], p["prompt"]) for p in read_prompts(jsonl)] == [("a", "one\u2028two\x85three"), ("b", "next")]
+    txt = tmp_path / "sep.txt"
+    txt.write_text("one\u2028two\nthree\x85four\r\nfive\n", encoding="utf-8")
+    assert [(p["id"], p["prompt"]) for p in read_prompts(txt)] == [("1", "one\u2028two"), ("2", "three\x85four"), ("3", "five")]
+
+
+def test_a_directory_as_prompts_file_is_named(tmp_path):
+    from seaflow.data import PromptFileError, read_prompts
+
+    with pytest.raises(PromptFileError, match=r"is a directory, not a prompts file: set data.path"):
+        read_prompts(tmp_path)
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_data_limit_below_one_is_rejected(tmp_path, tiny_models, capsys, limit):
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models)
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config), "--data.limit", limit])
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    assert f"data.limit must be >= 1 (or null for every prompt), got {limit}" in err
+    assert err.count("data.limit must be") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
