@@ -3,7 +3,7 @@
 from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
-from seaflow.methods import ARGS, CBS, SEA, AlignmentMethod, BestOfN, GuidedSuffixMCMC, Sample
+from seaflow.methods import ARGS, CBS, SEA, AlignmentMethod, BestOfN, BiasedDecoding, GuidedSuffixMCMC, Sample
 from seaflow.relaxations import GumbelSoftmax, Softmax, StraightThrough
 from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
 from seaflow.writer import JsonlPredictionWriter
@@ -14,5 +14,5 @@ __all__ = [
     "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
     "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
     "StraightThrough", "Softmax", "GumbelSoftmax", "Langevin", "MALA", "HMC", "AdaptiveLangevin",
-    "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC",
+    "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC", "BiasedDecoding",
 ]

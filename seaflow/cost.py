@@ -234,15 +234,20 @@ def _key_length(kwargs: dict, positions: int) -> int:
     return positions
 
 
-def count_soft_embedding(embedding: nn.Module, distribution: torch.Tensor) -> None:
-    """Count the dense product of a ``(B, L, V)`` token distribution with the embedding table."""
+def count_soft_embedding(embedding: nn.Module, distribution: torch.Tensor, looked_up: bool = False) -> None:
+    """Count the dense product of a ``(B, L, V)`` token distribution with the embedding table.
+
+    ``looked_up``: the forward value was read by a row lookup (the distribution is one-hot),
+    so only the backward product is counted.
+    """
     shape = getattr(embedding, "_seaflow_cost", None)
     meter = active()
     if shape is None or meter is None or meter.paused:
         return
     tokens = distribution.numel() // distribution.shape[-1]
     flops = 2 * tokens * distribution.shape[-1] * embedding.weight.shape[-1]
-    meter.add(shape.role, soft_embedding_tokens=tokens, flops=flops)
+    if not looked_up:
+        meter.add(shape.role, soft_embedding_tokens=tokens, flops=flops)
     if distribution.requires_grad and torch.is_grad_enabled():
         distribution.register_hook(_on_backward(shape, meter, {"flops": flops}))
 

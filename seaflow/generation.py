@@ -21,7 +21,8 @@ def row_generators(seeds: list[int], device: torch.device | str = "cpu") -> list
     return gens
 
 
-def _gumbel(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
+def gumbel_noise(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
+    """Standard Gumbel noise ``(B, ...)``, row ``i`` from ``generators[i]``: one step of :func:`sample`'s draws."""
     rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in generators]
     u = torch.stack(rows).to(device).clamp_(1e-20, 1.0)
     return -torch.log(-torch.log(u))
@@ -76,7 +77,7 @@ def sample(
             token = logits.argmax(-1)
         else:
             scores = filter_top_p(logits / temperature, top_p)
-            token = (scores + _gumbel(scores.shape, generators, device)).argmax(-1)
+            token = (scores + gumbel_noise(scores.shape, generators, device)).argmax(-1)
         is_eos = torch.isin(token, eos) & ~finished
         lengths = torch.where(is_eos, torch.full_like(lengths, step), lengths)
         finished = finished | is_eos

@@ -3,10 +3,11 @@
 from seaflow.methods.args import ARGS
 from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.best_of_n import BestOfN
+from seaflow.methods.biased_decoding import BiasedDecoding
 from seaflow.methods.cbs import CBS
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.sample import Sample
 from seaflow.methods.sea import SEA
 from seaflow.methods.suffix_mcmc import GuidedSuffixMCMC
 
-__all__ = ["AlignmentMethod", "DecodingMethod", "SEA", "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC"]
+__all__ = ["AlignmentMethod", "DecodingMethod", "SEA", "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC", "BiasedDecoding"]

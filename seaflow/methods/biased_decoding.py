@@ -1,0 +1,171 @@
+"""``seaflow.methods.BiasedDecoding``: a sampler moves a bias on the policy's logits; the policy writes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+
+from seaflow import generation
+from seaflow.bias_decode import BiasEnergy
+from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.methods.base import AlignmentMethod, prompt_seed
+from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.refine import refine
+from seaflow.relaxations.base import Relaxation
+from seaflow.relaxations.straight_through import StraightThrough
+from seaflow.rng import RowGenerators
+from seaflow.samplers.base import Sampler
+from seaflow.samplers.langevin import Langevin
+
+
+class BiasedDecoding(AlignmentMethod):
+    """Biased decoding (as in BOLT): gradient steps on a per-position bias, the policy decodes.
+
+    The continuous variable is a bias ``b`` of shape ``(chains, L, V)`` added to the policy's
+    own next-token logits. Each energy evaluation decodes left to right with the policy and
+    its KV cache: token ``t = argmax(logits(x, y_<t) + b_t)``, fed to position ``t + 1`` through
+    the ``relaxation`` (straight-through: forward one-hot, backward ``softmax((logits + b_t) / tau)``),
+    so every token is one the policy ranks high after the prefix actually decoded, unless the
+    bias at that position overcomes the policy's preference. The energy is SEA's on the
+    decoded tokens plus the bias's size in place of a KL term,
+
+        E(b) = -reference_weight * log pi_ref(y | x) - alpha * r(x, y) + (bias_weight / 2) ||b - b0||^2,
+
+    and the ``sampler`` moves ``b`` along ``-dE/db`` (the gradient runs through the whole
+    decode). ``b0`` is where the chains start: with ``init: sample`` it is ``temperature x``
+    Gumbel noise drawn from the same per-prompt streams as the policy's samples, so each
+    chain's first decode is exactly the policy sample that Best-of-N draws as candidate
+    ``chain``; with ``init: greedy`` it is zero (the policy's greedy decode, the same for
+    every chain). Every evaluation decodes real tokens, so its reward and reference terms
+    are the exact discrete scores of the sequence it produced; each chain keeps the sequence
+    of lowest discrete energy ``-reference_weight * log pi_ref - alpha * r`` it visited
+    (its start included), and the chain with the highest reward is returned.
+
+    Cost per step: one decode of ``L`` tokens through the policy with the graph kept, its
+    backward pass, and the reward on the decoded tokens; plus one decode without gradient
+    for the last iterate.
+
+    Args:
+        policy: the reference policy (see :class:`AlignmentMethod`).
+        reward: the reward term r(x, y).
+        sampler: moves the bias (default: Langevin); any sampler of ``seaflow.samplers`` for
+            continuous states.
+        relaxation: how ``logits + b`` becomes the token fed on; its forward value must be
+            one-hot (``StraightThrough``, default; ``OneHot``, whose gradient is the identity
+            and so reaches tokens the policy gives almost no probability; hard ``GumbelSoftmax``).
+        alpha: reward weight.
+        reference_weight: weight of ``-log pi_ref`` of the decoded tokens.
+        bias_weight: weight of ``||b - b0||^2 / 2``; 0 leaves the bias free.
+        through_policy: the gradient of each position's choice also flows through the policy's
+            logits into the earlier positions (BOLT). False: ``b_t`` alone carries it; with
+            ``relaxation: OneHot`` each ``b_t`` then receives the gradient of the energy with
+            respect to the decoded one-hot tokens, which reaches tokens the policy almost
+            never writes (see docs/method.md).
+        chains: chains per prompt.
+        steps: sampler steps.
+        init: ``sample`` (each chain starts at a policy sample, see above) or ``greedy``.
+        trace_every: keep every n-th iteration in the per-prompt trace.
+        max_faults: see :class:`seaflow.SEA`.
+        (others: see :class:`AlignmentMethod`; ``top_p`` must be 1: a bias is added to the
+        full distribution)
+    """
+
+    def __init__(
+        self,
+        policy: str = EMBEDDED_DEFAULT,
+        reward: Reward | None = None,
+        sampler: Sampler | None = None,
+        relaxation: Relaxation | None = None,
+        alpha: float = 1.0,
+        reference_weight: float = 1.0,
+        bias_weight: float = 0.0,
+        through_policy: bool = True,
+        chains: int = 4,
+        steps: int = 10,
+        init: Literal["sample", "greedy"] = "sample",
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str | None = None,
+        trace_every: int = 1,
+        max_faults: int = 3,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(
+            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code,
+        )
+        if chains < 1:
+            raise ValueError(f"chains must be >= 1, got {chains}")
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if init not in ("sample", "greedy"):
+            raise ValueError(f"init must be 'sample' or 'greedy', got {init!r}")
+        if top_p != 1.0:
+            raise ValueError(
+                f"BiasedDecoding adds its bias to the full next-token distribution: model.init_args.top_p must be 1.0, got {top_p}"
+            )
+        if not bias_weight >= 0:
+            raise ValueError(f"bias_weight must be >= 0, got {bias_weight}")
+        if max_faults < 1:
+            raise ValueError(f"max_faults must be >= 1, got {max_faults}")
+        if reward is None and alpha != 0:
+            raise ValueError("BiasedDecoding needs a reward (set model.init_args.reward) unless alpha is 0")
+        self.sampler = sampler if sampler is not None else Langevin()
+        self.relaxation = relaxation if relaxation is not None else StraightThrough()
+        self.alpha = alpha
+        self.reference_weight = reference_weight
+        self.bias_weight = bias_weight
+        self.through_policy = through_policy
+        self.chains = chains
+        self.steps = steps
+        self.init = init
+        self.trace_every = max(1, trace_every)
+        self.max_faults = max_faults
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return self.align(batch)
+
+    def start_bias(self, keys: list[str]) -> torch.Tensor | None:
+        """``b0``: ``temperature x`` the Gumbel noise with which the policy samples chain ``c``
+        (per position, the draw :func:`seaflow.generation.sample` makes at that step), or None."""
+        if self.init == "greedy" or self.temperature == 0:
+            return None
+        generators = generation.row_generators(
+            [prompt_seed(self.seed, key, row % self.chains, "sample") for row, key in enumerate(keys)], device=self.device
+        )
+        rows, vocab = len(keys), self.policy.vocab_size
+        noise = [generation.gumbel_noise((rows, vocab), generators, self.device) for _ in range(self.max_new_tokens)]
+        return self.temperature * torch.stack(noise, dim=1)
+
+    def align(self, batch: dict[str, list]) -> list[dict[str, Any]]:
+        """One record per prompt of ``batch``."""
+        from seaflow.module import SEA  # the record layout SEA writes
+
+        started = time.perf_counter()
+        prompt_ids, prompts, keys = self.expand(batch, self.chains)
+        rows, width, vocab = len(prompt_ids), self.max_new_tokens, self.policy.vocab_size
+        generator = RowGenerators(generation.row_generators(
+            [prompt_seed(self.seed, key, row % self.chains, "refine") for row, key in enumerate(keys)], device=self.device
+        ))
+        full = torch.full((rows,), width, dtype=torch.long)
+        energy_fn = BiasEnergy(
+            self.policy.model, ResponseBatch(prompt_ids, prompts, full, width), self.relaxation, self.reward,
+            self.alpha, self.reference_weight, self.bias_weight, self.eos_ids, self.pad_id,
+            base=self.start_bias(keys), generator=generator, through_policy=self.through_policy,
+        )
+        delta = torch.zeros(rows, width, vocab, device=self.device)
+        if self.steps == 0:
+            energy_fn.track(delta)
+        delta, trace = refine(delta, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults)
+        if self.steps > 0:
+            energy_fn.track(delta)  # the last iterate is a candidate too
+        tokens0, lengths0 = energy_fn.first_tokens, energy_fn.first_lengths
+        tokens, lengths = energy_fn.best_tokens, energy_fn.best_lengths
+        initial = self.score(prompt_ids, prompts, tokens0, lengths0)
+        final = self.score(prompt_ids, prompts, tokens, lengths)
+        elapsed = time.perf_counter() - started
+        return SEA.records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, energy_fn.evaluations)
