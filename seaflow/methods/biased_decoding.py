@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from seaflow import generation
 from seaflow.bias_decode import BiasEnergy
-from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import AlignmentMethod, prompt_seed
-from seaflow.models import EMBEDDED_DEFAULT
+from seaflow.methods.record import Record
+from seaflow.methods.sea import SEA
 from seaflow.refine import refine
 from seaflow.relaxations.base import Relaxation
 from seaflow.relaxations.straight_through import StraightThrough
@@ -47,9 +48,9 @@ class BiasedDecoding(AlignmentMethod):
     backward pass, and the reward on the decoded tokens; plus one decode without gradient
     for the last iterate.
 
-    Args:
-        policy: the reference policy (see :class:`AlignmentMethod`).
-        reward: the reward term r(x, y).
+    Args (besides :class:`AlignmentMethod`'s: ``policy``, ``reward`` r(x, y), ``max_new_tokens``,
+    the policy's ``temperature`` for the starts, ``seed``, ...; ``top_p`` must be 1, the bias is
+    added to the full next-token distribution):
         sampler: moves the bias (default: Langevin); any sampler of ``seaflow.samplers`` for
             continuous states.
         relaxation: how ``logits + b`` becomes the token fed on; its forward value must be
@@ -68,14 +69,10 @@ class BiasedDecoding(AlignmentMethod):
         init: ``sample`` (each chain starts at a policy sample, see above) or ``greedy``.
         trace_every: keep every n-th iteration in the per-prompt trace.
         max_faults: see :class:`seaflow.SEA`.
-        (others: see :class:`AlignmentMethod`; ``top_p`` must be 1: a bias is added to the
-        full distribution)
     """
 
     def __init__(
         self,
-        policy: str = EMBEDDED_DEFAULT,
-        reward: Reward | None = None,
         sampler: Sampler | None = None,
         relaxation: Relaxation | None = None,
         alpha: float = 1.0,
@@ -85,34 +82,26 @@ class BiasedDecoding(AlignmentMethod):
         chains: int = 4,
         steps: int = 10,
         init: Literal["sample", "greedy"] = "sample",
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str | None = None,
         trace_every: int = 1,
         max_faults: int = 3,
-        trust_remote_code: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            policy=policy, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code,
-        )
+        super().__init__(**kwargs)
         if chains < 1:
             raise ValueError(f"chains must be >= 1, got {chains}")
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if init not in ("sample", "greedy"):
             raise ValueError(f"init must be 'sample' or 'greedy', got {init!r}")
-        if top_p != 1.0:
+        if self.top_p != 1.0:
             raise ValueError(
-                f"BiasedDecoding adds its bias to the full next-token distribution: model.init_args.top_p must be 1.0, got {top_p}"
+                f"BiasedDecoding adds its bias to the full next-token distribution: model.init_args.top_p must be 1.0, got {self.top_p}"
             )
         if not bias_weight >= 0:
             raise ValueError(f"bias_weight must be >= 0, got {bias_weight}")
         if max_faults < 1:
             raise ValueError(f"max_faults must be >= 1, got {max_faults}")
-        if reward is None and alpha != 0:
+        if self.reward is None and alpha != 0:
             raise ValueError("BiasedDecoding needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
         self.relaxation = relaxation if relaxation is not None else StraightThrough()
@@ -126,7 +115,11 @@ class BiasedDecoding(AlignmentMethod):
         self.trace_every = max(1, trace_every)
         self.max_faults = max_faults
 
-    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    # chains are selected and recorded exactly as SEA's: the best chain by discrete reward
+    select = SEA.select
+    records = SEA.records
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         return self.align(batch)
 
     def start_bias(self, keys: list[str]) -> torch.Tensor | None:
@@ -141,10 +134,8 @@ class BiasedDecoding(AlignmentMethod):
         noise = [generation.gumbel_noise((rows, vocab), generators, self.device) for _ in range(self.max_new_tokens)]
         return self.temperature * torch.stack(noise, dim=1)
 
-    def align(self, batch: dict[str, list]) -> list[dict[str, Any]]:
+    def align(self, batch: dict[str, list]) -> list[Record]:
         """One record per prompt of ``batch``."""
-        from seaflow.module import SEA  # the record layout SEA writes
-
         started = time.perf_counter()
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
         rows, width, vocab = len(prompt_ids), self.max_new_tokens, self.policy.vocab_size
@@ -168,4 +159,4 @@ class BiasedDecoding(AlignmentMethod):
         initial = self.score(prompt_ids, prompts, tokens0, lengths0)
         final = self.score(prompt_ids, prompts, tokens, lengths)
         elapsed = time.perf_counter() - started
-        return SEA.records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, energy_fn.evaluations)
+        return self.records(batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, energy_fn.evaluations)
