@@ -1,6 +1,6 @@
 """The quality grid: tasks x methods x budgets, judged by what no method optimises.
 
-    python benchmarks/quality.py run    [--grid configs/quality/grid.yaml] [--tasks a,b] [--methods m,n] [--time-limit 540]
+    python benchmarks/quality.py run    [--grid configs/quality/grid.yaml] [--tasks a,b] [--methods m,n] [--budgets steps=5] [--time-limit 540]
     python benchmarks/quality.py report [--grid ...] [--no-gemma] [--boot 2000]
 
 ``run`` executes each cell (task, method, budget) as ``seaflow predict --config <method's
@@ -58,7 +58,7 @@ def load_grid(path: str) -> dict[str, Any]:
     return grid
 
 
-def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None = None):
+def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None = None, budgets: list[str] | None = None):
     """``(task, method, label, config path, overrides, directory)`` in run order (methods outer)."""
     out = Path(grid.get("output_dir", "runs/quality"))
     for method, spec in grid["methods"].items():
@@ -73,6 +73,8 @@ def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None 
             if "budgets" in spec:
                 for value in spec["budgets"]:
                     label = f"{spec['key']}={value}"
+                    if budgets and label not in budgets:
+                        continue
                     yield task, method, label, config, {spec["key"]: value}, out / task / method / label
             else:
                 yield task, method, "run", config, {}, out / task / method / "run"
@@ -88,7 +90,7 @@ def done_ids(directory: Path) -> set[str]:
 
 def run(grid: dict, args) -> None:
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
-    for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods):
+    for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods, args.budgets):
         wanted = prompt_ids(grid, task)
         if set(wanted) <= done_ids(directory):
             continue
@@ -368,6 +370,7 @@ def main() -> None:
     ap.add_argument("--grid", default="configs/quality/grid.yaml")
     ap.add_argument("--tasks", type=lambda s: s.split(","), default=None)
     ap.add_argument("--methods", type=lambda s: s.split(","), default=None)
+    ap.add_argument("--budgets", type=lambda s: s.split(","), default=None, help="run only these budget labels, e.g. steps=5")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; stop the running cell (resumable) after it")
     ap.add_argument("--grace", type=float, default=240, help="seconds a stopped cell gets to write its batch")
     ap.add_argument("--no-gemma", action="store_true", help="skip the Gemma NLL column (its model loads slowly)")
