@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seaflow.data import read_prompts  # noqa: E402
+from seaflow.energies.keywords import read_keywords  # noqa: E402
 from seaflow.writer import read_records  # noqa: E402
 
 
@@ -129,15 +130,15 @@ def run(grid: dict, args) -> None:
 # -- judging ------------------------------------------------------------------------------------
 
 
-def judge_value(kind: str, text: str, record: dict) -> tuple[float, float]:
-    """(judge score, success 0/1) of one reply."""
+def judge_value(kind: str, text: str, item: dict) -> tuple[float, float]:
+    """(judge score, success 0/1) of one reply to the prompt-file row ``item``."""
     from seaflow import judges
 
     if kind == "sentiment":
         polarity = judges.sentiment_polarity(text)
         return polarity, float(polarity > 0)
     if kind == "keywords":
-        coverage = judges.keyword_coverage(text, record["keywords"])
+        coverage = judges.keyword_coverage(text, item["keywords"])
         return coverage, float(coverage == 1.0)
     if kind == "refusal":
         refused = float(judges.refuses(text))
@@ -237,7 +238,8 @@ def summarise(grid: dict, args) -> list[dict]:
     cache.fill([(r["prompt"], r["reply"]) for *_, rows in entries for r in rows])
     for task, method, budget, rows in entries:
         kind = grid["tasks"][task]["judge"]
-        judged = [judge_value(kind, r["reply"], r["record"]) for r in rows]
+        keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}  # by prompt text
+        judged = [judge_value(kind, r["reply"], {"keywords": keywords.get(r["prompt"])}) for r in rows]
         entry = {"task": task, "method": method, "budget": budget, "prompts": len(rows),
                  "complete": len(rows) == len(prompt_ids(grid, task))}
         columns = {
