@@ -37,6 +37,17 @@ from seaflow.resume import RunMismatchError, config_differences, ways_out
 from seaflow.writer import JsonlPredictionWriter
 
 
+# declared wiring (parse-time links): the data module loads the policy's tokenizer and reserves room for
+# the response; loggers write into the output directory. ``data.run`` is linked on instantiation.
+LINKS = (
+    ("model.init_args.policy", "data.policy"),
+    ("model.init_args.trust_remote_code", "data.trust_remote_code"),
+    ("model.init_args.max_new_tokens", "data.max_new_tokens"),
+    ("output.output_dir", "trainer.default_root_dir"),
+)
+LINKED = tuple(target for _, target in LINKS) + ("data.run",)
+
+
 class SeaflowCLI(LightningCLI):
     """``seaflow predict``: a method, the prompts, the JSONL writer (``output``) and a Trainer.
 
@@ -53,11 +64,9 @@ class SeaflowCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(JsonlPredictionWriter, "output")
-        parser.link_arguments("model.init_args.policy", "data.policy")
-        parser.link_arguments("model.init_args.trust_remote_code", "data.trust_remote_code")
-        parser.link_arguments("model.init_args.max_new_tokens", "data.max_new_tokens")
+        for source, target in LINKS:
+            parser.link_arguments(source, target)
         parser.link_arguments("output", "data.run", compute_fn=lambda writer: writer.run, apply_on="instantiate")
-        parser.link_arguments("output.output_dir", "trainer.default_root_dir")
         parser.set_defaults(
             {
                 "trainer.inference_mode": False,  # SEA differentiates inside predict_step
@@ -69,6 +78,7 @@ class SeaflowCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """LightningCLI's parsing; an unknown class name gets the list of available ones."""
+        warn_switched_class_paths(sys.argv[1:] if args is None else list(args))
         action = getattr(parser, "_subcommands_action", None)
         parsers = [parser] + (list(action._name_parser_map.values()) if action is not None else [])
         saved = [p.exit_on_error for p in parsers]
@@ -130,6 +140,56 @@ class SaveRunConfig(SaveConfigCallback):
                     f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
                 ) from None
         self.already_saved = True
+
+
+def warn_switched_class_paths(args: list[str]) -> list[str]:
+    """Warn when a later ``--config`` switches a component's ``class_path`` (returns the warnings).
+
+    jsonargparse keeps the earlier file's ``init_args`` that the new class also accepts
+    (Langevin -> MALA keeps ``noise_scale``); the warning names them so nothing is carried
+    over unnoticed (docs/configuration.md).
+    """
+    files = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    seen: dict[str, tuple[str, dict, str]] = {}
+    messages = []
+    for file in files:
+        try:
+            data = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue  # the parser reports unreadable files itself
+        for key, class_path, init_args in _components(data):
+            short = class_path.rsplit(".", 1)[-1]
+            if key in seen and seen[key][0] != short:
+                kept = {k: v for k, v in seen[key][1].items() if k not in init_args}
+                if kept:
+                    listed = ", ".join(f"{k}={v!r}" for k, v in kept.items())
+                    messages.append(
+                        f"seaflow: warning: {file} switches {key} from {seen[key][0]} to {short}; the init_args "
+                        f"{seen[key][2]} set for {seen[key][0]} are kept where {short} accepts them: {listed}. "
+                        f"Set them in {file} (or check --print_config)."
+                    )
+                seen[key] = (short, dict(init_args), file)
+            else:
+                previous = seen[key][1] if key in seen else {}
+                seen[key] = (short, {**previous, **init_args}, file)
+    for message in messages:
+        print(message, file=sys.stderr)
+    return messages
+
+
+def _components(data, prefix: str = ""):
+    """``(key, class_path, init_args)`` of every component in a loaded config, outermost first."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("class_path"), str):
+        init_args = data.get("init_args") if isinstance(data.get("init_args"), dict) else {}
+        yield prefix, data["class_path"], init_args
+        for name, value in init_args.items():
+            yield from _components(value, f"{prefix}.init_args.{name}")
+        return
+    for name, value in data.items():
+        yield from _components(value, f"{prefix}.{name}" if prefix else str(name))
 
 
 def offline_wandb(trainer) -> None:

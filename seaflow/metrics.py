@@ -271,8 +271,8 @@ class PredictionMetrics(L.Callback):
         try:
             import wandb
 
-            writers = [cb for cb in trainer.callbacks if hasattr(cb, "output_dir")]
-            output = writers[0].output_dir if writers else os.getcwd()
+            # the CLI links trainer.default_root_dir to output.output_dir: wandb writes next to the records
+            output = trainer.default_root_dir
             run = wandb.init(project=self.wandb_project, mode=os.environ.get("WANDB_MODE", self.wandb_mode), dir=str(output))
             run.log(self.final)
             run.finish()

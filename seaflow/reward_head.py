@@ -447,7 +447,18 @@ def fit_main(args: list[str]) -> None:
 
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
+    from seaflow.cli import offline_wandb
+
+    class FitCLI(LightningCLI):
+        """LightningCLI whose WandbLogger stays offline unless asked (as for ``seaflow predict``)."""
+
+        def before_fit(self) -> None:
+            offline_wandb(self.trainer)
+
+        def before_validate(self) -> None:
+            offline_wandb(self.trainer)
+
+    FitCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -6,6 +6,7 @@ docs/reliability.md lists each case with its outcome; each has a test here.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -244,3 +245,187 @@ def test_data_limit_below_one_is_rejected(tmp_path, tiny_models, capsys, limit):
     assert f"data.limit must be >= 1 (or null for every prompt), got {limit}" in err
     assert err.count("data.limit must be") == 1 and "Traceback" not in err
     assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+# -- a reward or judge with another tokenizer of the same size ---------------------------------
+
+
+def _other_tokenizer_copy(tiny_models, tmp_path, name, special=False):
+    """The tiny reward model with a tokenizer of the same size whose words are permuted (or whose EOS moved)."""
+    import shutil
+
+    from tiny import SPECIAL, WORDS
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    target = tmp_path / name
+    shutil.copytree(tiny_models["reward"], target)
+    words = list(WORDS) if special else list(reversed(WORDS))
+    vocab = {token: i for i, token in enumerate(SPECIAL + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>",
+        eos_token="<|im_start|>" if special else "<|im_end|>",
+    )
+    for path in target.glob("tokenizer*"):
+        path.unlink()
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def test_a_reward_model_with_another_tokenizer_of_the_same_size_is_refused(tiny_models, tiny_policy, tmp_path):
+    from seaflow.energies import RewardModel
+
+    same = RewardModel(model=str(tiny_models["reward"]))
+    same.setup(tiny_policy)  # the policy's own tokenizer: accepted
+    permuted = _other_tokenizer_copy(tiny_models, tmp_path, "permuted")
+    with pytest.raises(ValueError, match=r"different tokenizer from the policy .* token ids map to other strings \(policy vs other: id 4: 'the' vs"):
+        RewardModel(model=str(permuted)).setup(tiny_policy)
+    moved_eos = _other_tokenizer_copy(tiny_models, tmp_path, "eos", special=True)
+    with pytest.raises(ValueError, match=r"special tokens differ \(eos_token: \('<\|im_end\|>', 3\) vs \('<\|im_start\|>', 2\)"):
+        RewardModel(model=str(moved_eos)).setup(tiny_policy)
+
+
+# -- wandb through the real CLI path -------------------------------------------------------------
+
+
+def _capture_wandb_init(monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    wandb.finish()  # a run left open by an earlier test would be reused without wandb.init
+    calls = []
+    real_init = wandb.init
+
+    def init(*args, **kwargs):
+        calls.append({"mode": kwargs.get("mode"), "env": os.environ.get("WANDB_MODE"), "dir": kwargs.get("dir")})
+        kwargs["mode"] = "disabled"  # never reach the network from a test, whatever was asked
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    return calls
+
+
+@pytest.mark.parametrize("env", [None, "online"])
+def test_wandb_logger_from_the_cli_is_offline_unless_asked(tmp_path, tiny_models, monkeypatch, env):
+    """The WandbLogger the CLI builds: offline by default; WANDB_MODE (CI sets it) still wins."""
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    calls = _capture_wandb_init(monkeypatch)
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    main(["predict", "--config", str(config), "--data.limit", "1",
+          "--trainer.logger", "WandbLogger", "--trainer.logger.init_args.save_dir", str(tmp_path / "wandb")])
+    import wandb
+
+    wandb.finish()
+    assert calls, "the logger never started wandb"
+    effective = calls[0]["mode"] or calls[0]["env"]
+    assert effective == ("offline" if env is None else env)
+
+
+def test_prediction_metrics_write_wandb_next_to_the_records(tmp_path, tiny_models, monkeypatch):
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    calls = _capture_wandb_init(monkeypatch)
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    main(["predict", "--config", str(config), "--data.limit", "1",
+          "--trainer.callbacks+", "seaflow.metrics.PredictionMetrics", "--trainer.callbacks.wandb", "true"])
+    import wandb
+
+    wandb.finish()
+    assert calls and calls[-1]["dir"] == str(tmp_path / "run")
+
+
+# -- a second --config that switches a class ---------------------------------------------------
+
+
+def test_a_second_config_switching_class_path_warns_about_kept_init_args(tmp_path, tiny_models, capsys):
+    import yaml
+
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    first = tiny_config(tmp_path, tiny_models)  # sampler: Langevin with step_size 0.5, noise_scale 0.1
+    second = tmp_path / "mala.yaml"
+    second.write_text(yaml.safe_dump({"model": {"init_args": {"sampler": {"class_path": "MALA", "init_args": {"step_size": 0.2}}}}}))
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(first), "--config", str(second), "--print_config"])
+    out, err = capsys.readouterr()
+    assert f"{second} switches model.init_args.sampler from Langevin to MALA" in err
+    assert "noise_scale=0.1" in err and "step_size" not in err.split("accepts them:")[1].split(".")[0]
+    sampler = yaml.safe_load(out)["model"]["init_args"]["sampler"]
+    assert sampler["class_path"].endswith("MALA") and sampler["init_args"]["step_size"] == 0.2
+
+
+# -- every config key seaflow names is one the CLI accepts ---------------------------------------
+
+
+def _named_keys():
+    """Config keys in seaflow's string literals (messages, docstrings) and in the docs' code spans."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    key = re.compile(r"(?<![\w./-])((?:model|data|output|trainer)(?:\.[A-Za-z_]\w*)+)")
+    found: dict[str, str] = {}
+    for path in sorted((root / "seaflow").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for match in key.finditer(node.value):
+                    found.setdefault(match.group(1), str(path.relative_to(root)))
+    for path in sorted(list((root / "docs").glob("*.md")) + [root / "README.md"]):
+        for span in re.finditer(r"`([^`\n]+)`", path.read_text(encoding="utf-8")):
+            for match in key.finditer(span.group(1)):
+                found.setdefault(match.group(1), str(path.relative_to(root)))
+    return found
+
+
+def _accepts(key: str) -> bool:
+    import inspect
+
+    from lightning import Trainer
+
+    from seaflow.cli import LINKED, _subclasses
+    from seaflow.data import PromptDataModule
+    from seaflow.energies.base import EnergyTerm
+    from seaflow.methods.base import AlignmentMethod
+    from seaflow.relaxations.base import Relaxation
+    from seaflow.samplers.base import Sampler
+    from seaflow.writer import JsonlPredictionWriter
+
+    def params(*classes):
+        return {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "args", "kwargs"}
+
+    if key in LINKED:  # set by the CLI's links, named in the docs as such
+        return True
+    parts = key.split(".")
+    group, rest = parts[0], parts[1:]
+    if group == "data":
+        return len(rest) == 1 and rest[0] in params(PromptDataModule) - {k.split(".")[1] for k in LINKED if k.startswith("data.")}
+    if group == "output":
+        return len(rest) == 1 and rest[0] in params(JsonlPredictionWriter)
+    if group == "trainer":
+        return rest[0] in params(Trainer)
+    # model: class_path | init_args.<method arg> [.class_path | .init_args.<component arg>]
+    if rest in (["class_path"], ["init_args"]):
+        return True
+    if rest[0] != "init_args" or len(rest) < 2 or rest[1] not in params(AlignmentMethod, *_subclasses(AlignmentMethod)):
+        return False
+    tail = rest[2:]
+    components = [c for family in (EnergyTerm, Sampler, Relaxation) for c in _subclasses(family)]
+    return tail in ([], ["class_path"], ["init_args"]) or (tail[0] == "init_args" and len(tail) == 2 and tail[1] in params(*components))
+
+
+def test_every_config_key_named_in_messages_and_docs_is_accepted_by_the_cli():
+    named = _named_keys()
+    assert "data.batch_size" in named and "model.init_args.chains" in named  # the scan finds keys
+    rejected = {key: where for key, where in named.items() if not _accepts(key)}
+    assert not rejected, f"keys the CLI does not accept: {rejected}"
+    assert not _accepts("data.init_args.chat_template") and not _accepts("model.init_args.no_such_argument")

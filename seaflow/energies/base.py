@@ -64,6 +64,12 @@ class EnergyTerm(nn.Module, Registered):
 
     @staticmethod
     def check_vocabulary(policy: LoadedModel, other: LoadedModel | int, what: str) -> None:
+        """Refuse a model whose embedding size or tokenizer differs from the policy's.
+
+        Relaxed tokens are distributions over the policy's token ids, so the other model must
+        read every id as the same token: its token -> string map and its special tokens must
+        equal the policy's (equal vocabulary sizes are not enough).
+        """
         size = other if isinstance(other, int) else other.vocab_size
         if size != policy.vocab_size:
             raise ValueError(
@@ -71,6 +77,49 @@ class EnergyTerm(nn.Module, Registered):
                 f"{policy.vocab_size}: relaxed tokens can only be fed to models that share the "
                 "policy's vocabulary. Use a model with the policy's tokenizer."
             )
+        if isinstance(other, int) or other.tokenizer is None or policy.tokenizer is None:
+            return
+        differences = tokenizer_differences(policy.tokenizer, other.tokenizer)
+        if differences:
+            raise ValueError(
+                f"{what} has a different tokenizer from the policy {policy.name!r} (both {size} embedding rows): "
+                f"{'; '.join(differences)}. Relaxed tokens would mean other tokens to it and its rewards "
+                "would be meaningless. Use a model with the policy's tokenizer."
+            )
+
+
+def tokenizer_differences(policy_tokenizer, other_tokenizer, shown: int = 3) -> list[str]:
+    """What differs between two tokenizers: the token -> id maps and the special tokens (empty: the same)."""
+    out = []
+    a, b = policy_tokenizer.get_vocab(), other_tokenizer.get_vocab()
+    if a != b:
+        by_id_a = {i: t for t, i in a.items()}
+        by_id_b = {i: t for t, i in b.items()}
+        ids = sorted(i for i in set(by_id_a) | set(by_id_b) if by_id_a.get(i) != by_id_b.get(i))
+        examples = ", ".join(f"id {i}: {by_id_a.get(i)!r} vs {by_id_b.get(i)!r}" for i in ids[:shown])
+        out.append(f"{len(ids)} of {max(len(a), len(b))} token ids map to other strings (policy vs other: {examples})")
+    special_a, special_b = _specials(policy_tokenizer), _specials(other_tokenizer)
+    if special_a != special_b:
+        changed = sorted(set(special_a.items()) ^ set(special_b.items()), key=str)
+        out.append(
+            "special tokens differ (" + ", ".join(
+                f"{name}: {special_a.get(name)!r} vs {special_b.get(name)!r}" for name in dict.fromkeys(n for n, _ in changed)
+            ) + ")"
+        )
+    return out
+
+
+def _specials(tokenizer) -> dict[str, object]:
+    """Named special tokens (bos, eos, unk) with their ids, and every added token marked special."""
+    out: dict[str, object] = {}
+    for name in ("bos_token", "eos_token", "unk_token"):
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            out[name] = (str(token), tokenizer.convert_tokens_to_ids(str(token)))
+    for i, token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(token, "special", False):
+            out[f"special id {i}"] = str(token)
+    return out
 
 
 class Reward(EnergyTerm):
