@@ -256,7 +256,7 @@ def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, genera
         if candidates is not None:
             top = logits.topk(candidates.shape[-1], dim=-1).indices
             candidates[ids[live], target[live]] = top[live]
-        token = (logits + generation._gumbel(logits.shape, generators, device)).argmax(-1)
+        token = (logits + generation.gumbel_noise(logits.shape, generators, device)).argmax(-1)
         is_eos = torch.isin(token, eos) & live
         lengths[ids[is_eos]] = slot[is_eos]
         write = live & ~is_eos
