@@ -50,6 +50,7 @@ from seaflow import layout as L
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.pool import best_of_pool
 from seaflow.methods.record import Record
 
 
@@ -546,33 +547,13 @@ class GuidedSuffixMCMC(DecodingMethod):
             (grad,) = torch.autograd.grad(value.sum(), one_hot)
         return value.detach().float(), grad
 
-    def initial_states(self, prompt_ids, prompts, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[float]]]:
-        """Chains' initial responses: candidates ``0 .. chains-1``, or the best ``chains`` of ``init_pool``.
-
-        Returns ``(tokens, lengths, candidate index per row, pool rewards per prompt)``.
-        """
-        pool = self.init_pool or self.chains
-        n_prompts = len(prompt_ids) // self.chains
-        rows = [p * self.chains for p in range(n_prompts)]
-        pool_ids = [prompt_ids[r] for r in rows for _ in range(pool)]
-        pool_prompts = [prompts[r] for r in rows for _ in range(pool)]
-        pool_keys = [keys[r] for r in rows for _ in range(pool)]
-        tokens, lengths = self.sample_rows(pool_ids, pool_keys, [c for _ in rows for c in range(pool)])
-        if self.init_pool is None:
-            return tokens, lengths, torch.arange(self.chains).repeat(n_prompts), [[] for _ in rows]
-        rewards = self.rewards(pool_ids, pool_prompts, tokens, lengths).cpu().view(n_prompts, pool)
-        # stable sort: among equal rewards the earlier candidates go first
-        order = torch.sort(torch.where(torch.isfinite(rewards), rewards, float("-inf")), dim=1, descending=True, stable=True).indices
-        chosen = order[:, : self.chains]
-        index = (torch.arange(n_prompts).unsqueeze(1) * pool + chosen).flatten().to(tokens.device)
-        return tokens[index], lengths[index], chosen.flatten(), rewards.tolist()
-
     @torch.no_grad()
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         chains, width = self.chains, self.max_new_tokens
         prompt_ids, prompts, keys = self.expand(batch, chains)
-        tokens, lengths, candidate, pool_rewards = self.initial_states(prompt_ids, prompts, keys)
+        pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch)
+        tokens, lengths, candidate = pool.tokens, pool.lengths, pool.candidates
         cache = prompt_cache(self.policy.model, prompt_ids, self.pad_id, width)
         top_k = min(self.cut_top_k, self.policy.vocab_size) if (self.guided and self.cut_top_k is not None) else None
         proposals = SuffixProposals(self.policy.model, cache, width, self.eos_ids, self.pad_id, top_k)
@@ -605,7 +586,7 @@ class GuidedSuffixMCMC(DecodingMethod):
                 "chain_rewards": run.final.reward[span].cpu().tolist(),
                 "chain_responses": final_texts[span],
                 "chain_acceptance": acceptance[span].tolist(),
-                "initial_reward": float(pool_rewards[p][0]) if pool_rewards[p] else float(initial[0]),
+                "initial_reward": float(initial[0] if pool.rewards is None else pool.rewards[p, 0]),
                 "initial_best_reward": float(initial.max()),
                 "trace": {
                     "reward": run.rewards[:, span].T.tolist(),
@@ -616,8 +597,8 @@ class GuidedSuffixMCMC(DecodingMethod):
                 "steps": self.steps,
                 "init_pool": self.init_pool,
             }
-            if pool_rewards[p]:
-                extra["pool_rewards"] = pool_rewards[p]
+            if pool.rewards is not None:
+                extra["pool_rewards"] = pool.rewards[p].tolist()
             extras.append(extra)
         chosen_ids = [prompt_ids[int(r)] for r in rows]
         chosen_prompts = [prompts[int(r)] for r in rows]

@@ -1,0 +1,66 @@
+"""A hybrid start: the best ``keep`` of ``pool`` policy samples per prompt, as a method's initial states.
+
+Candidate ``c`` of a prompt is drawn with the seed of Best-of-N's candidate ``c`` (and of
+SEA's initial chain ``c``), so the pool is Best-of-``pool``'s candidates and the chosen
+states are its ``keep`` best. Sampling and scoring the pool run inside the method's
+``predict_step``, so its cost is part of the method's record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seaflow import generation
+from seaflow.energies.base import ResponseBatch
+from seaflow.methods.base import prompt_seed
+
+
+@dataclass
+class Pool:
+    """The chosen initial states (prompt-major, ``keep`` per prompt) and what the records report."""
+
+    tokens: torch.Tensor  # (prompts * keep, L)
+    lengths: torch.Tensor  # (prompts * keep,)
+    candidates: torch.Tensor  # (prompts * keep,) the candidate index of each chosen state
+    rewards: torch.Tensor | None  # (prompts, pool) every candidate's reward (cpu); None when all are kept
+
+
+@torch.no_grad()
+def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], pool: int, keep: int, batch_rows: int = 64) -> Pool:
+    """The best ``keep`` of ``pool`` samples for each prompt (``prompt_ids``/``prompts``/``keys``: one entry per prompt).
+
+    ``method`` is an :class:`~seaflow.methods.base.AlignmentMethod` with a reward. Rows are
+    sampled and scored ``batch_rows`` at a time. Among equal rewards the earlier candidate
+    goes first; a non-finite reward ranks last. With ``keep == pool`` every sample is kept in
+    candidate order and nothing is scored (the plain start from the first samples).
+    """
+    if not 1 <= keep <= pool:
+        raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
+    if method.reward is None and keep < pool:
+        raise ValueError("a best-of-pool start ranks samples by reward: set model.init_args.reward")
+    rows = [(p, c) for p in range(len(prompt_ids)) for c in range(pool)]
+    tokens, lengths, rewards = [], [], []
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start : start + batch_rows]
+        ids = [prompt_ids[p] for p, _ in chunk]
+        gens = generation.row_generators([prompt_seed(method.seed, keys[p], c, "sample") for p, c in chunk], device=method.device)
+        t, n = generation.sample(
+            method.policy.model, ids, method.max_new_tokens, method.eos_ids, method.pad_id, gens,
+            temperature=method.temperature, top_p=method.top_p,
+        )
+        if keep < pool:
+            width = max(int(n.max()), 1)
+            batch = ResponseBatch(ids, [prompts[p] for p, _ in chunk], n.cpu(), width)
+            rewards.append(method.reward.value(method.reward.prepare(batch), t[:, :width]).float().cpu())
+        tokens.append(t)
+        lengths.append(n)
+    tokens, lengths = torch.cat(tokens), torch.cat(lengths)
+    if keep == pool:
+        return Pool(tokens, lengths, torch.arange(pool).repeat(len(prompt_ids)), None)
+    table = torch.cat(rewards).view(len(prompt_ids), pool)
+    ranked = torch.where(torch.isfinite(table), table, float("-inf"))
+    chosen = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :keep]
+    index = (torch.arange(len(prompt_ids)).unsqueeze(1) * pool + chosen).flatten()
+    return Pool(tokens[index.to(tokens.device)], lengths[index.to(lengths.device)], chosen.flatten(), table)
