@@ -25,6 +25,8 @@ class Pool:
     lengths: torch.Tensor  # (prompts * keep,)
     candidates: torch.Tensor  # (prompts * keep,) the candidate index of each chosen state
     rewards: torch.Tensor | None  # (prompts, pool) every candidate's reward (cpu); None when all are kept
+    first_tokens: torch.Tensor  # (prompts, L) candidate 0 of each prompt: the plain policy sample
+    first_lengths: torch.Tensor  # (prompts,)
 
 
 @torch.no_grad()
@@ -57,10 +59,12 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
         tokens.append(t)
         lengths.append(n)
     tokens, lengths = torch.cat(tokens), torch.cat(lengths)
+    first = (torch.arange(len(prompt_ids)) * pool).to(tokens.device)
     if keep == pool:
-        return Pool(tokens, lengths, torch.arange(pool).repeat(len(prompt_ids)), None)
+        return Pool(tokens, lengths, torch.arange(pool).repeat(len(prompt_ids)), None, tokens[first], lengths[first])
     table = torch.cat(rewards).view(len(prompt_ids), pool)
     ranked = torch.where(torch.isfinite(table), table, float("-inf"))
     chosen = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :keep]
     index = (torch.arange(len(prompt_ids)).unsqueeze(1) * pool + chosen).flatten()
-    return Pool(tokens[index.to(tokens.device)], lengths[index.to(lengths.device)], chosen.flatten(), table)
+    index = index.to(tokens.device)
+    return Pool(tokens[index], lengths[index], chosen.flatten(), table, tokens[first], lengths[first])
