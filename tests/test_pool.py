@@ -25,7 +25,6 @@ def test_sea_starts_from_the_best_of_the_pool(tiny_policy):
         assert s["initial_ref_logprob_per_token"] == pytest.approx(b["initial_ref_logprob_per_token"], abs=1e-5)
         assert s["initial_best_reward"] == pytest.approx(max(b["candidate_rewards"]))
         assert s["init_pool"] == 6
-        assert s["reward"] >= max(b["candidate_rewards"]) - 1e-6  # decode: best never returns worse than its start
 
 
 def test_the_pool_is_counted_in_the_cost(tiny_policy):

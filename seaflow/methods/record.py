@@ -76,7 +76,8 @@ class Record(TypedDict, total=False):
     rounds: int
     candidates_scored: int
     # GuidedSuffixMCMC (also chain, chain_initial_rewards, chain_rewards, chain_responses,
-    # initial_reward, initial_best_reward, trace and steps above)
+    # initial_reward, initial_best_reward, trace and steps above; SEA with init_pool writes
+    # chain_initial_candidates, init_pool and pool_rewards)
     chain_best_rewards: list[float]
     chain_initial_candidates: list[int]
     chain_acceptance: list[float]

@@ -12,6 +12,7 @@ import torch
 from seaflow import generation, layout
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import AlignmentMethod, prompt_seed
+from seaflow.methods.pool import best_of_pool
 from seaflow.methods.record import Record, make_record
 from seaflow.rng import RowGenerators
 from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
@@ -54,6 +55,10 @@ class SEA(AlignmentMethod):
         max_faults: a chain whose energy, gradient or new state is non-finite is rolled back
             to its last finite state with half the step size; after ``max_faults`` such faults
             in a row it is dropped (frozen and left out of selection). Logged in ``faults``.
+        init_pool: with ``init: sample``, start the chains from the best ``chains`` of this many
+            policy samples per prompt (Best-of-N's candidates; sampled and scored inside the
+            method, so counted in its cost); null = the first ``chains`` samples. The records'
+            ``initial_*`` fields stay the plain sample (candidate 0); ``pool_rewards`` lists all.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class SEA(AlignmentMethod):
         restrict_top_k: int | None = None,
         trace_every: int = 1,
         max_faults: int = 3,
+        init_pool: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -92,6 +98,11 @@ class SEA(AlignmentMethod):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
         if max_faults < 1:
             raise ValueError(f"max_faults must be >= 1, got {max_faults}")
+        if init_pool is not None and (init != "sample" or init_pool < chains or self.reward is None):
+            raise ValueError(
+                f"model.init_args.init_pool ({init_pool}) needs init: sample, a reward to rank the pool, and "
+                f"init_pool >= chains ({chains}); set it to null for the first {chains} samples"
+            )
         if self.reward is None and alpha != 0:
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
         self.sampler = sampler if sampler is not None else Langevin()
@@ -117,6 +128,7 @@ class SEA(AlignmentMethod):
         self.restrict_top_k = restrict_top_k
         self.trace_every = max(1, trace_every)
         self.max_faults = max_faults
+        self.init_pool = init_pool
 
     # -- the method ------------------------------------------------------------------------
 
@@ -145,9 +157,13 @@ class SEA(AlignmentMethod):
         ))
 
         # 1. init: logits that decode exactly to the policy's samples (or random logits)
-        allowed = None
-        if self.init == "sample":
+        allowed, pool = None, None
+        if self.init == "sample" and self.init_pool is not None:
+            pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool, self.chains)
+            tokens0, lengths = pool.tokens, pool.lengths
+        elif self.init == "sample":
             tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains)
+        if self.init == "sample":
             reference_logits = None
             if self.init_logits == "reference" or self.restrict_top_k:
                 with torch.no_grad():
@@ -187,7 +203,7 @@ class SEA(AlignmentMethod):
 
         # 5. select the best chain per prompt by discrete reward
         elapsed = time.perf_counter() - started
-        return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace, elapsed, energy_fn.evaluations)
+        return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace, elapsed, energy_fn.evaluations, pool)
 
     def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor, best_tokens=None):
         """Response tokens and lengths from the refined logits, by ``self.decode``."""
@@ -212,10 +228,17 @@ class SEA(AlignmentMethod):
         rows = [best_initial[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
         return Selection(rows=rows, best_initial=best_initial, fallback=fallback)
 
-    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations) -> list[Record]:
+    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations, pool=None) -> list[Record]:
         """One record per prompt: the selected chain (:meth:`select`) and every chain's summary."""
         chains, n_prompts = self.chains, len(batch["id"])
         texts0 = self.decode_text(tokens0, lengths0)
+        plain = None  # with a pool: the plain sample (candidate 0) of each prompt, for the initial_* fields
+        if pool is not None and pool.rewards is not None:
+            first_ll, _ = self.reference_stats(batch["prompt_ids"], batch["prompt"], pool.first_tokens, pool.first_lengths)
+            plain = {
+                "text": self.decode_text(pool.first_tokens, pool.first_lengths),
+                "ll": self.per_token(first_ll, pool.first_lengths),
+            }
         texts = self.decode_text(tokens, lengths)
         ll0 = self.per_token(initial["ref_token_logprobs"], lengths0)
         ll = self.per_token(final["ref_token_logprobs"], lengths)
@@ -240,9 +263,9 @@ class SEA(AlignmentMethod):
             out.append(make_record(
                 batch, p, self.method_name(), **response,
                 chain=row - p * chains,
-                initial_response=texts0[p * chains],
-                initial_reward=float(reward0[p * chains]),
-                initial_ref_logprob_per_token=ll0[p * chains],
+                initial_response=texts0[p * chains] if plain is None else plain["text"][p],
+                initial_reward=float(reward0[p * chains] if plain is None else pool.rewards[p, 0]),
+                initial_ref_logprob_per_token=ll0[p * chains] if plain is None else plain["ll"][p],
                 initial_best_response=texts0[first],
                 initial_best_reward=float(reward0[first]),
                 chain_rewards=reward[rows].tolist(),
@@ -259,6 +282,11 @@ class SEA(AlignmentMethod):
                     for event in trace.faults if rows.start <= event["chain"] < rows.stop
                 ],
                 fallback="initial_best" if selection.fallback[p] else None,
+                **({} if plain is None else {
+                    "chain_initial_candidates": [int(c) for c in pool.candidates[rows]],
+                    "init_pool": self.init_pool,
+                    "pool_rewards": pool.rewards[p].tolist(),
+                }),
                 wall_time_s=elapsed / n_prompts,
             ))
         return out
