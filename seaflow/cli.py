@@ -115,6 +115,11 @@ class SaveRunConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.already_saved:
             return
+        if not trainer.is_global_zero:
+            # rank 0 alone checks and writes; another rank reading config.yaml while rank 0
+            # writes it would see a half-written file and report a different run
+            self.already_saved = True
+            return
         output = self.config["output"]
         directory = Path(output["output_dir"])
         path = directory / self.config_filename
@@ -131,14 +136,15 @@ class SaveRunConfig(SaveConfigCallback):
                     f"output_dir '{directory}' holds records of a different run; its config.yaml differs in:\n"
                     f"    {shown}\n{ways_out(directory)}"
                 )
-        if trainer.is_global_zero:
-            try:  # before any model is loaded: a bad output_dir fails in seconds
-                directory.mkdir(parents=True, exist_ok=True)
-                self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-            except OSError as err:
-                raise OSError(
-                    f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
-                ) from None
+        try:  # before any model is loaded: a bad output_dir fails in seconds
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            self.parser.save(self.config, partial, skip_none=False, overwrite=True, multifile=False)
+            partial.replace(path)  # atomic: a crash never leaves a half-written config.yaml
+        except OSError as err:
+            raise OSError(
+                f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
+            ) from None
         self.already_saved = True
 
 
