@@ -1,6 +1,6 @@
 """seaflow: inference-time alignment of language models in continuous space (SEA)."""
 
-from seaflow import energies, relaxations, samplers  # noqa: F401  (register components)
+from seaflow import energies, relaxations, samplers, schedules  # noqa: F401  (every component, for seaflow list)
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
 from seaflow.methods import ARGS, CBS, SEA, AlignmentMethod, BestOfN, BiasedDecoding, GuidedSuffixMCMC, Sample

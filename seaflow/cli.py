@@ -2,7 +2,7 @@
 
     seaflow predict --config configs/demo.yaml      # align the prompts, write JSONL
     seaflow predict --config configs/demo.yaml --print_config
-    seaflow list                                      # registered samplers, relaxations, energies, ...
+    seaflow list                                      # available samplers, relaxations, energies, ...
     seaflow report RUN_DIR [RUN_DIR ...] --out DIR    # markdown table and plots from finished runs
     seaflow calibrate --config configs/calibration/lexicon_sentiment.yaml   # reward AUC on labelled rows
     seaflow fit --config configs/reward_head.yaml     # train the refusal reward head
@@ -29,7 +29,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-import seaflow  # noqa: F401  (registers every built-in component)
+import seaflow  # noqa: F401  (imports every built-in component)
 from seaflow.data import PromptDataModule
 from seaflow.methods.base import AlignmentMethod
 from seaflow.models import ModelLoadError
@@ -217,18 +217,28 @@ def explain_unknown_classes(message: str) -> str:
 
 
 def list_components() -> str:
-    """Human-readable listing of every registered component family."""
+    """Human-readable listing of every component family: the imported subclasses of each base."""
     from seaflow.energies.base import EnergyTerm
     from seaflow.methods.base import AlignmentMethod as Method
     from seaflow.relaxations.base import Relaxation
     from seaflow.samplers.base import Sampler
-    from seaflow.samplers.schedules import Schedule
+    from seaflow.schedules import Schedule
 
     methods = sorted(cls.__name__ for cls in _subclasses(Method))
     lines = [f"methods:      {', '.join(methods)}"]
-    for title, family in (("samplers", Sampler), ("schedules", Schedule), ("relaxations", Relaxation), ("energies", EnergyTerm)):
-        lines.append(f"{title + ':':<13} {', '.join(family.available())}")
+    for title, family, contract in (("samplers", Sampler, "step"), ("schedules", Schedule, "__call__"),
+                                    ("relaxations", Relaxation, "forward"), ("energies", EnergyTerm, "value")):
+        lines.append(f"{title + ':':<13} {', '.join(available(family, contract))}")
     return "\n".join(lines)
+
+
+def available(family: type, contract: str) -> list[str]:
+    """Names of the components of ``family``: its subclasses, built-in or user-defined, that
+    implement the ``contract`` method (intermediate bases do not); private (``_``) names left out."""
+    return sorted({
+        cls.__name__ for cls in _subclasses(family)
+        if not cls.__name__.startswith("_") and getattr(cls, contract) is not getattr(family, contract)
+    })
 
 
 def _subclasses(cls):
@@ -247,13 +257,13 @@ def _report(args: list[str]) -> None:  # compare finished runs (seaflow/report.p
     report(args)
 
 
-def _calibrate(args: list[str]) -> None:  # score a reward on labelled rows (seaflow/calibrate.py)
+def _calibrate(args: list[str]) -> None:  # score a reward on labelled rows (seaflow/calibrate/)
     from seaflow.calibrate import main as calibrate
 
     calibrate(args)
 
 
-def _fit(args: list[str]) -> None:  # train a LightningModule, e.g. the reward head (seaflow/reward_head.py)
+def _fit(args: list[str]) -> None:  # train a LightningModule, e.g. the reward head (seaflow/reward_head/)
     from seaflow.reward_head import fit_main
 
     fit_main(args)

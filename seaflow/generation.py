@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import layout as L
+from seaflow.layout import active_mask, build_layout, cache_argument, output_cache
 
 
 def row_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -59,11 +59,11 @@ def sample(
     """
     device = model.get_input_embeddings().weight.device
     batch = len(prompt_ids)
-    layout = L.build_layout(prompt_ids, torch.zeros(batch, dtype=torch.long), pad_id).to(device)
+    layout = build_layout(prompt_ids, torch.zeros(batch, dtype=torch.long), pad_id).to(device)
     mask = layout.attention_mask
     positions = layout.position_ids
     out = model(input_ids=layout.ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    past = L.output_cache(out)
+    past = output_cache(out)
     logits = out.logits[:, -1].float()
     next_pos = positions[:, -1:] + 1
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -87,9 +87,9 @@ def sample(
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         out = model(
             input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-            use_cache=True, **{L.cache_argument(model): past},
+            use_cache=True, **{cache_argument(model): past},
         )
-        past = L.output_cache(out)
+        past = output_cache(out)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return tokens, lengths
@@ -112,7 +112,7 @@ def guided_decode(
     their active length or when EOS is chosen.
     """
     width = logits.shape[1]
-    active = L.active_mask(lengths.to(logits.device), width)
+    active = active_mask(lengths.to(logits.device), width)
 
     def choose(step: int, next_logits: torch.Tensor) -> torch.Tensor:
         candidates = next_logits.topk(top_k, dim=-1).indices  # (B, k)

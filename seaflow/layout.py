@@ -48,6 +48,47 @@ class Layout:
     def to(self, device) -> "Layout":
         return Layout(**{k: v.to(device) for k, v in self.__dict__.items()})
 
+    def run(self, model: torch.nn.Module, response: torch.Tensor, **kwargs):
+        """Run ``model`` on the rows with ``response`` in their slots."""
+        return model(
+            inputs_embeds=input_embeddings(model, self, response),
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+
+    def next_token_logit_blocks(self, model: torch.nn.Module, response: torch.Tensor) -> list[torch.Tensor]:
+        """The logits that predict the response positions, as consecutive blocks along the response.
+
+        Concatenated along dimension 1 they are ``(B, L, V)``; values at inactive positions are
+        unspecified (callers mask them). The blocks keep the model's dtype and are not joined, so
+        a caller that reduces over the vocabulary block by block never holds a second full
+        ``(B, L, V)`` copy. Here one block; :class:`PrefixLayout` gives two. Needs rows that end
+        with the response (no ``after`` tokens).
+        """
+        if int(self.after_lengths.max()) != 0:
+            raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
+        max_len = response.shape[1]
+        keep = max_len + 1
+        logits = self.run(model, response, logits_to_keep=keep).logits[:, -keep:]
+        lengths = self.lengths.to(logits.device)
+        # Row i's response position t sits at window index (keep - 1 - lengths[i]) + t and is
+        # predicted by the logits one step earlier.
+        t = torch.arange(max_len, device=logits.device)
+        index = (max_len - lengths).unsqueeze(1) + t.unsqueeze(0)
+        index = index.clamp(max=keep - 2)
+        if bool((index == t.unsqueeze(0)).all()):  # every row is full length: a slice, no copy
+            return [logits[:, :max_len]]
+        index = index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        return [logits.gather(1, index)]
+
+    def next_token_logits(self, model: torch.nn.Module, response: torch.Tensor) -> torch.Tensor:
+        """Logits that predict each response position, ``(B, L, V)``, float32. Positions beyond a
+        row's active length hold the logits of its last active position and must be masked by callers."""
+        return joined(self.next_token_logit_blocks(model, response))
+
+
 
 def build_layout(
     before: list[list[int]],
@@ -101,71 +142,6 @@ def input_embeddings(model: torch.nn.Module, layout: Layout, response: torch.Ten
     return torch.where(layout.response_slots.unsqueeze(-1), gathered, fixed)
 
 
-def run(model: torch.nn.Module, layout: Layout, response: torch.Tensor, **kwargs):
-    """Run ``model`` on ``layout`` with ``response`` in its slots."""
-    return model(
-        inputs_embeds=input_embeddings(model, layout, response),
-        attention_mask=layout.attention_mask,
-        position_ids=layout.position_ids,
-        use_cache=False,
-        **kwargs,
-    )
-
-
-def next_token_logits(model: torch.nn.Module, layout: "Layout | PrefixLayout", response: torch.Tensor) -> torch.Tensor:
-    """Logits that predict each response position, ``(B, L, V)``, float32.
-
-    Requires ``after`` to be empty (the response ends every row). Positions beyond a row's
-    active length hold the logits of its last active position and must be masked by callers.
-    A :class:`PrefixLayout` with a cache runs only the response positions.
-    """
-    blocks = next_token_logit_blocks(model, layout, response)
-    logits = torch.cat([block.float() for block in blocks], dim=1) if len(blocks) > 1 else blocks[0].float()
-    if isinstance(layout, PrefixLayout):
-        # the uncached convention: positions past a row's length repeat its last active position
-        lengths = layout.lengths.to(logits.device)
-        max_len = response.shape[1]
-        if bool((lengths < max_len).any()):
-            t = torch.arange(max_len, device=logits.device)
-            index = torch.minimum(t.unsqueeze(0), (lengths - 1).clamp(min=0).unsqueeze(1))
-            logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return logits
-
-
-def next_token_logit_blocks(model: torch.nn.Module, layout: "Layout | PrefixLayout", response: torch.Tensor) -> list[torch.Tensor]:
-    """The logits that predict the response positions, as consecutive blocks along the response.
-
-    Concatenated along dimension 1 they are ``(B, L, V)``; values at inactive positions are
-    unspecified (callers mask them). The blocks keep the model's dtype and are not joined, so
-    a caller that reduces over the vocabulary block by block never holds a second full
-    ``(B, L, V)`` copy: with a cached prefix they are the prefix's last-position logits
-    ``(B, 1, V)`` (float32) and the response tail's ``(B, L - 1, V)`` as the model returns them.
-    """
-    if isinstance(layout, PrefixLayout):
-        if layout.after_ids.shape[1]:
-            raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
-        first = layout.last_logits.unsqueeze(1)  # predicts response position 0
-        if response.shape[1] == 1:
-            return [first]
-        # position t is predicted by the output at slot t-1: the last slot's output is never needed
-        return [first, run_tail(model, layout, response, slots=response.shape[1] - 1).logits]
-    if int(layout.after_lengths.max()) != 0:
-        raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
-    max_len = response.shape[1]
-    keep = max_len + 1
-    logits = run(model, layout, response, logits_to_keep=keep).logits[:, -keep:]
-    lengths = layout.lengths.to(logits.device)
-    # Row i's response position t sits at window index (keep - 1 - lengths[i]) + t and is
-    # predicted by the logits one step earlier.
-    t = torch.arange(max_len, device=logits.device)
-    index = (max_len - lengths).unsqueeze(1) + t.unsqueeze(0)
-    index = index.clamp(max=keep - 2)
-    if bool((index == t.unsqueeze(0)).all()):  # every row is full length: a slice, no copy
-        return [logits[:, :max_len]]
-    index = index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    return [logits.gather(1, index)]
-
-
 # -- fixed prefix + response tail, with the prefix's key/value cache computed once ----------
 
 
@@ -199,6 +175,66 @@ class PrefixLayout:
         }
         kv = None if self.key_values is None else tuple((k.to(device), v.to(device)) for k, v in self.key_values)
         return PrefixLayout(**moved, key_values=kv)
+
+    def run(self, model: torch.nn.Module, response: torch.Tensor, slots: int | None = None, **kwargs):
+        """Run ``model`` on the first ``slots`` response slots (default: all) and the ``after`` block, on top of the cache.
+
+        The stored cache is never modified: it is re-wrapped in a fresh ``DynamicCache`` on every
+        call (whose first update copies it), so calls are independent and their gradients reach
+        only ``response``.
+        """
+        from transformers import DynamicCache
+
+        slots = response.shape[1] if slots is None else slots
+        if self.key_values is None:
+            raise ValueError("this PrefixLayout has no cache: build it with with_prefix_cache(model, layout)")
+        if self.owner != id(model):
+            raise ValueError("this PrefixLayout's cache was computed by another model; recompute it with with_prefix_cache")
+        embedding = model.get_input_embeddings()
+        device = self.ids.device
+        parts = [response_embeddings(embedding, response[:, :slots])]
+        t = torch.arange(slots, device=device)
+        lengths = self.lengths.to(device)
+        masks = [self.attention_mask, (t.unsqueeze(0) < lengths.unsqueeze(1)).long()]
+        positions = [self.prompt_lengths.unsqueeze(1) + t.unsqueeze(0)]
+        if self.after_ids.shape[1]:
+            parts.append(embedding(self.after_ids))
+            masks.append(self.after_mask)
+            after_start = self.prompt_lengths + lengths
+            positions.append(after_start.unsqueeze(1) + (self.after_mask.cumsum(dim=1) - 1).clamp(min=0))
+        cache = DynamicCache(ddp_cache_data=self.key_values, config=model.config)
+        return model(
+            inputs_embeds=torch.cat(parts, dim=1).to(embedding.weight.dtype),
+            attention_mask=torch.cat(masks, dim=1),
+            position_ids=torch.cat(positions, dim=1),
+            use_cache=True,
+            **{cache_argument(model): cache},
+            **kwargs,
+        )
+
+    def next_token_logit_blocks(self, model: torch.nn.Module, response: torch.Tensor) -> list[torch.Tensor]:
+        """As :meth:`Layout.next_token_logit_blocks`, on the cached prefix: the prefix's last-position
+        logits ``(B, 1, V)`` (float32) and the response tail's ``(B, L - 1, V)`` as the model returns them."""
+        if self.after_ids.shape[1]:
+            raise ValueError("next_token_logits needs rows that end with the response (no 'after' tokens)")
+        first = self.last_logits.unsqueeze(1)  # predicts response position 0
+        if response.shape[1] == 1:
+            return [first]
+        # position t is predicted by the output at slot t-1: the last slot's output is never needed
+        return [first, self.run(model, response, slots=response.shape[1] - 1).logits]
+
+    def next_token_logits(self, model: torch.nn.Module, response: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Layout.next_token_logits`: only the response positions run."""
+        logits = joined(self.next_token_logit_blocks(model, response))
+        # the uncached convention: positions past a row's length repeat its last active position
+        lengths = self.lengths.to(logits.device)
+        max_len = response.shape[1]
+        if bool((lengths < max_len).any()):
+            t = torch.arange(max_len, device=logits.device)
+            index = torch.minimum(t.unsqueeze(0), (lengths - 1).clamp(min=0).unsqueeze(1))
+            logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        return logits
+
 
 
 def build_prefix_layout(
@@ -278,40 +314,9 @@ def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout, head: torch.
     return replace(layout, key_values=key_values, last_logits=last.float(), owner=id(model))
 
 
-def run_tail(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor, slots: int, **kwargs):
-    """Run ``model`` on the first ``slots`` response slots and the ``after`` block, on top of the cache.
-
-    The stored cache is never modified: it is re-wrapped in a fresh ``DynamicCache`` on every
-    call (whose first update copies it), so calls are independent and their gradients reach
-    only ``response``.
-    """
-    from transformers import DynamicCache
-
-    if layout.key_values is None:
-        raise ValueError("this PrefixLayout has no cache: build it with with_prefix_cache(model, layout)")
-    if layout.owner != id(model):
-        raise ValueError("this PrefixLayout's cache was computed by another model; recompute it with with_prefix_cache")
-    embedding = model.get_input_embeddings()
-    device = layout.ids.device
-    parts = [response_embeddings(embedding, response[:, :slots])]
-    t = torch.arange(slots, device=device)
-    lengths = layout.lengths.to(device)
-    masks = [layout.attention_mask, (t.unsqueeze(0) < lengths.unsqueeze(1)).long()]
-    positions = [layout.prompt_lengths.unsqueeze(1) + t.unsqueeze(0)]
-    if layout.after_ids.shape[1]:
-        parts.append(embedding(layout.after_ids))
-        masks.append(layout.after_mask)
-        after_start = layout.prompt_lengths + lengths
-        positions.append(after_start.unsqueeze(1) + (layout.after_mask.cumsum(dim=1) - 1).clamp(min=0))
-    cache = DynamicCache(ddp_cache_data=layout.key_values, config=model.config)
-    return model(
-        inputs_embeds=torch.cat(parts, dim=1).to(embedding.weight.dtype),
-        attention_mask=torch.cat(masks, dim=1),
-        position_ids=torch.cat(positions, dim=1),
-        use_cache=True,
-        **{cache_argument(model): cache},
-        **kwargs,
-    )
+def joined(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Logit blocks joined along the response, float32."""
+    return torch.cat([block.float() for block in blocks], dim=1) if len(blocks) > 1 else blocks[0].float()
 
 
 def active_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

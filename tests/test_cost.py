@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seaflow import cost
-from seaflow import layout as L
+from seaflow.layout import build_layout
 from seaflow.energies import RewardModel
 from seaflow.methods import BestOfN, Sample
 from seaflow.metrics import summarize
@@ -44,10 +44,10 @@ def test_body_params_are_the_linear_weights(eager_policy):
 
 def test_flops_match_torch_flop_counter_forward_backward_relaxed(eager_policy):
     model = eager_policy.model
-    layout = L.build_layout([[5, 6, 7], [8, 9]], torch.tensor([4, 4]), 0)
+    layout = build_layout([[5, 6, 7], [8, 9]], torch.tensor([4, 4]), 0)
     response = torch.softmax(torch.randn(2, 4, model.config.vocab_size), -1).requires_grad_(True)
     with cost.CostMeter() as meter, FlopCounterMode(display=False) as counter:
-        logits = L.run(model, layout, response).logits
+        logits = layout.run(model, response).logits
         logits.float().logsumexp(-1).sum().backward()
     counts = meter.totals()["models"]["policy"]
     assert counts["forward_tokens"] == counts["backward_tokens"] == 2 * 7

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from seaflow import layout as L
+from seaflow.layout import active_mask, build_layout
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
 from seaflow.energies.base import ResponseBatch
 
@@ -18,7 +18,7 @@ def _batch(policy, prompts=("describe the city", "tell me about the weather toda
 def _tokens(policy, batch, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(4, policy.vocab_size, (len(batch), batch.max_length), generator=g)
-    active = L.active_mask(batch.lengths, batch.max_length)
+    active = active_mask(batch.lengths, batch.max_length)
     return tokens.masked_fill(~active, policy.tokenizer.pad_token_id)
 
 
@@ -199,9 +199,9 @@ def test_next_token_logits_full_rows_and_ragged_rows_agree(tiny_policy):
     """The slice taken when every row is full length equals the gather of the ragged path."""
     batch = _batch(tiny_policy, lengths=[6, 6])
     tokens = _tokens(tiny_policy, batch)
-    layout = L.build_layout(batch.prompt_ids, batch.lengths, tiny_policy.tokenizer.pad_token_id)
-    full = L.next_token_logits(tiny_policy.model, layout, tokens)
+    layout = build_layout(batch.prompt_ids, batch.lengths, tiny_policy.tokenizer.pad_token_id)
+    full = layout.next_token_logits(tiny_policy.model, tokens)
     for row in range(2):
-        alone = L.build_layout(batch.prompt_ids[row : row + 1], torch.tensor([5]), tiny_policy.tokenizer.pad_token_id)
-        got = L.next_token_logits(tiny_policy.model, alone, tokens[row : row + 1, :6])
+        alone = build_layout(batch.prompt_ids[row : row + 1], torch.tensor([5]), tiny_policy.tokenizer.pad_token_id)
+        got = alone.next_token_logits(tiny_policy.model, tokens[row : row + 1, :6])
         torch.testing.assert_close(got[0, :5], full[row, :5], rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seaflow import layout as L
+from seaflow.layout import Layout, PrefixLayout, active_mask
 from seaflow.energies import PromptedJudge, ReferenceLogLikelihood
 from seaflow.energies.base import ResponseBatch
 from seaflow.models import load_causal_lm
@@ -46,14 +46,14 @@ def test_reference_cached_equals_uncached(policy, lengths, width):
     batch = _batch(policy, lengths, width)
     plain, cached = _pair(ReferenceLogLikelihood, policy)
     plain_state, cached_state = plain.prepare(batch), cached.prepare(batch)
-    assert isinstance(plain_state, L.Layout) and isinstance(cached_state, L.PrefixLayout)
+    assert isinstance(plain_state, Layout) and isinstance(cached_state, PrefixLayout)
     y = torch.randn(len(lengths), width, policy.vocab_size, generator=torch.Generator().manual_seed(1)) * 3
     value, grad = _value_and_grad(plain, plain_state, y)
     value_c, grad_c = _value_and_grad(cached, cached_state, y)
     torch.testing.assert_close(value_c, value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_c, grad, rtol=1e-4, atol=1e-6)
     # inactive positions get no gradient on either path
-    inactive = ~L.active_mask(batch.lengths, width)
+    inactive = ~active_mask(batch.lengths, width)
     assert grad_c[inactive].abs().max() == 0 if inactive.any() else True
 
 
@@ -63,8 +63,8 @@ def test_next_token_logits_cached_equals_uncached(policy):
     plain, cached = _pair(ReferenceLogLikelihood, policy)
     tokens = torch.randint(4, policy.vocab_size, (4, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = L.next_token_logits(policy.model, plain.prepare(batch), tokens)
-        got = L.next_token_logits(policy.model, cached.prepare(batch), tokens)
+        expected = plain.prepare(batch).next_token_logits(policy.model, tokens)
+        got = cached.prepare(batch).next_token_logits(policy.model, tokens)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -117,14 +117,14 @@ def test_cache_belongs_to_its_model(tiny_policy, tiny_models):
     prepared = cached.prepare(batch)
     other = load_causal_lm(str(tiny_models["policy"]))
     with pytest.raises(ValueError, match="another model"):
-        L.next_token_logits(other.model, prepared, torch.zeros(2, 3, dtype=torch.long))
+        prepared.next_token_logits(other.model, torch.zeros(2, 3, dtype=torch.long))
 
 
 def test_judge_cached_equals_uncached(tiny_policy):
     batch = _batch(tiny_policy, [6, 2, 4], 6)
     plain, cached = _pair(PromptedJudge, tiny_policy)
     plain_state, cached_state = plain.prepare(batch), cached.prepare(batch)
-    assert isinstance(cached_state, L.PrefixLayout) and cached_state.after_ids.shape[1] > 0
+    assert isinstance(cached_state, PrefixLayout) and cached_state.after_ids.shape[1] > 0
     y = torch.randn(3, 6, tiny_policy.vocab_size, generator=torch.Generator().manual_seed(4)) * 3
     value, grad = _value_and_grad(plain, plain_state, y)
     value_c, grad_c = _value_and_grad(cached, cached_state, y)

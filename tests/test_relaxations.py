@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from seaflow.cli import available
 from seaflow.relaxations import GumbelSoftmax, Relaxation, Softmax, StraightThrough
-from seaflow.samplers import Linear
+from seaflow.schedules import Linear
 
 ALL = [StraightThrough(), Softmax(temperature=0.7), GumbelSoftmax(), GumbelSoftmax(hard=False, temperature=0.5)]
 IDS = ["straight-through", "softmax", "gumbel-hard", "gumbel-soft"]
@@ -155,4 +156,4 @@ def test_gumbel_rejects_bad_temperatures(kwargs, field):
 
 
 def test_registered():
-    assert {"StraightThrough", "Softmax", "GumbelSoftmax"} <= set(Relaxation.available())
+    assert {"StraightThrough", "Softmax", "GumbelSoftmax"} <= set(available(Relaxation, "forward"))

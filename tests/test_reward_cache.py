@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seaflow import layout as L
+from seaflow.layout import Layout, PrefixLayout, active_mask
 from seaflow.energies import PromptedJudge, RewardModel
 from seaflow.energies.base import ResponseBatch
 
@@ -44,13 +44,13 @@ def test_reward_cached_equals_uncached(tiny_policy, tiny_models, attention, leng
     for term in (plain, cached):
         term.reward_model.set_attn_implementation(attention)
     plain_state, cached_state = plain.prepare(batch), cached.prepare(batch)
-    assert isinstance(plain_state, L.Layout) and isinstance(cached_state, L.PrefixLayout)
+    assert isinstance(plain_state, Layout) and isinstance(cached_state, PrefixLayout)
     y = torch.randn(len(lengths), width, tiny_policy.vocab_size, generator=torch.Generator().manual_seed(1)) * 3
     value, grad = _value_and_grad(plain, plain_state, y)
     value_c, grad_c = _value_and_grad(cached, cached_state, y)
     torch.testing.assert_close(value_c, value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_c, grad, rtol=1e-4, atol=1e-6)
-    inactive = ~L.active_mask(batch.lengths, width)
+    inactive = ~active_mask(batch.lengths, width)
     if inactive.any():  # positions past a row's length get no gradient on either path
         assert grad_c[inactive].abs().max() == 0 and grad[inactive].abs().max() == 0
 
@@ -59,7 +59,7 @@ def test_reward_cached_one_hot_equals_ids_and_plain_forward(tiny_policy, tiny_mo
     batch = _batch(tiny_policy, [6, 3, 5], 6)
     cached = _reward(tiny_models, tiny_policy)
     prepared = cached.prepare(batch)
-    assert isinstance(prepared, L.PrefixLayout)
+    assert isinstance(prepared, PrefixLayout)
     tokens = torch.randint(4, tiny_policy.vocab_size, (3, 6), generator=torch.Generator().manual_seed(2))
     from_ids = cached.value(prepared, tokens)
     from_one_hot = cached.value(prepared, F.one_hot(tokens, tiny_policy.vocab_size).float())
@@ -91,7 +91,7 @@ def test_reward_falls_back_to_whole_rows_without_a_prompt(tiny_policy, tiny_mode
     cached = _reward(tiny_models, tiny_policy, include_prompt=False)
     plain = _reward(tiny_models, tiny_policy, include_prompt=False, cache_prefix=False)
     state = cached.prepare(batch)
-    assert isinstance(state, L.Layout)
+    assert isinstance(state, Layout)
     tokens = torch.randint(4, tiny_policy.vocab_size, (2, 5), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(cached.value(state, tokens), plain.value(plain.prepare(batch), tokens))
 
@@ -103,7 +103,7 @@ def test_reward_model_assigned_directly_still_caches(tiny_policy, tiny_models):
     term = RewardModel(model="(in memory)")
     term.reward_model, term.pad_id = loaded.reward_model, 0
     prepared = term.prepare(batch)
-    assert isinstance(prepared, L.PrefixLayout)
+    assert isinstance(prepared, PrefixLayout)
     tokens = torch.randint(4, tiny_policy.vocab_size, (2, 4), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(term.value(prepared, tokens), loaded.value(loaded.prepare(batch), tokens))
 

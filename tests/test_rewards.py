@@ -131,6 +131,24 @@ def test_auc_against_direct_pair_count():
     assert auc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
 
 
+def test_best_threshold_against_every_rule():
+    """The best "score > t" rule over every candidate t, counted directly: same accuracy, and the
+    same threshold (the lowest of the best, halfway between neighbouring scores)."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        scores = (torch.randint(0, 6, (25,), generator=g).float() * 7.5 - 10).tolist()  # ties, scores far outside [0, 1]
+        labels = torch.randint(0, 2, (25,), generator=g).tolist()
+        values = sorted(set(scores))
+        candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 0.5]
+        counted = [(sum((s > t) == bool(y) for s, y in zip(scores, labels)) / len(scores), t) for t in candidates]
+        best = max(a for a, _ in counted)
+        assert best_threshold(scores, labels) == (best, next(t for a, t in counted if a == best))
+
+
+def test_auc_keeps_the_order_of_large_scores():
+    assert auc([40.0, 41.0, 42.0, 43.0], [0, 0, 1, 1]) == 1.0  # a sigmoid would tie them in float64
+
+
 def test_best_threshold_accuracy():
     accuracy, threshold = best_threshold([0.1, 0.2, 0.8, 0.3, 0.9], [0, 0, 1, 1, 1])
     assert accuracy == 1.0 and 0.2 < threshold < 0.3

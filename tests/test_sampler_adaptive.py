@@ -37,7 +37,7 @@ class TestAdaptiveLangevinPSGLD(SamplerContract):
 
     def optimiser_for(self, target):
         # RMSprop with a constant rate hovers around the minimum; a decaying rate lands on it
-        from seaflow.samplers import Linear
+        from seaflow.schedules import Linear
 
         return self.make_sampler(Linear(0.05, 0.0), noise_scale=0.0, beta=0.9, adapt_until=1.0), 1500
 

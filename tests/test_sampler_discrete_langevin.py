@@ -25,12 +25,14 @@ import yaml
 from sampler_contract import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
 
 from seaflow import SEA
+from seaflow.cli import available
 from seaflow.energies import LexiconReward, ReferenceLogLikelihood
 from seaflow.energies.base import ResponseBatch
 from seaflow.refine import EnergyFunction
 from seaflow.relaxations import OneHot, Relaxation, StraightThrough
 from seaflow.rng import RowGenerators
-from seaflow.samplers import DiscreteLangevin, Evaluation, FunctionEnergy, Linear, Sampler
+from seaflow.samplers import DiscreteLangevin, Evaluation, FunctionEnergy, Sampler
+from seaflow.schedules import Linear
 
 ROOT = Path(__file__).parent.parent
 STATS = torch.float64
@@ -407,8 +409,8 @@ def test_rejects_a_state_without_categories_and_a_bad_mask():
 
 
 def test_registered():
-    assert "DiscreteLangevin" in Sampler.available()
-    assert "OneHot" in Relaxation.available()
+    assert "DiscreteLangevin" in available(Sampler, "step")
+    assert "OneHot" in available(Relaxation, "forward")
 
 
 # -- the OneHot relaxation -------------------------------------------------------------------------

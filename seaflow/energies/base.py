@@ -14,20 +14,19 @@ weights. A term works in three phases:
    It returns one number per row, shape ``(B,)``. Feeding ``one_hot(ids)`` must give the
    same value as feeding ``ids`` (tested for every built-in term).
 
-Subclass :class:`Reward` for reward terms; every subclass is listed in
-``EnergyTerm.registry``.
+Subclass :class:`Reward` for reward terms; ``seaflow list`` shows every subclass that
+implements :meth:`EnergyTerm.value`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from seaflow.models import LoadedModel
-from seaflow.registry import Registered
 
 
 @dataclass
@@ -48,10 +47,8 @@ class ResponseBatch:
         return len(self.prompt_ids)
 
 
-class EnergyTerm(nn.Module, Registered):
+class EnergyTerm(nn.Module):
     """Base class of energy terms; see the module docstring for the contract."""
-
-    registry: ClassVar[dict[str, type]] = {}
 
     def setup(self, policy: LoadedModel) -> None:
         """Load or borrow models; check that they share ``policy``'s vocabulary."""
@@ -124,8 +121,6 @@ def _specials(tokenizer) -> dict[str, object]:
 
 class Reward(EnergyTerm):
     """A reward term ``r(x, y)``: higher is better. SEA weights it by ``alpha``."""
-
-    abstract = True
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor,

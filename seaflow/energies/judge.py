@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import layout as L
+from seaflow.layout import Layout, PrefixLayout, build_layout, build_prefix_layout, supports_prefix_cache, with_prefix_cache
 from seaflow.encoding import chat_segments, encode_segments
 from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_causal_lm
@@ -89,7 +89,7 @@ class PromptedJudge(Reward):
                 "PromptedJudge has use_chat_template: true but the judge's tokenizer has no chat "
                 "template; set use_chat_template: false"
             )
-        self._cacheable = self.cache_prefix and L.supports_prefix_cache(self.judge_model)
+        self._cacheable = self.cache_prefix and supports_prefix_cache(self.judge_model)
         self.positive_ids = self._answer_ids(self.positive)
         self.negative_ids = self._answer_ids(self.negative)
         overlap = set(self.positive_ids) & set(self.negative_ids)
@@ -127,7 +127,7 @@ class PromptedJudge(Reward):
         after = [(tail, True)] + pieces[at + 1 :]
         return encode_segments(self.tokenizer, before), encode_segments(self.tokenizer, after)
 
-    def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
+    def prepare(self, batch: ResponseBatch) -> Layout | PrefixLayout:
         cache: dict[str, tuple[list[int], list[int]]] = {}
         befores, afters = [], []
         for prompt in batch.prompts:
@@ -138,17 +138,15 @@ class PromptedJudge(Reward):
         device = self.judge_model.get_input_embeddings().weight.device
         pad = self.tokenizer.pad_token_id
         if getattr(self, "_cacheable", False) and all(befores) and all(afters):
-            layout = L.build_prefix_layout(befores, batch.lengths, pad, after=afters).to(device)
-            return L.with_prefix_cache(self.judge_model, layout)
-        return L.build_layout(befores, batch.lengths, pad, after=afters).to(device)
+            layout = build_prefix_layout(befores, batch.lengths, pad, after=afters).to(device)
+            return with_prefix_cache(self.judge_model, layout)
+        return build_layout(befores, batch.lengths, pad, after=afters).to(device)
 
-    def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    def value(self, prepared: Layout | PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         home = response.device
         response = response.to(self.judge_model.get_input_embeddings().weight.device)
-        if isinstance(prepared, L.PrefixLayout):  # the response and the closing text, on the cached template
-            output = L.run_tail(self.judge_model, prepared, response, slots=response.shape[1], logits_to_keep=1)
-        else:
-            output = L.run(self.judge_model, prepared, response, logits_to_keep=1)
+        # the response and the closing text (on the cached template with a PrefixLayout)
+        output = prepared.run(self.judge_model, response, logits_to_keep=1)
         logits = output.logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         pos = torch.logsumexp(logp[:, self.positive_ids], dim=-1)

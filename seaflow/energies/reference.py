@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import layout as L
+from seaflow.layout import Layout, PrefixLayout, active_mask, build_layout, build_prefix_layout, supports_prefix_cache, with_prefix_cache
 from seaflow.energies.base import EnergyTerm, ResponseBatch
 from seaflow.models import LoadedModel
 
@@ -29,28 +29,28 @@ class ReferenceLogLikelihood(EnergyTerm):
 
     def setup(self, policy: LoadedModel) -> None:
         object.__setattr__(self, "policy", policy)
-        self._cacheable = self.cache_prefix and L.supports_prefix_cache(policy.model)
+        self._cacheable = self.cache_prefix and supports_prefix_cache(policy.model)
 
-    def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
+    def prepare(self, batch: ResponseBatch) -> Layout | PrefixLayout:
         pad = self.policy.tokenizer.pad_token_id
         device = self.policy.model.get_input_embeddings().weight.device
         if getattr(self, "_cacheable", False) and all(batch.prompt_ids):
-            layout = L.build_prefix_layout(batch.prompt_ids, batch.lengths, pad).to(device)
-            return L.with_prefix_cache(self.policy.model, layout)
-        return L.build_layout(batch.prompt_ids, batch.lengths, pad).to(device)
+            layout = build_prefix_layout(batch.prompt_ids, batch.lengths, pad).to(device)
+            return with_prefix_cache(self.policy.model, layout)
+        return build_layout(batch.prompt_ids, batch.lengths, pad).to(device)
 
-    def token_logprobs(self, layout: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    def token_logprobs(self, layout: Layout | PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         """Per-position log-likelihood ``(B, L)``, zero at inactive positions."""
         pieces, start = [], 0
-        for logits in L.next_token_logit_blocks(self.policy.model, layout, response):
+        for logits in layout.next_token_logit_blocks(self.policy.model, response):
             width = logits.shape[1]
             pieces.append(_token_logprobs(logits, response[:, start : start + width]))
             start += width
         per_token = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
-        mask = L.active_mask(layout.lengths.to(per_token.device), response.shape[1])
+        mask = active_mask(layout.lengths.to(per_token.device), response.shape[1])
         return per_token * mask
 
-    def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    def value(self, prepared: Layout | PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         return self.token_logprobs(prepared, response).sum(-1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import layout as L
+from seaflow.layout import Layout, PrefixLayout, build_layout, build_prefix_layout, supports_prefix_cache, with_prefix_cache
 from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_sequence_classifier
 
@@ -77,34 +77,34 @@ class RewardModel(Reward):
         else:
             self.reward_model = model
         self.pad_id = pad_id
-        self._cache_parts = _classifier_parts(model) if self.cache_prefix and L.supports_prefix_cache(model) else None
+        self._cache_parts = _classifier_parts(model) if self.cache_prefix and supports_prefix_cache(model) else None
 
-    def prepare(self, batch: ResponseBatch) -> L.Layout | L.PrefixLayout:
+    def prepare(self, batch: ResponseBatch) -> Layout | PrefixLayout:
         if not hasattr(self, "_cache_parts"):  # a model assigned directly, not through attach()
             self.attach(self.reward_model, self.pad_id)
         before = batch.prompt_ids if self.include_prompt else [[] for _ in range(len(batch))]
         device = self.reward_model.get_input_embeddings().weight.device
         if self._cache_parts is not None and all(before):
             backbone, head = self._cache_parts
-            layout = L.build_prefix_layout(before, batch.lengths, self.pad_id).to(device)
-            return L.with_prefix_cache(backbone, layout, head=head)
-        return L.build_layout(before, batch.lengths, self.pad_id).to(device)
+            layout = build_prefix_layout(before, batch.lengths, self.pad_id).to(device)
+            return with_prefix_cache(backbone, layout, head=head)
+        return build_layout(before, batch.lengths, self.pad_id).to(device)
 
-    def value(self, prepared: L.Layout | L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    def value(self, prepared: Layout | PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         home = response.device
         response = response.to(self.reward_model.get_input_embeddings().weight.device)
-        if isinstance(prepared, L.PrefixLayout):
+        if isinstance(prepared, PrefixLayout):
             logits = self._cached_logits(prepared, response)
         else:
-            logits = L.run(self.reward_model, prepared, response).logits
+            logits = prepared.run(self.reward_model, response).logits
         return logits[:, self.label_index].float().to(home)
 
-    def _cached_logits(self, layout: L.PrefixLayout, response: torch.Tensor) -> torch.Tensor:
+    def _cached_logits(self, layout: PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         """The classifier's pooled logits ``(B, labels)``: score head on each row's last active position."""
         backbone, head = self._cache_parts
         if response.shape[1] == 0:
             return layout.last_logits
-        hidden = L.run_tail(backbone, layout, response, slots=response.shape[1]).last_hidden_state
+        hidden = layout.run(backbone, response).last_hidden_state
         lengths = layout.lengths.to(hidden.device)
         last = (lengths - 1).clamp(min=0)
         logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])

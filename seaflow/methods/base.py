@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from seaflow import cost, generation
-from seaflow.layout import active_mask, next_token_logits
+from seaflow.layout import active_mask
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.methods.record import rounded
@@ -199,7 +199,7 @@ class AlignmentMethod(L.LightningModule):
             n = lengths[rows]
             batch = ResponseBatch(prompt_ids[rows], prompts[rows], n.cpu(), tokens.shape[1])
             layout = self.reference.prepare(batch)
-            logp = torch.log_softmax(next_token_logits(self.policy.model, layout, tokens[rows]), dim=-1)
+            logp = torch.log_softmax(layout.next_token_logits(self.policy.model, tokens[rows]), dim=-1)
             mask = active_mask(n.to(logp.device), tokens.shape[1])
             logprobs.append(logp.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) * mask)
             entropies.append(-(logp.exp() * logp).sum(-1) * mask)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from seaflow import generation, layout
+from seaflow import generation
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import AlignmentMethod, prompt_seed
 from seaflow.methods.pool import best_of_pool
@@ -168,7 +168,7 @@ class SEA(AlignmentMethod):
             if self.init_logits == "reference" or self.restrict_top_k:
                 with torch.no_grad():
                     rows_layout = self.reference.prepare(ResponseBatch(prompt_ids, prompts, lengths.cpu(), width))
-                    reference_logits = layout.next_token_logits(self.policy.model, rows_layout, tokens0)
+                    reference_logits = rows_layout.next_token_logits(self.policy.model, tokens0)
             if self.restrict_top_k:
                 allowed = Relaxation.top_k_mask(reference_logits, self.restrict_top_k, include=tokens0)
             y = initial_logits(

@@ -39,14 +39,13 @@ chains visited; the record keeps every chain's acceptance rate and its trace.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 
 import torch
 
 from seaflow import generation
-from seaflow import layout as L
+from seaflow.layout import PrefixLayout, active_mask, build_layout, build_prefix_layout, cache_argument, output_cache, supports_prefix_cache, with_prefix_cache
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
@@ -76,7 +75,7 @@ def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, 
     current = grad.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     best = grad.amax(-1) if candidates is None else grad.gather(-1, candidates).amax(-1)
     scores = (best - current).float()
-    active = L.active_mask(lengths.to(scores.device), tokens.shape[1])
+    active = active_mask(lengths.to(scores.device), tokens.shape[1])
     return torch.where(active, scores, torch.zeros_like(scores))
 
 
@@ -103,23 +102,23 @@ def cut_log_probs(scores: torch.Tensor, lengths: torch.Tensor, temperature: floa
 class PromptCache:
     """The prompts' keys and values for all rows (prompts x chains), computed once per batch."""
 
-    layout: L.PrefixLayout | None  # with key_values; None when the model's cache cannot be re-wrapped
+    layout: PrefixLayout | None  # with key_values; None when the model's cache cannot be re-wrapped
     prompt_ids: list[list[int]]
 
 
 def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, width: int) -> PromptCache:
     """Key/value cache of the distinct prompts, expanded to one row per entry of ``prompt_ids``."""
     device = model.get_input_embeddings().weight.device
-    if not (L.supports_prefix_cache(model) and all(prompt_ids)):
+    if not (supports_prefix_cache(model) and all(prompt_ids)):
         return PromptCache(None, prompt_ids)
     distinct: dict[tuple[int, ...], int] = {}
     for ids in prompt_ids:
         distinct.setdefault(tuple(ids), len(distinct))
     index = torch.tensor([distinct[tuple(ids)] for ids in prompt_ids], device=device)
     unique = [list(ids) for ids in distinct]
-    base = L.build_prefix_layout(unique, torch.zeros(len(unique), dtype=torch.long), pad_id).to(device)
-    base = L.with_prefix_cache(model, base)
-    rows = L.PrefixLayout(
+    base = build_prefix_layout(unique, torch.zeros(len(unique), dtype=torch.long), pad_id).to(device)
+    base = with_prefix_cache(model, base)
+    rows = PrefixLayout(
         ids=base.ids[index], attention_mask=base.attention_mask[index], position_ids=base.position_ids[index],
         prompt_lengths=base.prompt_lengths[index], lengths=torch.zeros(len(prompt_ids), dtype=torch.long),
         after_ids=base.after_ids[index], after_mask=base.after_mask[index],
@@ -155,9 +154,9 @@ class SuffixProposals:
         if self.cached:
             layout = replace(self.cache.layout, lengths=lengths.cpu())
             keep = {} if self.top_k is not None else {"logits_to_keep": 1}
-            out = L.run_tail(self.model, layout, tokens, slots=width, **keep)
+            out = layout.run(self.model, tokens, slots=width, **keep)
             prompt_width = layout.ids.shape[1]
-            kv = tuple((layer.keys[:, :, prompt_width:], layer.values[:, :, prompt_width:]) for layer in L.output_cache(out).layers)
+            kv = tuple((layer.keys[:, :, prompt_width:], layer.values[:, :, prompt_width:]) for layer in output_cache(out).layers)
             candidates = None
             if self.top_k is not None:
                 logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits[:, : width - 1].float()], dim=1)
@@ -165,8 +164,8 @@ class SuffixProposals:
             return kv, candidates
         if self.top_k is None:
             return None, None
-        batch = L.build_layout(self.cache.prompt_ids, lengths.cpu(), self.pad_id).to(tokens.device)
-        return None, L.next_token_logits(self.model, batch, tokens).topk(self.top_k, dim=-1).indices
+        batch = build_layout(self.cache.prompt_ids, lengths.cpu(), self.pad_id).to(tokens.device)
+        return None, batch.next_token_logits(self.model, tokens).topk(self.top_k, dim=-1).indices
 
     @torch.no_grad()
     def propose(self, tokens, lengths, kv, candidates, cuts: torch.Tensor, generators: list[torch.Generator]):
@@ -221,20 +220,20 @@ class SuffixProposals:
         token = torch.where(has_previous, tokens.gather(1, previous.unsqueeze(1)).squeeze(1), torch.full_like(cuts, self.pad_id))
         out = self.model(
             input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(layout.prompt_lengths + previous).unsqueeze(1),
-            use_cache=True, **{L.cache_argument(self.model): past},
+            use_cache=True, **{cache_argument(self.model): past},
         )
         logits = torch.where(has_previous.unsqueeze(1), out.logits[:, -1].float(), layout.last_logits)
-        return L.output_cache(out), mask, logits, layout.prompt_lengths + cuts
+        return output_cache(out), mask, logits, layout.prompt_lengths + cuts
 
     def _whole_rows(self, tokens, cuts):
         """Prompt + kept prefix as whole left-padded rows: ``(cache, mask, logits of slot t, positions)``."""
         before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(self.cache.prompt_ids)]
-        layout = L.build_layout(before, torch.zeros(len(before), dtype=torch.long), self.pad_id).to(tokens.device)
+        layout = build_layout(before, torch.zeros(len(before), dtype=torch.long), self.pad_id).to(tokens.device)
         out = self.model(
             input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
             use_cache=True, logits_to_keep=1,
         )
-        return L.output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
+        return output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
 
 
 def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest):
@@ -275,9 +274,9 @@ def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, genera
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         out = model(
             input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions[ids] + step).unsqueeze(1),
-            use_cache=True, **{L.cache_argument(model): past},
+            use_cache=True, **{cache_argument(model): past},
         )
-        past = L.output_cache(out)
+        past = output_cache(out)
         logits = out.logits[:, -1].float()
         step += 1
     if harvest is not None:

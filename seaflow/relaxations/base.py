@@ -22,13 +22,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from seaflow.registry import Registered
 
 
-class Relaxation(nn.Module, Registered):
+class Relaxation(nn.Module):
     """Base class: ``relaxation(y, generator=None, allowed=None) -> p``."""
 
-    registry: ClassVar[dict[str, type]] = {}
     one_hot_gradient: ClassVar[bool] = False
     """True when the gradient handed back to ``y`` is dE/d(one-hot tokens) (what discrete
     samplers with ``needs_one_hot_gradient`` read)."""

@@ -8,7 +8,7 @@ import torch
 
 from seaflow import rng
 from seaflow.relaxations.base import Relaxation
-from seaflow.samplers.schedules import Schedule, resolve
+from seaflow.schedules import Schedule, resolve
 
 
 class GumbelSoftmax(Relaxation):

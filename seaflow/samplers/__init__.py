@@ -6,10 +6,8 @@ from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.samplers.hmc import HMC
 from seaflow.samplers.langevin import Langevin
 from seaflow.samplers.mala import MALA
-from seaflow.samplers.schedules import Constant, Cosine, Linear, Piecewise, Schedule
 
 __all__ = [
     "EnergyFn", "Evaluation", "FunctionEnergy", "Sampler", "SamplerOutput", "SamplerState",
     "Langevin", "MALA", "HMC", "AdaptiveLangevin", "DiscreteLangevin",
-    "Schedule", "Constant", "Linear", "Cosine", "Piecewise",
 ]

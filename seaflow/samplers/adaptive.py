@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
-from seaflow.samplers.schedules import Schedule
+from seaflow.schedules import Schedule
 
 
 class AdaptiveLangevin(Sampler):

@@ -22,9 +22,9 @@ stream per chain); draw through ``noise_like``, ``metropolis`` or :mod:`seaflow.
 both work. The loop counts the steps (``state.iteration``).
 
 Subclasses implement :meth:`step` and, when they carry state between steps (momenta,
-preconditioners), :meth:`init_state`. Every subclass is recorded in ``Sampler.registry``
-(built-in and user-defined alike) so that ``seaflow list`` can show them; configs select
-samplers through LightningCLI's ``class_path`` as usual.
+preconditioners), :meth:`init_state`. ``seaflow list`` shows every imported subclass
+(built-in and user-defined alike); configs select samplers through LightningCLI's
+``class_path`` as usual.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ import torch
 
 from seaflow import rng
 
-from seaflow.registry import Registered
-from seaflow.samplers.schedules import Schedule, resolve
+from seaflow.schedules import Schedule, resolve
 
 
 @dataclass
@@ -125,10 +124,9 @@ class SamplerOutput:
         }
 
 
-class Sampler(Registered):
+class Sampler:
     """Base class of all samplers; see the module docstring for the contract."""
 
-    registry: ClassVar[dict[str, type]] = {}
     needs_one_hot_gradient: ClassVar[bool] = False
     """True for samplers that read the gradient as dE/d(one-hot tokens) (a relaxation with
     ``one_hot_gradient``, e.g. OneHot); SEA warns when the two do not match."""

@@ -6,7 +6,7 @@ import torch
 
 from seaflow import rng
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
-from seaflow.samplers.schedules import Schedule
+from seaflow.schedules import Schedule
 
 
 class DiscreteLangevin(Sampler):

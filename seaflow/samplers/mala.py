@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
-from seaflow.samplers.schedules import Schedule
+from seaflow.schedules import Schedule
 
 
 class MALA(Sampler):

@@ -1,4 +1,5 @@
-"""Schedules for step sizes and noise scales, shared by every sampler.
+"""Schedules: a value that changes over the run (samplers' step sizes and noise scales, a
+relaxation's temperature).
 
 A schedule maps training progress ``p`` in [0, 1] (finished steps / planned steps) to a
 multiplier, applied to the sampler's base value. A sampler argument typed
@@ -8,15 +9,10 @@ multiplier, applied to the sampler's base value. A sampler argument typed
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
-from seaflow.registry import Registered
 
 
-class Schedule(Registered):
+class Schedule:
     """Base class: ``schedule(progress) -> value``."""
-
-    registry: ClassVar[dict[str, type]] = {}
 
     def __call__(self, progress: float) -> float:
         raise NotImplementedError
