@@ -1,7 +1,6 @@
 """Biased decoding (seaflow/bias_decode.py, seaflow.methods.BiasedDecoding) on tiny random models."""
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from seaflow.relaxations import GumbelSoftmax, OneHot, Softmax, StraightThrough
 from seaflow.samplers import Langevin
 
 from test_methods import CORE_FIELDS, direct
+from tiny import run_config_on_tiny
 
 PROMPTS = ["describe the city", "tell me about the weather today", "write about my dog", "how"]
 
@@ -307,23 +307,11 @@ CONFIGS = sorted((ROOT / "configs").glob("biased_decoding*.yaml"))
 @pytest.mark.parametrize("config_path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_runs_on_tiny_models_and_is_commented(tmp_path, tiny_models, config_path):
     """Each biased-decoding config through ``seaflow predict`` (tiny policy, short run); every key commented."""
-    from seaflow.cli import main
-
     lines = config_path.read_text().splitlines()
     keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
     assert not [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]
     config = yaml.safe_load(config_path.read_text())
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(["describe the city", "how was the train"])))
-    init = config["model"]["init_args"]
-    init.update(policy=str(tiny_models["policy"]), steps=2, chains=2, max_new_tokens=5)
-    init["reward"] = {"class_path": "LexiconReward", "init_args": {"lexicon": "vader"}}
-    config["data"].update(path=str(prompts), batch_size=2)
-    config["output"]["output_dir"] = str(tmp_path / "run")
-    config["trainer"]["enable_progress_bar"] = False
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    main(["predict", "--config", str(path)])
-    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    reward = {"class_path": "LexiconReward", "init_args": {"lexicon": "vader"}}
+    records = run_config_on_tiny(config, tmp_path, tiny_models, steps=2, chains=2, max_new_tokens=5, reward=reward)
     assert [r["id"] for r in records] == ["p0", "p1"]
     assert all(r["method"] == "BiasedDecoding" and len(r["trace"]["energy"]) == 2 for r in records)

@@ -16,13 +16,13 @@ the sampler runs inside SEA on tiny models, through the CLI and the shipped conf
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from sampler_contract import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from tiny import run_config_on_tiny
 
 from seaflow import SEA
 from seaflow.cli import available
@@ -489,20 +489,9 @@ def test_warns_when_the_relaxation_is_not_one_hot():
 
 def test_demo_discrete_config_runs_on_tiny_models(tmp_path, tiny_models):
     """configs/demo_discrete.yaml, with the tiny policy and a short run, through ``seaflow predict``."""
-    from seaflow.cli import main
-
     config = yaml.safe_load((ROOT / "configs" / "demo_discrete.yaml").read_text())
     assert config["model"]["init_args"]["sampler"]["class_path"] == "DiscreteLangevin"
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(["describe the city", "how was the train"])))
-    config["model"]["init_args"].update(policy=str(tiny_models["policy"]), steps=3, chains=2, max_new_tokens=6, restrict_top_k=5)
-    config["data"].update(path=str(prompts), batch_size=2)
-    config["output"]["output_dir"] = str(tmp_path / "run")
-    config["trainer"]["enable_progress_bar"] = False
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    main(["predict", "--config", str(path)])
-    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    records = run_config_on_tiny(config, tmp_path, tiny_models, steps=3, chains=2, max_new_tokens=6, restrict_top_k=5)
     assert [r["id"] for r in records] == ["p0", "p1"]
     assert all(len(r["trace"]["accept"]) == 3 for r in records)
 

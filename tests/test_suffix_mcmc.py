@@ -1,7 +1,6 @@
 """GuidedSuffixMCMC: the exact target on an enumerable case, the cut distribution, the method on tiny models."""
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 import yaml
 
 from sampler_contract import P_VALUE, chi2_quantile
+from tiny import run_config_on_tiny
 from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.methods import BestOfN, GuidedSuffixMCMC
@@ -328,20 +328,9 @@ def test_rejects_bad_values(argument, value, message):
 
 def test_config_runs_on_tiny_models(tmp_path, tiny_models):
     """configs/suffix_mcmc.yaml, with the tiny policy and a short run, through ``seaflow predict``."""
-    from seaflow.cli import main
-
     config = yaml.safe_load((ROOT / "configs" / "suffix_mcmc.yaml").read_text())
     assert config["model"]["class_path"] == "seaflow.methods.GuidedSuffixMCMC"
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(["describe the city", "how was the train"])))
-    config["model"]["init_args"].update(policy=str(tiny_models["policy"]), steps=3, chains=2, max_new_tokens=6, init_pool=4)
-    config["data"].update(path=str(prompts), batch_size=2)
-    config["output"]["output_dir"] = str(tmp_path / "run")
-    config["trainer"]["enable_progress_bar"] = False
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    main(["predict", "--config", str(path)])
-    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    records = run_config_on_tiny(config, tmp_path, tiny_models, steps=3, chains=2, max_new_tokens=6, init_pool=4)
     assert [r["id"] for r in records] == ["p0", "p1"]
     assert all(len(r["chain_acceptance"]) == 2 and len(r["pool_rewards"]) == 4 for r in records)
 

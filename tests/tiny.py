@@ -78,3 +78,24 @@ def build_models(root: Path, seed: int = 0) -> dict[str, Path]:
     other.save_pretrained(paths["other_vocab_reward"])
     build_tokenizer(paths["other_vocab_reward"])
     return paths
+
+
+def run_config_on_tiny(config: dict, tmp_path: Path, tiny_models: dict[str, Path], **init_args) -> list[dict]:
+    """Run a (shipped) predict config through ``seaflow predict`` on the tiny policy and two
+    prompts, with ``init_args`` overriding the model's; returns the records."""
+    import json
+
+    import yaml
+
+    from seaflow.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(["describe the city", "how was the train"])))
+    config["model"]["init_args"].update(policy=str(tiny_models["policy"]), **init_args)
+    config["data"].update(path=str(prompts), batch_size=2)
+    config["output"]["output_dir"] = str(tmp_path / "run")
+    config["trainer"]["enable_progress_bar"] = False
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path)])
+    return [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
