@@ -228,8 +228,8 @@ def bootstrap(values: list[float], boot: int, seed: int = 0) -> tuple[float, flo
     return statistics.fmean(values), means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
 
 
-def summarise(grid: dict, args) -> list[dict]:
-    cache = NllCache(Path(grid.get("output_dir", "runs/quality")) / "nll_cache.json", gemma=not args.no_gemma)
+def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tuple]]:
+    """The table (one entry per task x method x budget) and the per-prompt rows it was made from."""
     table = []
     entries = []
     for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods):
@@ -256,7 +256,118 @@ def summarise(grid: dict, args) -> list[dict]:
             entry[name] = {"mean": mean, "low": low, "high": high}
         entry["ids"] = [r["id"] for r in rows]
         table.append(entry)
-    return table
+    return table, entries
+
+
+# -- paired comparison at equal FLOPs --------------------------------------------------------------
+
+
+def judge_of(grid: dict, task: str):
+    """``reply, prompt -> judge score`` for the task."""
+    kind = grid["tasks"][task]["judge"]
+    keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}
+    return lambda reply, prompt: judge_value(kind, reply, {"keywords": keywords.get(prompt)})[0]
+
+
+def best_of_first(record: dict, n: int) -> tuple[str, float]:
+    """Best-of-``n`` read from a Best-of-N record's candidates: the first maximum, as BestOfN picks."""
+    rewards = record["candidate_rewards"][:n]
+    best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))
+    return record["candidate_responses"][best], rewards[best]
+
+
+def equal_flops_n(method_flops: float, bon_record: dict) -> tuple[int, bool]:
+    """The smallest N whose Best-of-N spends at least ``method_flops`` on this prompt, and whether
+    the run's candidates reach it (False: capped at the run's n, so Best-of-N spends less)."""
+    per_candidate = bon_record["cost"]["flops"] / bon_record["n"]
+    wanted = max(1, math.ceil(method_flops / per_candidate - 1e-9))
+    return min(wanted, bon_record["n"]), wanted <= bon_record["n"]
+
+
+def paired_bootstrap(diffs: list[float], boot: int, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of paired differences (prompts resampled)."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(boot))
+    return means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
+
+
+def sign_flip_p(diffs: list[float], draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test of mean difference 0.
+
+    Under the null each prompt's difference is as likely to have either sign; exact
+    enumeration up to 16 prompts, Monte Carlo (``draws`` sign vectors) beyond."""
+    n = len(diffs)
+    observed = abs(sum(diffs))
+    if n <= 16:
+        hits = sum(abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(diffs))) >= observed - 1e-12
+                   for mask in range(1 << n))
+        return hits / (1 << n)
+    rng = random.Random(seed)
+    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12 for _ in range(draws))
+    return (hits + 1) / (draws + 1)
+
+
+def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict]:
+    """Every complete non-Best-of-N cell against Best-of-N at equal FLOPs, prompt by prompt.
+
+    For each prompt, Best-of-N gets the smallest N whose FLOPs reach the method's on that
+    prompt (read from the same prompt's N = n run: candidate c is the same draw for every N),
+    so Best-of-N never spends less than the method unless the run's n is too small (counted
+    in ``capped``)."""
+    bon_method = next((m for m, spec in grid["methods"].items() if "curve" in spec), None)
+    runs = {}
+    for task, method, label, config, overrides, directory in cells(grid, None, [bon_method] if bon_method else []):
+        runs[task] = {r["id"]: r for r in read_records(directory / "predictions.jsonl")}
+    plans = []
+    for task, method, budget, rows in entries:
+        if "curve" in grid["methods"][method] or task not in runs or len(rows) < len(prompt_ids(grid, task)):
+            continue
+        pairs = []
+        for row in rows:
+            bon = runs[task].get(row["id"])
+            if bon is None or math.isnan(row["flops"]):
+                continue
+            n, reached = equal_flops_n(row["flops"], bon)
+            reply, _ = best_of_first(bon, n)
+            pairs.append((row, reply, n, reached))
+        plans.append((task, method, budget, pairs))
+    cache.fill([(row["prompt"], reply) for *_, pairs in plans for row, reply, _, _ in pairs])
+    out = []
+    for task, method, budget, pairs in plans:
+        if not pairs:
+            continue
+        judge = judge_of(grid, task)
+        diffs = [judge(row["reply"], row["prompt"]) - judge(reply, row["prompt"]) for row, reply, _, _ in pairs]
+        gemma = [(cache.get("gemma", row["prompt"], row["reply"]), cache.get("gemma", row["prompt"], reply))
+                 for row, reply, _, _ in pairs]
+        gemma = [(a, b) for a, b in gemma if a is not None and b is not None]
+        low, high = paired_bootstrap(diffs, 2000)
+        out.append({
+            "task": task, "method": method, "budget": budget, "prompts": len(diffs),
+            "bon_n_median": statistics.median(n for _, _, n, _ in pairs),
+            "capped": sum(not reached for *_, reached in pairs),
+            "judge_diff": statistics.fmean(diffs), "low": low, "high": high,
+            "wins": sum(d > 1e-12 for d in diffs), "ties": sum(abs(d) <= 1e-12 for d in diffs),
+            "losses": sum(d < -1e-12 for d in diffs), "p": sign_flip_p(diffs),
+            "gemma_method": statistics.fmean(a for a, _ in gemma) if gemma else math.nan,
+            "gemma_bon": statistics.fmean(b for _, b in gemma) if gemma else math.nan,
+        })
+    return out
+
+
+def paired_lines(paired: list[dict]) -> list[str]:
+    lines = [
+        "| task | method | budget | prompts | Best-of-N at equal FLOPs (median N) | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | Gemma NLL method vs Best-of-N |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in paired:
+        capped = f", {e['capped']} capped at the run's n" if e["capped"] else ""
+        lines.append(
+            f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']} | N={e['bon_n_median']:g}{capped} | "
+            f"{e['judge_diff']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] | {e['wins']} / {e['ties']} / {e['losses']} | "
+            f"{e['p']:.3f} | {e['gemma_method']:.2f} vs {e['gemma_bon']:.2f} |"
+        )
+    return lines
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -309,7 +420,7 @@ def bon_at(curve: list[dict], flops: float) -> dict:
             "where": f"equal FLOPs (between {curve[i]['budget']} and {curve[i + 1]['budget']})"}
 
 
-def write_report(table: list[dict], grid: dict, out: Path) -> None:
+def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | None = None) -> None:
     judge_names = {"sentiment": "TextBlob polarity (success: > 0)", "keywords": "keyword coverage (success: all)",
                    "refusal": "refusal phrases (success: refuses)"}
     lines = [
@@ -328,6 +439,11 @@ def write_report(table: list[dict], grid: dict, out: Path) -> None:
         "Best-of-N rows for N < n are read from the N = n run's candidates (cost scaled by N/n).\n\n"
         + "\n".join(lines) + "\n\n## Goal check (judge higher than Best-of-N at equal FLOPs, Gemma NLL within 10%)\n\n"
         + "\n".join(goal_check(table, grid) or ["- no complete non-Best-of-N cell yet"]) + "\n"
+        + "\n## Paired, prompt by prompt, against Best-of-N at equal FLOPs\n\n"
+        "Per prompt, Best-of-N gets the smallest N whose FLOPs reach the method's on that prompt (from the same\n"
+        "prompt's candidates); difference = method's judge - Best-of-N's judge; interval: bootstrap over prompts;\n"
+        "p: two-sided sign-flip permutation test of a zero mean difference.\n\n"
+        + "\n".join(paired_lines(paired or [])) + "\n"
     )
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(table, indent=1))
@@ -386,10 +502,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    table = summarise(grid, args)
     out = Path(grid.get("output_dir", "runs/quality"))
     out.mkdir(parents=True, exist_ok=True)
-    write_report(table, grid, out)
+    cache = NllCache(out / "nll_cache.json", gemma=not args.no_gemma)
+    table, entries = summarise(grid, args, cache)
+    paired = paired_rows(grid, entries, cache)
+    write_report(table, grid, out, paired)
+    (out / "paired.json").write_text(json.dumps(paired, indent=1))
     plot(table, grid, out)
 
 
