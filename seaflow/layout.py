@@ -176,6 +176,15 @@ class PrefixLayout:
         kv = None if self.key_values is None else tuple((k.to(device), v.to(device)) for k, v in self.key_values)
         return PrefixLayout(**moved, key_values=kv)
 
+    def rows(self, index: torch.Tensor) -> "PrefixLayout":
+        """The rows ``index`` (repeats allowed), cache and last logits included: no model runs."""
+        picked = {
+            k: (v[index.to(v.device)] if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items() if k != "key_values"
+        }
+        kv = None if self.key_values is None else tuple((k[index.to(k.device)], v[index.to(v.device)]) for k, v in self.key_values)
+        return PrefixLayout(**picked, key_values=kv)
+
     def run(self, model: torch.nn.Module, response: torch.Tensor, slots: int | None = None, **kwargs):
         """Run ``model`` on the first ``slots`` response slots (default: all) and the ``after`` block, on top of the cache.
 
@@ -312,6 +321,93 @@ def with_prefix_cache(model: torch.nn.Module, layout: PrefixLayout, head: torch.
     cache = output_cache(output)
     key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
     return replace(layout, key_values=key_values, last_logits=last.float(), owner=id(model))
+
+
+# -- the same prepared rows for other row sets (candidates, compacted batches) ---------------
+
+
+class UnknownRows(TypeError):
+    """A prepared state whose rows :func:`select_rows` cannot pick (the caller prepares again)."""
+
+
+def select_rows(prepared, index: torch.Tensor, rows: int):
+    """``prepared`` (an energy term's ``prepare`` result for ``rows`` rows) for the rows ``index``
+    (repeats allowed, e.g. K candidates per row), without running any model.
+
+    Known: :class:`Layout` and :class:`PrefixLayout` (the prompt cache and last logits are
+    indexed, not recomputed), tensors whose first dimension is the rows, lists with one item per
+    row, tuples and dicts of these, and values shared by all rows (None, numbers, strings,
+    tensors of another first dimension). Anything else raises :class:`UnknownRows`.
+    """
+    if prepared is None or isinstance(prepared, (int, float, str, bool)):
+        return prepared
+    if isinstance(prepared, PrefixLayout):
+        return prepared.rows(index)
+    if isinstance(prepared, Layout):
+        return Layout(**{k: v[index.to(v.device)] for k, v in prepared.__dict__.items()})
+    if isinstance(prepared, torch.Tensor):
+        return prepared[index.to(prepared.device)] if prepared.dim() and prepared.shape[0] == rows else prepared
+    if isinstance(prepared, list) and len(prepared) == rows:
+        return [prepared[i] for i in index.tolist()]
+    if isinstance(prepared, tuple):
+        return tuple(select_rows(part, index, rows) for part in prepared)
+    if isinstance(prepared, dict):
+        return {key: select_rows(part, index, rows) for key, part in prepared.items()}
+    raise UnknownRows(f"cannot select rows of a prepared state of type {type(prepared).__name__}")
+
+
+# -- candidates that share a response prefix with a base response -----------------------------
+
+
+@torch.no_grad()
+def response_cache(model: torch.nn.Module, layout: PrefixLayout, response: torch.Tensor):
+    """Run the ``(B, L)`` response ids on top of ``layout``'s prompt cache, without gradients.
+
+    Returns ``(key_values, logits)``: the keys and values of the prompt and all ``L`` response
+    slots (one pair per layer) and the model's output at every response slot ``(B, L, V)``.
+    :func:`edit_rows` builds rows from them that reuse the response up to a position.
+    """
+    if layout.after_ids.shape[1]:
+        raise ValueError("response_cache needs rows that end with the response (no 'after' tokens)")
+    output = layout.run(model, response)
+    cache = output_cache(output)
+    return tuple((layer.keys, layer.values) for layer in cache.layers), output.logits
+
+
+def edit_rows(layout: PrefixLayout, key_values, slot_logits: torch.Tensor, index: torch.Tensor,
+              starts: torch.Tensor) -> PrefixLayout:
+    """Rows that agree with base row ``index[j]`` before response position ``starts[j]``.
+
+    ``key_values`` and ``slot_logits`` come from :func:`response_cache` of the base responses on
+    ``layout``. The result is a :class:`PrefixLayout` whose cached prefix is the prompt plus the
+    base response (slots from ``starts[j]`` on masked out of attention) and whose response slots
+    are positions ``starts[j], starts[j] + 1, ...`` (``lengths[index] - starts`` of them active).
+    A term run on it scores only those positions, exactly as on whole rows: for the reference
+    log-likelihood, the sum over positions from ``starts[j]`` on (``last_logits`` are the base's
+    logits that predict position ``starts[j]``).
+    """
+    device = layout.ids.device
+    index = index.to(device)
+    starts = starts.to(device)
+    width = slot_logits.shape[1]
+    lengths = layout.lengths.to(device)[index]
+    slot = torch.arange(width, device=device).unsqueeze(0)
+    kept = (slot < torch.minimum(starts, lengths).unsqueeze(1)).long()
+    prompt_lengths = layout.prompt_lengths.to(device)[index]
+    previous = slot_logits[index, (starts - 1).clamp(min=0)].float()
+    last = torch.where((starts == 0).unsqueeze(1), layout.last_logits[index].float(), previous)
+    return PrefixLayout(
+        ids=torch.cat([layout.ids[index], torch.zeros_like(kept)], dim=1),
+        attention_mask=torch.cat([layout.attention_mask[index], kept], dim=1),
+        position_ids=torch.cat([layout.position_ids[index], prompt_lengths.unsqueeze(1) + slot], dim=1),
+        prompt_lengths=prompt_lengths + starts,
+        lengths=(lengths - starts).clamp(min=0).cpu(),
+        after_ids=layout.after_ids[index][:, :0],
+        after_mask=layout.after_mask[index][:, :0],
+        key_values=tuple((k[index.to(k.device)], v[index.to(v.device)]) for k, v in key_values),
+        last_logits=last,
+        owner=layout.owner,
+    )
 
 
 def joined(blocks: list[torch.Tensor]) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from seaflow import rng
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
+from seaflow.layout import PrefixLayout, UnknownRows, active_mask, edit_rows, response_cache, select_rows
 from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.base import Evaluation, Sampler, SamplerState
 
@@ -68,7 +69,12 @@ class EnergyFunction:
         reference_weight: float,
         generator: torch.Generator | None = None,
         allowed: torch.Tensor | None = None,
+        candidate_rows: int = 64,
     ):
+        if candidate_rows < 1:
+            raise ValueError(f"candidate_rows must be >= 1 (rows per forward pass of candidate evaluation), got {candidate_rows}")
+        self.batch = batch
+        self.candidate_rows = candidate_rows
         self.relaxation = relaxation
         self.reward = reward if (reward is not None and alpha != 0) else None
         self.reference = reference if (reference is not None and reference_weight != 0) else None
@@ -81,6 +87,7 @@ class EnergyFunction:
         self.reward_state = self.reward.prepare(batch) if self.reward is not None else None
         self.reference_state = self.reference.prepare(batch) if self.reference is not None else None
         self.evaluations = 0
+        self.candidate_evaluations = 0
         self.best_energy: torch.Tensor | None = None
         self.best_tokens: torch.Tensor | None = None
 
@@ -113,6 +120,96 @@ class EnergyFunction:
         energy, _, probs = self.parts(y)
         self._track_best(energy, probs)
 
+    # -- forward-only evaluation of candidate token sequences -----------------------------------
+
+    @torch.no_grad()
+    def energies(self, candidates: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact energies ``(B, K)`` of ``K`` candidate responses per row, given as token ids ``(B, K, L)``.
+
+        Forward passes only (no autograd graph), ``candidate_rows`` candidates per pass, each row's
+        prompt cache reused (indexed, not recomputed). With ``base`` (token ids ``(B, L)``, e.g. the
+        chain's current response) the reference term also reuses the base response: the base runs
+        once on the prompt cache, and a candidate that first differs from it at position ``t`` runs
+        only positions ``t, t+1, ...`` on the base's keys and values up to ``t`` (candidates are
+        sorted by ``t`` so that each pass is as short as its earliest edit allows). The value is the
+        energy a one-hot relaxation (``OneHot``, ``StraightThrough``) gives the same tokens, up to
+        float rounding. The candidates count as visited states for ``decode: best``.
+        """
+        rows, k, width = candidates.shape
+        flat = candidates.reshape(rows * k, width)
+        owner = torch.arange(rows, device=flat.device).repeat_interleave(k)
+        energy = torch.zeros(rows * k, device=flat.device)
+        if self.reward is not None:
+            energy -= self.alpha * self._full_rows(self.reward, self.reward_state, flat, owner)
+        if self.reference is not None:
+            if base is not None and isinstance(self.reference_state, PrefixLayout):
+                value = self._reference_after_base(flat, owner, base)
+            else:
+                value = self._full_rows(self.reference, self.reference_state, flat, owner)
+            energy -= self.reference_weight * value
+        self.candidate_evaluations += rows * k
+        energy = energy.view(rows, k)
+        finite = torch.where(torch.isfinite(energy), energy, float("inf"))
+        best = finite.argmin(1)
+        self._track_tokens(finite.gather(1, best.unsqueeze(1)).squeeze(1), candidates[torch.arange(rows), best])
+        return energy
+
+    def _prepared_rows(self, term, state, index: torch.Tensor):
+        """``term``'s prepared state for the rows ``index`` of this batch (indexed when possible, else prepared again)."""
+        try:
+            return select_rows(state, index, len(self.batch))
+        except UnknownRows:
+            chosen = index.tolist()
+            batch = ResponseBatch([self.batch.prompt_ids[i] for i in chosen], [self.batch.prompts[i] for i in chosen],
+                                  self.batch.lengths[index.cpu()], self.batch.max_length)
+            return term.prepare(batch)
+
+    def _full_rows(self, term, state, flat: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, flat.shape[0], self.candidate_rows):
+            chunk = slice(start, start + self.candidate_rows)
+            out.append(term.value(self._prepared_rows(term, state, owner[chunk]), flat[chunk]).float())
+        return torch.cat(out)
+
+    def _reference_after_base(self, flat: torch.Tensor, owner: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """``log pi_ref`` of the candidates, each run from its first difference with its row's ``base``."""
+        layout: PrefixLayout = self.reference_state
+        model = self.reference.policy.model
+        width = base.shape[1]
+        key_values, logits = response_cache(model, layout, base)
+        # per-position log-likelihood of the base, and its running sums (the part a candidate shares)
+        predicting = torch.cat([layout.last_logits.unsqueeze(1), logits[:, :-1].float()], dim=1)
+        base_logprobs = predicting.gather(-1, base.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(predicting, dim=-1)
+        del predicting
+        lengths = layout.lengths.to(base.device)
+        base_logprobs = base_logprobs * active_mask(lengths, width)
+        shared = torch.cat([torch.zeros_like(base_logprobs[:, :1]), base_logprobs.cumsum(1)], dim=1)  # (B, L + 1)
+        differs = flat != base[owner]
+        starts = torch.where(differs.any(1), differs.long().argmax(1), torch.full_like(owner, width))
+        value = shared[owner, torch.minimum(starts, lengths[owner])]
+        order = torch.argsort(starts, stable=True)
+        for begin in range(0, order.numel(), self.candidate_rows):
+            chunk = order[begin : begin + self.candidate_rows]
+            first = int(starts[chunk].min())
+            if first >= width:
+                continue  # every candidate of this pass equals its base
+            span = width - first
+            positions = (starts[chunk].unsqueeze(1) + torch.arange(span, device=flat.device)).clamp(max=width - 1)
+            window = flat[chunk].gather(1, positions)
+            rows = edit_rows(layout, key_values, logits, owner[chunk], starts[chunk])
+            value[chunk] += self.reference.value(rows, window).float()
+        return value
+
+    def _track_tokens(self, energy: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Best-state tracking for token ids (see :meth:`_track_best`)."""
+        energy = torch.where(torch.isfinite(energy), energy, float("inf"))
+        if self.best_energy is None:
+            self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
+            return
+        better = energy < self.best_energy
+        self.best_energy = torch.where(better, energy, self.best_energy)
+        self.best_tokens = torch.where(better.unsqueeze(1), tokens, self.best_tokens)
+
     def _track_best(self, energy: torch.Tensor, probs: torch.Tensor) -> None:
         """Keep, per row, the tokens of the lowest-energy state seen so far.
 
@@ -124,13 +221,7 @@ class EnergyFunction:
         if not bool((values == 1).all()):
             return
         # a non-finite energy (a numerical fault, see ChainHealth) never counts as the best
-        energy = torch.where(torch.isfinite(energy), energy, float("inf"))
-        if self.best_energy is None:
-            self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
-            return
-        better = energy < self.best_energy
-        self.best_energy = torch.where(better, energy, self.best_energy)
-        self.best_tokens = torch.where(better.unsqueeze(1), tokens, self.best_tokens)
+        self._track_tokens(energy, tokens)
 
 
 @dataclass

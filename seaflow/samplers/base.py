@@ -66,11 +66,27 @@ class EnergyFn(Protocol):
     def __call__(self, x: torch.Tensor) -> Evaluation: ...
 
 
-class FunctionEnergy:
-    """An :class:`EnergyFn` from a plain function ``x -> (energy, grad)`` (toy targets, tests)."""
+class CategoricalEnergyFn(EnergyFn, Protocol):
+    """An :class:`EnergyFn` that also scores categorical states without gradients (multiple-try samplers).
 
-    def __init__(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], allowed: torch.Tensor | None = None):
+    ``energies(candidates, base)`` takes category indices ``(chains, K, ...)`` (the argmax a
+    state of shape ``(chains, ..., categories)`` stands for) and returns their exact energies
+    ``(chains, K)``; ``base`` ``(chains, ...)`` (e.g. the chain's current state) is a hint that
+    lets an implementation reuse the work the candidates share with it.
+    """
+
+    def energies(self, candidates: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class FunctionEnergy:
+    """An :class:`EnergyFn` from a plain function ``x -> (energy, grad)`` (toy targets, tests);
+    ``energies`` (optional) is ``CategoricalEnergyFn.energies``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], allowed: torch.Tensor | None = None,
+                 energies: Callable[..., torch.Tensor] | None = None):
         self.fn, self.allowed = fn, allowed
+        if energies is not None:
+            self.energies = energies
 
     def __call__(self, x: torch.Tensor) -> Evaluation:
         energy, grad = self.fn(x)
