@@ -5,9 +5,11 @@
 #
 # Needs a python3 with torch, transformers, lightning and tokenizers (the device image has
 # them; jsonargparse, wandb and gguf are not imported by the benchmarks). Each benchmark
-# runs under its own time limit so that the whole script ends within about 7 minutes;
+# runs under its own time limit so that the whole script ends within about 9 minutes;
 # a benchmark cut off by its limit keeps the rows it printed. Results: step_overhead.md,
-# prefix_cache.md, throughput.md, environment.txt and session.log under $OUT.
+# prefix_cache.md, throughput.md, memory.md (peak per chain, Llama-3.2-1B shape, bf16 and fp32),
+# compile.md (torch.compile against eager: compile time, step time, break-even steps),
+# candidates.md (forward-only candidate evaluation), environment.txt and session.log under $OUT.
 # SKIP_INSTALL=1 leaves pip alone (the checkout is used through PYTHONPATH either way).
 set -u
 cd "$(dirname "$0")/.."
@@ -47,7 +49,10 @@ run() {  # run NAME LIMIT_SECONDS ARGS...: one benchmark, its table to $OUT/NAME
   log "end $name (exit $?)"
 }
 
-run step_overhead 150 benchmarks/step_overhead.py --preset gpu --repeats 5
-run prefix_cache 90 benchmarks/prefix_cache.py --preset gpu --repeats 5
-run throughput 200 benchmarks/throughput.py --preset gpu --repeats 2
+run step_overhead 100 benchmarks/step_overhead.py --preset gpu --repeats 5
+run prefix_cache 60 benchmarks/prefix_cache.py --preset gpu --repeats 5
+run throughput 120 benchmarks/throughput.py --preset gpu --repeats 2
+run memory 80 benchmarks/memory.py --device cuda --dtypes bfloat16 float32 --chains 1 2 4
+run compile 120 benchmarks/compile.py --preset gpu
+run candidates 60 benchmarks/candidates.py --preset gpu
 log "done in $(( $(date +%s) - started ))s"

@@ -123,11 +123,38 @@ def build_layout(
     )
 
 
-def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor) -> torch.Tensor:
-    """Embeddings of a response given as ids ``(B, L)`` or as a distribution ``(B, L, V)``."""
+class _LookupOneHot(torch.autograd.Function):
+    """``probs @ weight`` for a one-hot ``probs`` whose tokens are known: a row lookup forward
+    (no ``(B, L, V)`` copy in the weight's dtype, no dense product); the backward pass is the
+    product's ``grad @ weight.T``."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.probs_dtype = probs.dtype
+        return weight[tokens]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return (grad.to(weight.dtype) @ weight.T).to(ctx.probs_dtype), None, None
+
+
+def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, lookup: bool = False) -> torch.Tensor:
+    """Embeddings of a response given as ids ``(B, L)`` or as a distribution ``(B, L, V)``.
+
+    With ``lookup``, a distribution that is exactly one-hot (the forward value of straight-through,
+    OneHot, hard Gumbel-softmax) is embedded by a row lookup with the dense product's gradient
+    (same values and gradients, see :class:`_LookupOneHot`).
+    """
     if response.dtype in (torch.long, torch.int, torch.int32):
         return embedding(response)
     weight = embedding.weight
+    if lookup:
+        values, tokens = response.detach().max(dim=-1)
+        if bool((values == 1).all()) and bool((response.detach().sum(-1) == 1).all()):
+            count_soft_embedding(embedding, response, looked_up=True)
+            return _LookupOneHot.apply(response, tokens, weight)
     count_soft_embedding(embedding, response)
     return response.to(weight.dtype) @ weight
 

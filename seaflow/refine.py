@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,28 @@ from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.layout import PrefixLayout, UnknownRows, active_mask, edit_rows, response_cache, select_rows
 from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.base import Evaluation, Sampler, SamplerState
+
+
+def _energy_parts(relaxation, reward, reference, reward_state, reference_state, alpha, reference_weight, y, generator, allowed):
+    """``(energy, parts, relaxed tokens)`` at ``y`` (:meth:`EnergyFunction.parts`; a module-level function so that
+    ``torch.compile`` keeps one cache for every batch)."""
+    probs = relaxation(y, generator=generator, allowed=allowed)
+    energy = torch.zeros(y.shape[0], device=y.device)
+    parts = {}
+    if reward is not None:
+        parts["reward"] = reward.value(reward_state, probs)
+        energy = energy - alpha * parts["reward"]
+    if reference is not None:
+        parts["reference"] = reference.value(reference_state, probs)
+        energy = energy - reference_weight * parts["reference"]
+    return energy, parts, probs
+
+
+def rng_rows(generator, rows: torch.Tensor):
+    """The per-row generators of ``rows`` (a shared ``torch.Generator`` or ``None`` is returned as is)."""
+    if isinstance(generator, rng.RowGenerators):
+        return rng.RowGenerators([generator.generators[i] for i in rows.tolist()])
+    return generator
 
 
 def initial_logits(
@@ -70,11 +93,17 @@ class EnergyFunction:
         generator: torch.Generator | None = None,
         allowed: torch.Tensor | None = None,
         candidate_rows: int = 64,
+        compile: bool | str = False,
     ):
         if candidate_rows < 1:
             raise ValueError(f"candidate_rows must be >= 1 (rows per forward pass of candidate evaluation), got {candidate_rows}")
         self.batch = batch
         self.candidate_rows = candidate_rows
+        # torch.compile of the relaxation and the energy terms (its backward is compiled with it);
+        # one compiled function for every batch, shapes marked dynamic, so a new batch size or
+        # response length does not compile again from scratch
+        self.compile_backend = None if compile is False else ("inductor" if compile is True else str(compile))
+        self.compile_seconds = 0.0  # wall time of the evaluations that compiled (included in their own time)
         self.relaxation = relaxation
         self.reward = reward if (reward is not None and alpha != 0) else None
         self.reference = reference if (reference is not None and reference_weight != 0) else None
@@ -86,6 +115,8 @@ class EnergyFunction:
         self.allowed = allowed
         self.reward_state = self.reward.prepare(batch) if self.reward is not None else None
         self.reference_state = self.reference.prepare(batch) if self.reference is not None else None
+        self._full = (self.reward_state, self.reference_state, allowed, generator)
+        self.rows: torch.Tensor | None = None  # the batch rows being evaluated (None: all of them)
         self.evaluations = 0
         self.candidate_evaluations = 0
         self.best_energy: torch.Tensor | None = None
@@ -93,16 +124,19 @@ class EnergyFunction:
 
     def parts(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """The energy at ``y``, its terms, and the relaxed tokens the models saw."""
-        probs = self.relaxation(y, generator=self.generator, allowed=self.allowed)
-        energy = torch.zeros(y.shape[0], device=y.device)
-        parts = {}
-        if self.reward is not None:
-            parts["reward"] = self.reward.value(self.reward_state, probs)
-            energy = energy - self.alpha * parts["reward"]
-        if self.reference is not None:
-            parts["reference"] = self.reference.value(self.reference_state, probs)
-            energy = energy - self.reference_weight * parts["reference"]
-        return energy, parts, probs
+        arguments = (self.relaxation, self.reward, self.reference, self.reward_state, self.reference_state,
+                     self.alpha, self.reference_weight, y, self.generator, self.allowed)
+        if self.compile_backend is None:
+            return _energy_parts(*arguments)
+        import torch._dynamo
+
+        compiled = torch.compile(_energy_parts, dynamic=True, backend=self.compile_backend)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        started = time.perf_counter()
+        out = compiled(*arguments)
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+            self.compile_seconds += time.perf_counter() - started
+        return out
 
     def __call__(self, y: torch.Tensor) -> Evaluation:
         with torch.enable_grad():
@@ -154,8 +188,32 @@ class EnergyFunction:
         self._track_tokens(finite.gather(1, best.unsqueeze(1)).squeeze(1), candidates[torch.arange(rows), best])
         return energy
 
+    def select(self, rows: torch.Tensor | None) -> None:
+        """Evaluate only the batch rows ``rows`` from now on (``None``: all rows again).
+
+        Points handed to the energy function then have ``len(rows)`` rows, in that order; the
+        terms' prepared states, the ``allowed`` mask and a per-row generator are indexed from the
+        full batch's (no model runs), and best-state tracking stays per batch row.
+        """
+        reward_state, reference_state, allowed, generator = self._full
+        self.rows = rows
+        if rows is None:
+            self.reward_state, self.reference_state, self.allowed, self.generator = self._full
+            return
+        self.reward_state = self._prepared_rows(self.reward, reward_state, torch.arange(len(rows)))
+        self.reference_state = self._prepared_rows(self.reference, reference_state, torch.arange(len(rows)))
+        self.allowed = allowed
+        if isinstance(allowed, torch.Tensor) and allowed.dim() and allowed.shape[0] == len(self.batch):
+            self.allowed = allowed[rows.to(allowed.device)]
+        self.generator = rng_rows(generator, rows)
+
     def _prepared_rows(self, term, state, index: torch.Tensor):
-        """``term``'s prepared state for the rows ``index`` of this batch (indexed when possible, else prepared again)."""
+        """``term``'s prepared state (of the full batch) for the current rows ``index`` (indexed when possible, else prepared again)."""
+        if term is None:
+            return None
+        if self.rows is not None:
+            index = self.rows.to(index.device)[index]
+            state = self._full[0] if term is self.reward else self._full[1]
         try:
             return select_rows(state, index, len(self.batch))
         except UnknownRows:
@@ -203,6 +261,14 @@ class EnergyFunction:
     def _track_tokens(self, energy: torch.Tensor, tokens: torch.Tensor) -> None:
         """Best-state tracking for token ids (see :meth:`_track_best`)."""
         energy = torch.where(torch.isfinite(energy), energy, float("inf"))
+        if self.rows is not None:  # a subset of the rows: update their entries only
+            rows = self.rows.to(energy.device)
+            if self.best_energy is None:  # (the start point is always tracked with every row)
+                raise RuntimeError("best-state tracking must start with every row")
+            better = energy < self.best_energy[rows]
+            self.best_energy[rows] = torch.where(better, energy, self.best_energy[rows])
+            self.best_tokens[rows] = torch.where(better.unsqueeze(1), tokens, self.best_tokens[rows])
+            return
         if self.best_energy is None:
             self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
             return
@@ -265,6 +331,25 @@ class ChainHealth:
         self.streak = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
         self.dropped = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         self.events: list[dict[str, int | str]] = []
+        self.ids = list(range(y.shape[0]))  # batch row of each current chain (settled chains leave, see refine)
+        self._dropped_full = None
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only the chains at positions ``keep`` (the others settled)."""
+        if self._dropped_full is None:
+            self._dropped_full = self.dropped.clone()
+        self._dropped_full[torch.tensor(self.ids, dtype=torch.long, device=self.dropped.device)] = self.dropped
+        index = keep.to(self.streak.device)
+        self.anchor, self.streak, self.dropped = self.anchor[index.to(self.anchor.device)], self.streak[index], self.dropped[index]
+        self.ids = [self.ids[i] for i in keep.tolist()]
+
+    def expand(self, active: torch.Tensor, rows: int) -> None:
+        """Back to one entry per batch row at the end of the run."""
+        if self._dropped_full is None:
+            return
+        if self.ids:
+            self._dropped_full[torch.tensor(self.ids, dtype=torch.long, device=self.dropped.device)] = self.dropped
+        self.dropped = self._dropped_full
 
     def after_step(self, iteration: int, y: torch.Tensor, sample: torch.Tensor, point_ok: torch.Tensor,
                    state: SamplerState, cache_before: dict) -> torch.Tensor:
@@ -283,7 +368,7 @@ class ChainHealth:
             return sample
         drop = fault & (self.streak >= self.max_faults)
         for chain in fault.nonzero().flatten().tolist():
-            self.events.append({"chain": chain, "iteration": iteration, "action": "dropped" if drop[chain] else "rollback"})
+            self.events.append({"chain": self.ids[chain], "iteration": iteration, "action": "dropped" if drop[chain] else "rollback"})
         self.dropped |= drop
         scale = state.step_scale if state.step_scale is not None else torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
         state.step_scale = torch.where(fault.to(scale.device), scale * self.shrink, scale)
@@ -296,6 +381,55 @@ class ChainHealth:
         return torch.where(Sampler.per_chain(hold, y), self.anchor, sample)
 
 
+class Patience:
+    """Which chains have settled: their lowest energy has not improved for ``patience`` steps, or
+    (samplers with an ``accept`` diagnostic) they rejected ``patience`` proposals in a row."""
+
+    def __init__(self, rows: int, patience: int, device):
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"patience must be an integer >= 1 or null (model.init_args.patience), got {patience!r}")
+        self.patience = patience
+        self.lowest = torch.full((rows,), float("inf"), device=device)
+        self.stale = torch.zeros(rows, dtype=torch.long, device=device)
+        self.rejected = torch.zeros(rows, dtype=torch.long, device=device)
+
+    def update(self, rows: torch.Tensor, energy: torch.Tensor, accept: torch.Tensor | None) -> torch.Tensor:
+        """Record one step of the chains ``rows``; return which of them have settled."""
+        energy = energy.to(self.lowest.device)
+        improved = energy < self.lowest[rows]
+        self.lowest[rows] = torch.where(improved, energy, self.lowest[rows])
+        self.stale[rows] = torch.where(improved, 0, self.stale[rows] + 1)
+        settled = self.stale[rows] >= self.patience
+        if accept is not None:
+            accept = accept.to(self.lowest.device) > 0
+            self.rejected[rows] = torch.where(accept, 0, self.rejected[rows] + 1)
+            settled |= self.rejected[rows] >= self.patience
+        return settled
+
+
+def _compact_state(state: SamplerState, keep: torch.Tensor, rows: int, x: torch.Tensor) -> torch.Tensor:
+    """Keep the chains ``keep`` (positions in the current batch) in the sampler state; return the new iterate."""
+
+    def take(value):
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
+            return value[keep.to(value.device)]
+        if isinstance(value, Evaluation):
+            return Evaluation(take(value.point), take(value.energy), take(value.grad), {k: take(v) for k, v in value.parts.items()})
+        if isinstance(value, dict):
+            return {k: take(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(take(v) for v in value)
+        return value
+
+    state.step_scale = take(state.step_scale)
+    state.cache = take(state.cache)
+    if state.kept is not None and Sampler.same_point(state.kept.point, x):
+        state.kept = take(state.kept)
+        return state.kept.point  # the compacted iterate is the kept point: no re-evaluation
+    state.kept = None
+    return x[keep.to(x.device)]
+
+
 def refine(
     y: torch.Tensor,
     energy_fn: EnergyFunction,
@@ -304,6 +438,7 @@ def refine(
     generator: torch.Generator | None = None,
     progress=None,
     max_faults: int = 3,
+    patience: int | None = None,
 ) -> tuple[torch.Tensor, Trace]:
     """Run ``num_steps`` sampler steps from ``y``; return the final logits and the trace.
 
@@ -312,19 +447,88 @@ def refine(
     diagnostics. Numerical faults are handled per chain by :class:`ChainHealth`
     (rollback, smaller steps, dropped after ``max_faults`` in a row) and logged in
     ``trace.faults`` / ``trace.dropped``. ``progress(step)`` is called after every step when given.
+
+    ``patience`` (None: off) lets settled chains stop costing (:class:`Patience`): once a chain's
+    lowest energy has not improved for ``patience`` steps, or it rejected ``patience`` proposals
+    in a row, it leaves the batch at its current point and later steps run only the remaining
+    rows (``energy_fn.select``; sampler state, fault handling and per-row generators are
+    compacted with them). With per-row generators the remaining chains move exactly as without
+    patience. A chain that settles after step ``t`` stays at the point step ``t`` started from
+    (the last point whose energy was evaluated; ``decode: best`` loses nothing), its later trace
+    entries repeat that point's energy, gradient norm and parts, its sampler diagnostics are 0,
+    and ``settled`` (1.0 from step ``t + 1``) marks them.
     """
+    rows = y.shape[0]
+    active = torch.arange(rows, device=y.device)
+    watch = Patience(rows, patience, y.device) if patience is not None else None
+    final = None  # with patience: every row's latest point once some chain settled
     state = sampler.init_state(y, num_steps)
     trace, health = Trace(), ChainHealth(y, max_faults)
+    last: dict[str, torch.Tensor] = {}
+    step_generator = generator
     for step in range(num_steps):
+        if active.numel() == 0:  # every chain settled: the trace keeps one entry per step
+            trace.add(**last, settled=torch.ones(rows))
+            if progress is not None:
+                progress(step)
+            continue
         energy_fn.relaxation.set_progress(state.progress)  # e.g. Gumbel temperature annealing
         cache_before = dict(state.cache)  # samplers replace cache entries, never edit them in place
-        out = sampler.step(y, energy_fn, state, generator)
+        before = y
+        out = sampler.step(y, energy_fn, state, step_generator)
         state.iteration += 1
         values = out.trace()
-        trace.add(**values)
         point_ok = torch.isfinite(values["energy"]) & torch.isfinite(values["grad_norm"])
         y = health.after_step(step, y, out.sample.detach(), point_ok, state, cache_before)
+        if watch is None:
+            trace.add(**values)
+        else:
+            settled_now = watch.update(active, values["energy"], values.get("accept"))
+            trace.add(**_full_rows(values, active, rows, last, set(out.diagnostics)), settled=_settled(active, rows, y.device))
+            if bool(settled_now.any()) and step + 1 < num_steps:
+                # a settling chain stays at the point this step started from: the last one evaluated,
+                # whose values its later trace entries repeat
+                current = torch.where(Sampler.per_chain(settled_now.to(y.device), y), before, y)
+                if final is None:
+                    final = current.clone()
+                else:
+                    final[active] = current
+                keep = (~settled_now).nonzero().flatten()
+                health.compact(keep)
+                if keep.numel():
+                    y = _compact_state(state, keep, len(active), y)
+                active = active[keep.to(active.device)]
+                energy_fn.select(active if 0 < active.numel() < rows else None)
+                step_generator = rng_rows(generator, active)
         if progress is not None:
             progress(step)
+    if final is not None:
+        if active.numel():
+            final[active] = y
+        y = final
+        energy_fn.select(None)
+        health.expand(active, rows)
     trace.faults, trace.dropped = health.events, health.dropped
     return y, trace
+
+
+def _settled(active: torch.Tensor, rows: int, device) -> torch.Tensor:
+    settled = torch.ones(rows, device=device)
+    settled[active] = 0.0
+    return settled
+
+
+def _full_rows(values: dict[str, torch.Tensor], active: torch.Tensor, rows: int, last: dict[str, torch.Tensor],
+               diagnostics: set[str]) -> dict[str, torch.Tensor]:
+    """One trace entry per batch row: the active chains' values, the settled chains' last ones (diagnostics 0)."""
+    out = {}
+    for name, value in values.items():
+        if name in diagnostics:
+            previous = torch.zeros(rows, dtype=value.dtype, device=value.device)
+        else:
+            previous = last.get(name, torch.zeros(rows, dtype=value.dtype, device=value.device)).to(value.device)
+        filled = previous.clone()
+        filled[active.to(value.device)] = value.detach()
+        last[name] = filled if name not in diagnostics else torch.zeros_like(filled)
+        out[name] = filled
+    return out

@@ -109,3 +109,4 @@ def test_select_rows_of_prepared_states(tiny_policy):
         torch.testing.assert_close(v, v2)
     words, lengths = select_rows(([["a"], ["b"]], torch.tensor([5, 6])), index, 2)
     assert words == [["b"], ["b"], ["a"]] and lengths.tolist() == [6, 6, 5]
+

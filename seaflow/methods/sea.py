@@ -59,6 +59,11 @@ class SEA(AlignmentMethod):
             policy samples per prompt (Best-of-N's candidates; sampled and scored inside the
             method, so counted in its cost); null = the first ``chains`` samples. The records'
             ``initial_*`` fields stay the plain sample (candidate 0); ``pool_rewards`` lists all.
+        patience: a chain whose lowest energy has not improved for this many steps (or that rejected
+            this many proposals in a row) leaves the batch, and later steps run only the other rows
+            (seaflow.refine.refine); null = every chain runs every step.
+        compile: ``torch.compile`` the energy evaluation (relaxation + energy terms, their backward
+            with them) with dynamic shapes: true (inductor) or a backend name; false = eager.
     """
 
     def __init__(
@@ -79,6 +84,8 @@ class SEA(AlignmentMethod):
         trace_every: int = 1,
         max_faults: int = 3,
         init_pool: int | None = None,
+        patience: int | None = None,
+        compile: bool | str = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +136,10 @@ class SEA(AlignmentMethod):
         self.trace_every = max(1, trace_every)
         self.max_faults = max_faults
         self.init_pool = init_pool
+        if patience is not None and not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"model.init_args.patience must be an integer >= 1 or null (every chain runs every step), got {patience!r}")
+        self.patience = patience
+        self.compile = compile
 
     # -- the method ------------------------------------------------------------------------
 
@@ -184,9 +195,9 @@ class SEA(AlignmentMethod):
         # 2. refine: T sampler steps on the relaxed energy, all prompts x chains at once
         energy_fn = EnergyFunction(
             ResponseBatch(prompt_ids, prompts, lengths.cpu(), width), self.relaxation, self.reward,
-            self.reference, self.alpha, self.reference_weight, generator=generator, allowed=allowed,
+            self.reference, self.alpha, self.reference_weight, generator=generator, allowed=allowed, compile=self.compile,
         )
-        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults)
+        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults, patience=self.patience)
 
         # 3. decode and 4. score the discrete tokens
         if allowed is not None:

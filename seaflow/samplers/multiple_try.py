@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from seaflow import rng
-from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
+from seaflow.samplers.base import EnergyFn, SamplerOutput, SamplerState
 from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.schedules import Schedule
 
