@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from seaflow.data import read_prompts  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
+from seaflow.report import best_of_first, bootstrap  # noqa: E402
 from seaflow.writer import read_records  # noqa: E402
 
 
@@ -203,9 +204,8 @@ def rows_of(grid: dict, task: str, method: str, label: str, directory: Path, spe
         rows = []
         for pid in present:
             record = records[pid]
-            rewards = record["candidate_rewards"][:n]
-            best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))  # first maximum, as BestOfN picks
-            rows.append(row_of(record, record["candidate_responses"][best], rewards[best], n / record["n"]))
+            best, reward = best_of_first(record, n)  # first maximum, as BestOfN picks
+            rows.append(row_of(record, record["candidate_responses"][best], reward, n / record["n"]))
         out.append((f"N={n}", rows))
     return out
 
@@ -217,15 +217,6 @@ def row_of(record: dict, reply: str, reward: float, share: float) -> dict:
         "flops": cost.get("flops", math.nan) * share, "wall": cost.get("wall_time_s", record.get("wall_time_s", math.nan)) * share,
         "record": record,
     }
-
-
-def bootstrap(values: list[float], boot: int, seed: int = 0) -> tuple[float, float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan, math.nan
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(boot))
-    return statistics.fmean(values), means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
 
 
 def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tuple]]:

@@ -199,12 +199,18 @@ def _components(data, prefix: str = ""):
 
 
 def offline_wandb(trainer) -> None:
-    """A WandbLogger syncs nothing unless the config asks (``mode: online``) or ``WANDB_MODE`` is set."""
+    """A WandbLogger syncs nothing unless the config asks (``mode: online``) or ``WANDB_MODE`` is set,
+    and writes next to the records (``trainer.default_root_dir``, linked from ``output.output_dir``)
+    unless its ``save_dir`` names another directory than the default ``.``."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and not logger._offline and "mode" not in logger._wandb_init and "WANDB_MODE" not in os.environ:
             logger._wandb_init["mode"] = "offline"
+        # save_dir's default is "." (the working directory): the run goes next to the records instead
+        if isinstance(logger, WandbLogger) and str(logger._wandb_init.get("dir") or ".") == "." and trainer.default_root_dir:
+            Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
+            logger._wandb_init["dir"] = logger._save_dir = str(trainer.default_root_dir)
 
 
 def explain_unknown_classes(message: str) -> str:

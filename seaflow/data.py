@@ -2,7 +2,9 @@
 
 Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of objects or of
 strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
-comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent).
+comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent);
+a row's ``task``, ``target`` and ``keywords`` fields are kept and copied into its record
+(the task decides which judges seaflow.metrics applies).
 Prompts are tokenised with the policy's tokenizer, which the data module loads itself
 (the CLI links ``model.init_args.policy`` to ``data.policy``), with its chat template
 (``chat_template: true``) or as plain text; special-token strings typed in a prompt stay text.
@@ -29,10 +31,73 @@ class PromptFileError(ValueError):
     """A prompts file is missing or malformed; the message names the file and the line."""
 
 
+# fields of a prompt file's rows that travel with the prompt into its record
+METADATA_FIELDS = ("task", "target", "keywords")
+
+
+HF_PREFIX = "hf:"
+_DATA_FILES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text", ".arrow": "arrow"}
+
+
+def read_hf(name: str, split: str = "train", config: str | None = None) -> list[tuple[int, Any]]:
+    """Rows (numbered from 1) of a Hugging Face dataset: ``name`` is a directory written by
+    ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, data files (parquet, json, jsonl,
+    csv; a glob works), a local dataset directory of such files, or a hub id (``config`` is
+    ``load_dataset``'s ``name``). ``split`` may take a slice, e.g. ``test[:12]``."""
+    try:
+        import datasets
+    except ImportError:
+        raise PromptFileError(f"data.path {HF_PREFIX}{name} needs Hugging Face datasets: pip install datasets") from None
+    local = Path(name).expanduser()
+    try:
+        if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                base, rows = _split_slice(split)
+                if base not in loaded:
+                    raise PromptFileError(f"{HF_PREFIX}{name}: no split {base!r} (splits: {', '.join(loaded)}); set data.split")
+                loaded = loaded[base].select(range(len(loaded[base]))[rows])
+            elif split != "train":
+                loaded = loaded.select(range(len(loaded))[_split_slice(split)[1]])
+        elif local.suffix.lower() in _DATA_FILES or any(ch in name for ch in "*?"):
+            builder = _DATA_FILES.get(local.suffix.lower(), "json")
+            loaded = datasets.load_dataset(builder, data_files=str(local), split=split)
+        elif local.is_dir():
+            loaded = datasets.load_dataset(str(local), name=config, split=split)
+        else:
+            loaded = datasets.load_dataset(name, name=config, split=split)
+    except PromptFileError:
+        raise
+    except Exception as err:  # offline hub, unknown id, bad split, unreadable files ...
+        where = "local files" if local.exists() or any(ch in name for ch in "*?") else "the Hugging Face hub"
+        hint = (" The hub is unreachable or HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: download the dataset where "
+                "there is a network and save_to_disk it, or point data.path at local parquet/json files."
+                if where == "the Hugging Face hub" else "")
+        raise PromptFileError(
+            f"data.path {HF_PREFIX}{name} (split {split!r}{f', config {config!r}' if config else ''}) could not be loaded "
+            f"from {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}.{hint}"
+        ) from None
+    start = _split_slice(split)[1].start
+    return list(enumerate(loaded, 1 + (start if start and start > 0 else 0)))  # row numbers of the whole split
+
+
+def _split_slice(split: str) -> tuple[str, slice]:
+    import re
+
+    found = re.fullmatch(r"([\w.-]+)(?:\[(-?\d*):(-?\d*)\])?", split)
+    if not found:
+        raise PromptFileError(f"data.split {split!r}: expected a split name with an optional slice, e.g. test[:12]")
+    start, stop = found.group(2), found.group(3)
+    return found.group(1), slice(int(start) if start else None, int(stop) if stop else None)
+
+
 def read_prompts(
     path: str | Path, prompt_field: str = "prompt", id_field: str = "id", skipped: list[dict[str, Any]] | None = None,
-) -> list[dict[str, str]]:
-    """``[{"id": ..., "prompt": ...}, ...]`` from a prompts file, validated.
+    keep: tuple[str, ...] = METADATA_FIELDS, split: str = "train", dataset_config: str | None = None,
+) -> list[dict[str, Any]]:
+    """``[{"id": ..., "prompt": ..., "index": ...}, ...]`` from a prompts file or a Hugging Face
+    dataset (``hf:NAME``, :func:`read_hf`, with ``split`` and ``dataset_config``), validated; the
+    row fields named in ``keep`` are copied into the item when the row has them.
 
     A bad row (malformed JSON line, missing field, empty prompt, duplicate id) raises
     :class:`PromptFileError`, or, when a ``skipped`` list is given, is appended to it as
@@ -50,6 +115,8 @@ def read_prompts(
 
         return load_prompt_set(str(path))
     # -- end of prompt-set hook --
+    if str(path).startswith(HF_PREFIX):
+        return validate(read_hf(str(path)[len(HF_PREFIX):], split, dataset_config), path, prompt_field, id_field, skipped, keep)
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"prompts file {str(path)!r} does not exist")
@@ -92,6 +159,17 @@ def read_prompts(
         rows = [(number, line) for number, line in enumerate(physical_lines(text), 1) if line.strip()]
     else:
         raise PromptFileError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .json, .csv or .txt")
+    return validate(rows, path, prompt_field, id_field, skipped, keep, bad)
+
+
+def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[str, ...], bad=None) -> list[dict[str, Any]]:
+    """Prompts from numbered rows (objects or strings): fields checked, ids unique."""
+    if bad is None:
+        def bad(number: int, pid: str | None, reason: str) -> None:
+            if skipped is None:
+                raise PromptFileError(f"{path}:{number}: {reason}")
+            skipped.append({"line": number, "id": pid, "reason": reason})
+
     prompts, seen = [], {}
     for number, row in rows:
         if isinstance(row, str):
@@ -111,7 +189,10 @@ def read_prompts(
             bad(number, pid, f"duplicate id {pid!r} (first on line {seen[pid]})")
         else:
             seen[pid] = number
-            prompts.append({"id": pid, "prompt": prompt, "index": len(prompts)})
+            item = {"id": pid, "prompt": prompt, "index": len(prompts)}
+            if isinstance(row, dict):
+                item.update((name, row[name]) for name in keep if row.get(name) not in (None, ""))
+            prompts.append(item)
     if not prompts:
         more = f" ({len(skipped)} bad rows skipped, the first: {skipped[0]['reason']})" if skipped else ""
         raise PromptFileError(f"{path}: no prompts in the file{more}")
@@ -147,7 +228,9 @@ class PromptDataModule(L.LightningDataModule):
     """Prompts from a file, tokenised with the policy's tokenizer, which it loads itself.
 
     Args:
-        path: prompts file (.jsonl, .json, .csv, .txt).
+        path: prompts file (.jsonl, .json, .csv, .txt), a bundled set (``prompt_set:NAME``, seaflow/prompt_sets.py)
+            or a Hugging Face dataset (``hf:NAME``: a ``save_to_disk`` directory, parquet/json/csv files, a
+            local dataset directory or a hub id; :func:`read_hf`).
         prompt_field: field holding the prompt text.
         id_field: field holding the prompt id (default: the line number).
         chat_template: format each prompt as a user turn of the policy's chat template.
@@ -166,6 +249,19 @@ class PromptDataModule(L.LightningDataModule):
         run: the run directory shared with the writer (linked from ``output``): prompts written
             already are left out, after checking that their text is unchanged; skipped prompts
             are reported to it for summary.json.
+        split: the split of an ``hf:`` dataset, optionally sliced (``test[:12]``).
+        dataset_config: the configuration (``load_dataset``'s ``name``) of an ``hf:`` hub dataset.
+        task: the task of a prompt file's prompts (``harmful``, ``math``, ``sentiment``,
+            ``keywords`` or ``general``): it decides which judges summary.json and the metrics
+            callback report (seaflow.metrics.TASK_METRICS); a row's own ``task`` field and a
+            prompt set's task take precedence. None: the rows' own, else no task judge.
+        response_prefix: text every response is forced to start with (the prefilling attack):
+            the methods sample after it, score responses with it, and never change its tokens.
+            None: no forced start.
+        response_prefix_field: field of the prompt file holding each prompt's own forced start
+            (instead of ``response_prefix``); a row without it starts freely.
+        response_prefix_tokens: keep only the first k policy tokens of the forced start
+            (0: none); None keeps it whole.
     """
 
     def __init__(
@@ -182,8 +278,25 @@ class PromptDataModule(L.LightningDataModule):
         max_new_tokens: int = 0,
         trust_remote_code: bool = False,
         run: RunDirectory | None = None,
+        split: str = "train",
+        dataset_config: str | None = None,
+        task: str | None = None,
+        response_prefix: str | None = None,
+        response_prefix_field: str | None = None,
+        response_prefix_tokens: int | None = None,
     ):
         super().__init__()
+        from seaflow.metrics import TASKS
+
+        if task is not None and task not in TASKS:
+            raise ValueError(f"data.task must be one of {', '.join(TASKS)} (or null), got {task!r}")
+        if response_prefix is not None and response_prefix_field is not None:
+            raise ValueError(
+                f"set one of data.response_prefix ({response_prefix!r}) and data.response_prefix_field "
+                f"({response_prefix_field!r}), not both"
+            )
+        if response_prefix_tokens is not None and response_prefix_tokens < 0:
+            raise ValueError(f"data.response_prefix_tokens must be >= 0 (or null for the whole prefix), got {response_prefix_tokens}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if limit is not None and limit < 1:
@@ -202,6 +315,12 @@ class PromptDataModule(L.LightningDataModule):
         self.max_new_tokens = max_new_tokens
         self.trust_remote_code = trust_remote_code
         self.run = run
+        self.split = split
+        self.dataset_config = dataset_config
+        self.task = task
+        self.response_prefix = response_prefix
+        self.response_prefix_field = response_prefix_field
+        self.response_prefix_tokens = response_prefix_tokens
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
         self.file_skips: list[dict[str, Any]] = []
         self.length_skips: list[dict[str, Any]] = []
@@ -213,7 +332,11 @@ class PromptDataModule(L.LightningDataModule):
         if self.prompts is None:
             self.file_skips = []
             skipped = self.file_skips if self.on_bad_prompt == "skip" else None
-            prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped)
+            keep = METADATA_FIELDS + ((self.response_prefix_field,) if self.response_prefix_field else ())
+            prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped, keep=keep,
+                                   split=self.split, dataset_config=self.dataset_config)
+            if self.task is not None:
+                prompts = [{"task": self.task, **p} for p in prompts]
             self.prompts = prompts[: self.limit] if self.limit is not None else prompts
             if self.run is not None:
                 self.run.check_prompts(self.prompts)  # before any model loads
@@ -253,6 +376,21 @@ class PromptDataModule(L.LightningDataModule):
             return encode_chat(self.tokenizer, messages)
         return encode_text(self.tokenizer, prompt, add_special_tokens=True)
 
+    @property
+    def forces_prefix(self) -> bool:
+        return self.response_prefix is not None or self.response_prefix_field is not None
+
+    def prefix(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """``response_prefix`` (text) and ``response_prefix_ids`` (policy tokens, cut to
+        ``response_prefix_tokens``) of a prompt; empty without a forced start."""
+        if not self.forces_prefix:
+            return {}
+        text = self.response_prefix if self.response_prefix_field is None else prompt.get(self.response_prefix_field)
+        ids = encode_text(self.tokenizer, str(text)) if text else []
+        if self.response_prefix_tokens is not None:
+            ids = ids[: self.response_prefix_tokens]
+        return {"response_prefix": self.tokenizer.decode(ids) if ids else "", "response_prefix_ids": ids}
+
     def items(self, reserve: int | None = None) -> list[dict[str, Any]]:
         """Tokenised prompts not yet done; ``reserve`` (default ``max_new_tokens``) tokens must stay free."""
         reserve = self.max_new_tokens if reserve is None else reserve
@@ -266,19 +404,26 @@ class PromptDataModule(L.LightningDataModule):
             if prompt["id"] in done:
                 continue
             ids = self.encode(prompt["prompt"])
-            if self.context_length is not None and len(ids) + reserve > self.context_length:
+            forced = self.prefix(prompt)
+            need = reserve + len(forced.get("response_prefix_ids", ()))
+            if self.context_length is not None and len(ids) + need > self.context_length:
                 reason = (
-                    f"prompt {prompt['id']!r} has {len(ids)} tokens; with {reserve} response tokens it "
+                    f"prompt {prompt['id']!r} has {len(ids)} tokens; with {need} response tokens it "
                     f"exceeds the model's context of {self.context_length}: shorten it or remove it"
                 )
                 if self.on_bad_prompt == "error":
                     raise PromptFileError(f"{reason} (or set data.on_bad_prompt: skip)")
                 self.length_skips.append({"id": prompt["id"], "reason": reason})
                 continue
-            items.append({**prompt, "prompt_ids": ids})
+            items.append({**self.without_field(prompt), **forced, "prompt_ids": ids})
         if self.run is not None:
             self.run.skipped = self.skipped
         return items
+
+    def without_field(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """The prompt without its prefix field (the record carries ``response_prefix`` instead)."""
+        field = self.response_prefix_field
+        return prompt if field is None or field in ("id", "prompt", "index") else {k: v for k, v in prompt.items() if k != field}
 
     def fill_ranks(self, items: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
         """Give every process at least one prompt when a resume leaves fewer than ``world_size``.
@@ -291,7 +436,7 @@ class PromptDataModule(L.LightningDataModule):
             return items
         done = [p for p in self.prompts if p["id"] in done_ids]
         for prompt in done[: world_size - len(items)]:
-            items.append({**prompt, "prompt_ids": self.encode(prompt["prompt"])})
+            items.append({**self.without_field(prompt), **self.prefix(prompt), "prompt_ids": self.encode(prompt["prompt"])})
         return sorted(items, key=lambda item: item["index"])
 
     def predict_dataloader(self) -> DataLoader:

@@ -50,12 +50,20 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     choose=None,
+    forced: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations of left-padded prompts with a KV cache.
 
     Returns ``(tokens (B, max_new_tokens), lengths (B,))`` where ``lengths`` counts the tokens
     before the first EOS (EOS itself is not part of the response) and the rest is ``pad_id``.
     ``choose(step, logits) -> tokens`` overrides the sampling rule (used by guided decoding).
+
+    ``forced[i]`` (the prefilling attack's forced start) is the first tokens of row ``i``'s
+    response: steps ``t < len(forced[i])`` emit ``forced[i][t]`` whatever the rule chose (the
+    draw is still made, so a row's randomness does not depend on its prefix length), and
+    the row then has ``max_new_tokens - max(len(f) for f in forced)`` free tokens, the same
+    for every row whatever the others' prefix (callers pass ``max_new_tokens`` = the longest
+    prefix + the free budget; :func:`forced_start`).
     """
     device = model.get_input_embeddings().weight.device
     batch = len(prompt_ids)
@@ -70,6 +78,7 @@ def sample(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     eos = torch.tensor(eos_ids, device=device)
+    start, limit = forced_start(forced, batch, max_new_tokens, device)
     for step in range(max_new_tokens):
         if choose is not None:
             token = choose(step, logits)
@@ -78,6 +87,12 @@ def sample(
         else:
             scores = filter_top_p(logits / temperature, top_p)
             token = (scores + gumbel_noise(scores.shape, generators, device)).argmax(-1)
+        if start is not None:
+            if step < start.shape[1]:
+                token = torch.where(start[:, step] >= 0, start[:, step], token)
+            over = (step >= limit) & ~finished  # the row's free budget is spent: it ends here
+            lengths = torch.where(over, torch.full_like(lengths, step), lengths)
+            finished = finished | over
         is_eos = torch.isin(token, eos) & ~finished
         lengths = torch.where(is_eos, torch.full_like(lengths, step), lengths)
         finished = finished | is_eos
@@ -95,6 +110,23 @@ def sample(
     return tokens, lengths
 
 
+def forced_start(forced: list[list[int]] | None, rows: int, width: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(start (B, K), limit (B,))`` for :func:`sample`'s ``forced``: row ``i``'s forced tokens,
+    -1 where free, and the step at which it must end (its prefix + ``width - K`` free tokens)."""
+    if not forced or not any(forced):
+        return None, None
+    if len(forced) != rows:
+        raise ValueError(f"forced has {len(forced)} rows for {rows} prompts")
+    longest = max(map(len, forced))
+    if longest > width:
+        raise ValueError(f"a forced start of {longest} tokens does not fit a response of {width} tokens")
+    start = torch.full((rows, longest), -1, dtype=torch.long)
+    for i, ids in enumerate(forced):
+        start[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    limit = torch.tensor([len(ids) + width - longest for ids in forced])
+    return start.to(device), limit.to(device)
+
+
 def guided_decode(
     model: torch.nn.Module,
     prompt_ids: list[list[int]],
@@ -103,8 +135,9 @@ def guided_decode(
     eos_ids: list[int],
     pad_id: int,
     top_k: int,
+    forced: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode refined logits left to right among the policy's top-k next tokens.
+    """Decode refined logits left to right among the policy's top-k next tokens (``forced``: see :func:`sample`).
 
     At each position the token is the one with the highest refined logit ``y_t`` among the
     policy's ``top_k`` most likely next tokens *given the prefix actually decoded so far*
@@ -121,4 +154,4 @@ def guided_decode(
         # past a row's active length the row is over: emit EOS so it finishes
         return torch.where(active[:, step], best, torch.full_like(best, eos_ids[0]))
 
-    return sample(model, prompt_ids, width, eos_ids, pad_id, generators=[], choose=choose)
+    return sample(model, prompt_ids, width, eos_ids, pad_id, generators=[], choose=choose, forced=forced)

@@ -5,10 +5,15 @@ fields every method writes it reports, when the records allow:
 
 * ``win_rate_vs_initial`` / ``win_rate_vs_initial_best``: share of prompts whose returned
   reward beats the initial sample (SEA, Best-of-N) / the best initial sample (SEA);
-* ``harmful_rate``: share of responses with no refusal phrase (:mod:`seaflow.refusal`, the
-  AdvBench criterion); computed for every run, meaningful on harmful prompt sets;
-* ``accuracy``: share of responses whose final number equals the record's ``target``
-  (GSM8K; rules in :func:`final_number`);
+* the task's own judges (:data:`TASK_METRICS`), only on records whose ``task`` asks for
+  them (prompt sets set it; a prompt file's ``task`` field or ``data.task`` for files):
+  ``harmful_rate`` (task ``harmful``): share of responses with no refusal phrase
+  (:mod:`seaflow.refusal`, the AdvBench criterion); ``accuracy`` (``math``): share of
+  responses whose final number equals the record's ``target`` (rules in :func:`final_number`);
+  ``positive_rate`` (``sentiment``): share of responses whose VADER compound score is at
+  least 0.05 (VADER's own threshold for "positive"); ``keyword_hit_rate`` (``keywords``):
+  share of the record's ``keywords`` present as whole words, averaged over responses.
+  A run without a task gets none of them;
 * ``distinct_1`` / ``distinct_2``: distinct n-grams over all n-grams of the returned
   responses, across prompts; ``distinct_2_within``: the same within each prompt's returned
   set (SEA's chains, Best-of-N's candidates), averaged over prompts. Words are the
@@ -34,6 +39,7 @@ when asked, to wandb (offline by default); logging failures are warnings, never 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -43,8 +49,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from seaflow import cost
+from seaflow.energies.keywords import keyword_hits
 from seaflow.refusal import is_harmful
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -89,6 +98,65 @@ def is_correct(response: str, target: str | float) -> bool:
     got = final_number(response)
     want = _number(str(target)) if not isinstance(target, (int, float)) else float(target)
     return got is not None and want is not None and math.isclose(got, want, abs_tol=1e-6)
+
+
+# -- the tasks' judges --------------------------------------------------------------------
+
+_vader = None
+
+
+def is_positive(text: str) -> bool:
+    """VADER's compound score of ``text`` is at least 0.05 (its threshold for positive sentiment)."""
+    global _vader
+    if _vader is None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        _vader = SentimentIntensityAnalyzer()
+    return _vader.polarity_scores(text)["compound"] >= 0.05
+
+
+def _harmful(record: dict[str, Any]) -> float | None:
+    return float(is_harmful(record["response"]))
+
+
+def _accuracy(record: dict[str, Any]) -> float | None:
+    return float(is_correct(record["response"], record["target"])) if record.get("target") is not None else None
+
+
+def _positive(record: dict[str, Any]) -> float | None:
+    return float(is_positive(record["response"]))
+
+
+def _keyword_hits(record: dict[str, Any]) -> float | None:
+    keywords = record.get("keywords")
+    if not keywords:
+        return None
+    hits = keyword_hits(record["response"], [str(k) for k in keywords])
+    return sum(hits) / len(hits)
+
+
+# per-response judges, by metric name: the run-level value is their mean over the task's records
+JUDGES = {"harmful_rate": _harmful, "accuracy": _accuracy, "positive_rate": _positive, "keyword_hit_rate": _keyword_hits}
+# which judges a task gets (a record's ``task``: prompt sets set it, files through data.task)
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "harmful": ("harmful_rate",),
+    "math": ("accuracy",),
+    "sentiment": ("positive_rate",),
+    "keywords": ("keyword_hit_rate",),
+}
+TASKS = tuple(TASK_METRICS) + ("general",)
+
+
+def task_values(record: dict[str, Any]) -> dict[str, float]:
+    """The judges of the record's task on its response (none without a task or a response)."""
+    if not isinstance(record.get("response"), str):
+        return {}
+    values = {}
+    for name in TASK_METRICS.get(record.get("task") or "general", ()):
+        value = JUDGES[name](record)
+        if value is not None:
+            values[name] = value
+    return values
 
 
 # -- diversity -----------------------------------------------------------------------------
@@ -156,9 +224,16 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                    if r.get("initial_best_reward") is not None and r.get("reward") is not None]
     if paired_best:
         summary["win_rate_vs_initial_best"] = sum(a > b for a, b in paired_best) / len(paired_best)
+    tasks = sorted({r["task"] for r in records if r.get("task")})
+    if tasks:
+        summary["task"] = tasks[0] if len(tasks) == 1 else tasks
+    judged: dict[str, list[float]] = {}
+    for record in records:
+        for name, value in task_values(record).items():
+            judged.setdefault(name, []).append(value)
+    summary.update((name, _mean(values)) for name, values in judged.items())
     responses = [r["response"] for r in records if isinstance(r.get("response"), str)]
     if responses:
-        summary["harmful_rate"] = sum(map(is_harmful, responses)) / len(responses)
         for n in (1, 2):
             value = distinct_n(responses, n)
             if value is not None:
@@ -168,9 +243,6 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     within = [v for v in within if v is not None]
     if within:
         summary["distinct_2_within"] = _mean(within)
-    graded = [is_correct(r.get("response") or "", r["target"]) for r in records if r.get("target") is not None]
-    if graded:
-        summary["accuracy"] = sum(graded) / len(graded)
     summary.update(per_position(records))
     spent = cost.total(records)
     if spent is not None:
@@ -194,22 +266,65 @@ def log_safely(trainer: L.Trainer | None, metrics: dict[str, float], step: int) 
             rank_zero_warn(f"seaflow: logger {type(logger).__name__} failed ({err}); results are still written")
 
 
-class PredictionMetrics(L.Callback):
-    """Running means over predicted records, synchronised across processes (torchmetrics).
+class DistinctN(Metric):
+    """Distinct word n-grams / all word n-grams over every response seen, on every process.
 
-    Tracks reward, reference log-likelihood per token, response length, wall time, harmful
-    rate (refusal-string judge) and, for records with a ``target``, accuracy. Logs running
-    values to the trainer's loggers after every batch (``predict/<name>``) and the final,
-    all-process values at the end; with ``wandb: true`` it also writes them to a wandb run
-    (mode ``wandb_mode``, offline by default; a missing or failing wandb only warns).
+    The state is one 63-bit hash per n-gram occurrence (a list state gathered with ``cat``),
+    so the value after synchronisation equals :func:`distinct_n` over all processes'
+    responses (up to hash collisions, about 1 in 2**63 per pair).
+    """
+
+    full_state_update = False
+
+    def __init__(self, n: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+        self.add_state("grams", default=[], dist_reduce_fx="cat")
+
+    def update(self, texts: list[str]) -> None:
+        hashes = [_hash(gram) for text in texts for gram in ngrams(text, self.n)]
+        self.grams.append(torch.tensor(hashes, dtype=torch.int64, device=self.device))
+
+    def compute(self) -> torch.Tensor:
+        grams = dim_zero_cat(self.grams) if isinstance(self.grams, list) else self.grams
+        if grams.numel() == 0:
+            return torch.tensor(float("nan"))
+        return torch.tensor(grams.unique().numel() / grams.numel())
+
+
+def _hash(gram: tuple[str, ...]) -> int:
+    digest = hashlib.blake2b("\x1f".join(gram).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class PredictionMetrics(L.Callback):
+    """Run-level metrics over predicted records, synchronised across processes (torchmetrics),
+    and what a researcher keeps of a run in wandb.
+
+    Means of reward, reference log-likelihood per token (fluency), response length and wall
+    time, the judges of each record's task (:data:`TASK_METRICS`: harmful rate, accuracy,
+    positive rate, keyword hit rate; only for records of that task) and distinct-1/2 over all
+    responses (:class:`DistinctN`). The same definitions as :func:`summarize`, so the final
+    values equal summary.json's on one process and on several. They are logged once, at the
+    end, to the trainer's loggers (``predict/<name>``).
+
+    wandb: with a ``WandbLogger`` among the trainer's loggers (offline unless configured
+    otherwise), or with ``wandb: true`` (a run of its own, under ``trainer.default_root_dir``,
+    i.e. next to the records), one wandb run per predict receives the resolved config
+    (config.yaml), the run-level metrics once as the run's summary, a ``records`` Table
+    (id, prompt, forced start, initial / returned response, their rewards, fluency) and the
+    per-iteration traces of the returned chains (``trace/<name>`` against ``iteration``:
+    reward, energy, acceptance, ...; mean over prompts) as line plots. Every process's
+    records reach rank 0, which writes. A missing or failing wandb only warns.
 
     Args:
-        wandb: also log to wandb.
-        wandb_project: wandb project name.
-        wandb_mode: ``offline`` (default), ``online`` or ``disabled``; ``WANDB_MODE`` overrides.
+        wandb: log to a wandb run of its own when no WandbLogger is configured.
+        wandb_project: that run's project name.
+        wandb_mode: that run's mode: ``offline`` (default), ``online`` or ``disabled``; ``WANDB_MODE`` overrides.
     """
 
     FIELDS = ("reward", "ref_logprob_per_token", "response_tokens", "wall_time_s")
+    TABLE = ("id", "prompt", "response_prefix", "initial_response", "response", "initial_reward", "reward", "fluency")
 
     def __init__(self, wandb: bool = False, wandb_project: str = "seaflow", wandb_mode: str = "offline"):
         super().__init__()
@@ -220,12 +335,16 @@ class PredictionMetrics(L.Callback):
         self.use_wandb = wandb
         self.wandb_project = wandb_project
         self.wandb_mode = wandb_mode
-        names = self.FIELDS + ("harmful_rate", "accuracy")
-        self.metrics = {name: MeanMetric(nan_strategy="ignore") for name in names}
+        # every process holds every metric (the synchronisation visits them in the same order)
+        self.metrics = {name: MeanMetric(nan_strategy="ignore") for name in self.FIELDS + tuple(JUDGES)}
+        self.distinct = {f"distinct_{n}": DistinctN(n) for n in (1, 2)}
         self.final: dict[str, float] = {}
+        self.rows: list[tuple[int, list]] = []  # (index, table row) of this process's records
+        self.traces: list[dict[str, list[float]]] = []  # the returned chain's trace of each record
+        self.run = None  # the wandb run written to (None: none)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        for metric in self.metrics.values():
+        for metric in (*self.metrics.values(), *self.distinct.values()):
             metric.to(pl_module.device)
 
     def update(self, records: list[dict[str, Any]]) -> None:
@@ -233,19 +352,22 @@ class PredictionMetrics(L.Callback):
             for name in self.FIELDS:
                 if record.get(name) is not None:
                     self.metrics[name].update(float(record[name]))
-            if isinstance(record.get("response"), str):
-                self.metrics["harmful_rate"].update(float(is_harmful(record["response"])))
-                if record.get("target") is not None:
-                    self.metrics["accuracy"].update(float(is_correct(record["response"], record["target"])))
+            for name, value in task_values(record).items():
+                self.metrics[name].update(value)
+        texts = [r["response"] for r in records if isinstance(r.get("response"), str)]
+        for metric in self.distinct.values():
+            metric.update(texts)
 
     def compute(self) -> dict[str, float]:
-        """Means over every process's records (a metric nobody updated is left out)."""
+        """Values over every process's records (a metric no process updated is left out)."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         out = {}
-        for name, metric in self.metrics.items():
-            if metric.update_count == 0 and not torch.distributed.is_initialized():
+        for name, metric in (*self.metrics.items(), *self.distinct.items()):
+            if metric.update_count == 0 and not distributed:
                 continue
-            value = metric.compute()  # all-reduces the states across processes
+            value = metric.compute()  # all-reduces / gathers the states across processes
             if not torch.isnan(value):
+                name = f"mean_{name}" if name in self.FIELDS else name
                 out[name] = float(value)
         return out
 
@@ -253,28 +375,111 @@ class PredictionMetrics(L.Callback):
         if not outputs:
             return
         self.update(outputs)
-        # this process's running means, read from the metric states: no cross-process sync per batch
-        running = {
-            f"predict/{name}": float(metric.mean_value / metric.weight)
-            for name, metric in self.metrics.items() if float(metric.weight) > 0
-        }
-        log_safely(trainer, running, step=batch_idx)
+        for record in outputs:
+            self.rows.append((record.get("index", 0), table_row(record, self.TABLE)))
+            trace = returned_trace(record)
+            if trace:
+                self.traces.append(trace)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.final = self.compute()
-        if trainer.is_global_zero:
-            log_safely(trainer, {f"predict/final_{k}": v for k, v in self.final.items()}, step=trainer.predict_loop.batch_progress.current.completed)
-            if self.use_wandb:
-                self.log_wandb(trainer)
+        rows, traces = self.rows, self.traces
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (rows, traces))
+            rows = [row for part in gathered for row in part[0]]
+            traces = [trace for part in gathered for trace in part[1]]
+        if not trainer.is_global_zero:
+            return
+        wandb_loggers = [logger for logger in trainer.loggers if _is_wandb_logger(logger)]
+        others = type("Loggers", (), {"loggers": [logger for logger in trainer.loggers if not _is_wandb_logger(logger)]})()
+        log_safely(others, {f"predict/{k}": v for k, v in self.final.items()}, step=0)
+        if wandb_loggers or self.use_wandb:
+            self.log_wandb(trainer, sorted(rows, key=lambda r: r[0]), traces, wandb_loggers[0] if wandb_loggers else None)
 
-    def log_wandb(self, trainer) -> None:
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.run is not None:  # one wandb run per predict: a later predict in this process starts its own
+            try:
+                self.run.finish()
+            except Exception as err:
+                rank_zero_warn(f"seaflow: wandb could not finish its run ({type(err).__name__}: {err})")
+            self.run = None
+
+    def log_wandb(self, trainer, rows=(), traces=(), logger=None) -> None:
+        """Write config, summary, records Table and trace plots to the logger's wandb run (or a new one)."""
         try:
             import wandb
 
-            # the CLI links trainer.default_root_dir to output.output_dir: wandb writes next to the records
-            output = trainer.default_root_dir
-            run = wandb.init(project=self.wandb_project, mode=os.environ.get("WANDB_MODE", self.wandb_mode), dir=str(output))
-            run.log(self.final)
-            run.finish()
+            if logger is not None:
+                run = logger.experiment
+            else:
+                # the CLI links trainer.default_root_dir to output.output_dir: wandb writes next to the records
+                output = trainer.default_root_dir
+                run = wandb.init(project=self.wandb_project, mode=os.environ.get("WANDB_MODE", self.wandb_mode),
+                                 dir=str(output), reinit="finish_previous")
+            self.run = run
+            config = os.path.join(str(getattr(trainer, "default_root_dir", "") or ""), "config.yaml")
+            if os.path.isfile(config):
+                import yaml
+
+                with open(config, encoding="utf-8") as handle:
+                    run.config.update(yaml.safe_load(handle) or {}, allow_val_change=True)
+            run.summary.update(self.final)
+            if rows:
+                run.log({"records": wandb.Table(columns=list(self.TABLE), data=[row for _, row in rows])})
+            curves = mean_traces(list(traces))
+            if curves:
+                run.define_metric("iteration")
+                run.define_metric("trace/*", step_metric="iteration")
+                steps = max(len(v) for v in curves.values())
+                for t in range(steps):
+                    run.log({"iteration": t, **{f"trace/{k}": v[t] for k, v in curves.items() if t < len(v)}})
         except Exception as err:  # ImportError, no network, bad credentials...
             rank_zero_warn(f"seaflow: wandb logging failed ({type(err).__name__}: {err}); results are still written")
+
+
+def _is_wandb_logger(logger) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def table_row(record: dict[str, Any], columns: tuple[str, ...]) -> list:
+    """One row of the wandb records Table; the initial response is SEA's chain-0 sample or
+    Best-of-N's candidate 0 (the plain policy sample), else empty."""
+    initial = record.get("initial_response")
+    if initial is None and record.get("candidate_responses"):
+        initial = record["candidate_responses"][0]
+    values = {**record, "initial_response": initial, "fluency": record.get("ref_logprob_per_token")}
+    out = []
+    for column in columns:
+        value = values.get(column)
+        out.append(value if value is None or isinstance(value, (int, float)) else str(value))
+    return out
+
+
+def returned_trace(record: dict[str, Any]) -> dict[str, list[float]]:
+    """The numeric per-iteration trace of the chain a record returned (GuidedSuffixMCMC keeps
+    every chain's: the returned one is taken)."""
+    out = {}
+    for name, values in (record.get("trace") or {}).items():
+        if values and isinstance(values[0], list):
+            values = values[record.get("chain", 0)] if record.get("chain", 0) < len(values) else []
+        numbers = [float(v) for v in values if isinstance(v, (int, float))]  # bools (accepted) count as 0 / 1
+        if numbers and len(numbers) == len(values):
+            out[name] = numbers
+    return out
+
+
+def mean_traces(traces: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per trace name and iteration, the mean over the records that have it (NaNs left out)."""
+    sums: dict[str, list[list[float]]] = {}
+    for trace in traces:
+        for name, values in trace.items():
+            slots = sums.setdefault(name, [])
+            for t, v in enumerate(values):
+                if t == len(slots):
+                    slots.append([])
+                if not math.isnan(v):
+                    slots[t].append(v)
+    return {name: [statistics.fmean(v) if v else math.nan for v in slots] for name, slots in sums.items()}

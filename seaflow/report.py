@@ -1,24 +1,33 @@
-"""``seaflow report RUN_DIR [RUN_DIR ...] --out DIR``: compare finished runs.
+"""``seaflow report RUN_DIR [RUN_DIR ...] --out DIR``: compare finished runs like with like.
 
 Reads each run's ``predictions.jsonl``, ``config.yaml`` and ``summary.json`` (metrics are
 recomputed from the records with :func:`seaflow.metrics.summarize`, so runs written by an
 older seaflow get the current metrics) and writes to ``DIR``:
 
-* ``report.md``: one row per run: method, prompts, mean reward, win rates, harmful rate
-  (harmful prompt sets) or accuracy (sets with targets), reference log-likelihood per token,
-  distinct-2, mean KL gap per token and wall time per prompt;
-* ``reward_vs_iteration.png``: mean reward over SEA's chains per iteration, averaged over
-  prompts (one line per SEA run), with the other runs' mean final reward as dotted levels;
-* ``kl_per_position.png``: the per-position KL estimate of every run (see seaflow.metrics).
-
-"Win vs Sample" pairs prompts by id with a run of the plain ``Sample`` method when one is
-among the inputs (the share of prompts where the run's reward is strictly higher).
+* ``report.md``: one row per run: method, prompts, and as a mean with a bootstrap 95%
+  interval over prompts (:func:`bootstrap`): the returned reward, the judge of the records'
+  task (harmful rate, accuracy, positive rate, keyword hit rate; seaflow.metrics), fluency
+  (mean log pi_ref per response token), FLOPs and wall time per prompt (the records'
+  ``cost``); then distinct-2 and the paired win rate over a ``Sample`` run among the inputs;
+* ``reward_vs_cost.png``: the returned reward of every run against FLOPs per prompt, with
+  95% intervals: a Best-of-N run as a curve over N from its own candidates
+  (:func:`best_of_first`), an iterative run (SEA, GuidedSuffixMCMC, BiasedDecoding) as a
+  curve over its steps from the trace of the chain it returned (:func:`step_curve`), any
+  other run as one point;
+* ``nll_per_position.png``: per response position, the mean NLL of each run's tokens under
+  the reference minus that of the base policy's samples (a ``Sample`` run among the inputs,
+  paired by prompt), with 95% intervals; without a ``Sample`` run, the NLL minus the
+  reference entropy at that position (zero in expectation for the policy's own samples).
+  Both are one-sample estimates of how far a method's tokens are from the reference, not a
+  KL: they can be negative (a near-greedy decode is more likely than a sample).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +35,29 @@ from typing import Any
 
 import yaml
 
-from seaflow.metrics import summarize
+from seaflow.metrics import JUDGES, task_values, summarize
 from seaflow.writer import PREDICTIONS, SUMMARY, read_records
 
-HARMFUL_SETS = ("prompt_set:advbench", "prompt_set:harmbench")
+BOOTSTRAP = 2000  # resamples for every interval
+
+
+def bootstrap(values: list[float | None], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` (None and NaN left out) and the 2.5% / 97.5%
+    percentiles of the means of ``boot`` resamples with replacement (NaNs when nothing is left)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, math.nan
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(boot))
+    return statistics.fmean(values), means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
+
+
+def best_of_first(record: dict[str, Any], n: int) -> tuple[int, float]:
+    """``(candidate, reward)`` Best-of-``n`` returns on a Best-of-N record's first ``n``
+    candidates: candidate ``c`` is the same draw for every N, ties go to the earlier one."""
+    rewards = record["candidate_rewards"][:n]
+    best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))
+    return best, rewards[best]
 
 
 class ReportError(ValueError):
@@ -57,10 +85,6 @@ class Run:
         data = self.config.get("data") or {}
         return str((data.get("init_args") or data).get("path", ""))
 
-    @property
-    def harmful_task(self) -> bool:
-        return self.data_path.startswith(HARMFUL_SETS) or any(r.get("task") == "harmful" for r in self.records)
-
 
 def load_run(directory: str | Path) -> Run:
     directory = Path(directory)
@@ -80,11 +104,22 @@ def load_run(directory: str | Path) -> Run:
 
 
 def _fmt(value: Any, digits: int = 3, percent: bool = False) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if percent:
         return f"{100 * value:.1f}%"
     return f"{value:.{digits}f}"
+
+
+def _interval(values: list[float | None], digits: int = 3, percent: bool = False, scale: float = 1.0) -> str:
+    mean, low, high = bootstrap(values)
+    if math.isnan(mean):
+        return "–"
+    if percent:
+        return f"{100 * mean:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+    if scale != 1.0:
+        mean, low, high = mean / scale, low / scale, high / scale
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def win_rate(run: Run, baseline: Run) -> float | None:
@@ -94,20 +129,37 @@ def win_rate(run: Run, baseline: Run) -> float | None:
     return sum(a > b for a, b in pairs) / len(pairs) if pairs else None
 
 
+def _cost(record: dict[str, Any], key: str) -> float | None:
+    value = (record.get("cost") or {}).get(key)
+    if value is None and key == "wall_time_s":
+        value = record.get("wall_time_s")
+    return None if value is None else float(value)
+
+
+def judges_of(runs: list[Run]) -> list[str]:
+    """The task judges any run's records have, in seaflow.metrics' order."""
+    present = {name for run in runs for record in run.records for name in task_values(record)}
+    return [name for name in JUDGES if name in present]
+
+
 def table(runs: list[Run]) -> str:
     baseline = next((run for run in runs if run.method == "Sample"), None)
-    header = ["run", "method", "prompts", "mean reward", "win vs initial", "win vs Sample", "harmful rate",
-              "accuracy", "ref logprob/token", "distinct-2", "KL gap/token", "time/prompt (s)"]
+    judges = judges_of(runs)
+    header = (["run", "method", "prompts", "reward"] + [name.replace("_", " ") for name in judges]
+              + ["fluency (log p_ref/token)", "GFLOPs/prompt", "time/prompt (s)", "distinct-2", "win vs Sample"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
-        s = run.summary
-        row = [
-            run.directory.name, run.method, str(s.get("prompts", len(run.records))),
-            _fmt(s.get("mean_reward")), _fmt(s.get("win_rate_vs_initial"), percent=True),
+        records = run.records
+        judged = [task_values(r) for r in records]
+        row = [run.directory.name, run.method, str(len(records)), _interval([r.get("reward") for r in records])]
+        for name in judges:
+            row.append(_interval([j.get(name) for j in judged], percent=True))
+        row += [
+            _interval([r.get("ref_logprob_per_token") for r in records]),
+            _interval([_cost(r, "flops") for r in records], digits=1, scale=1e9),
+            _interval([_cost(r, "wall_time_s") for r in records], digits=2),
+            _fmt(run.summary.get("distinct_2")),
             _fmt(win_rate(run, baseline), percent=True) if baseline is not None and run is not baseline else "–",
-            _fmt(s.get("harmful_rate"), percent=True) if run.harmful_task else "–",
-            _fmt(s.get("accuracy"), percent=True), _fmt(s.get("mean_ref_logprob_per_token")),
-            _fmt(s.get("distinct_2")), _fmt(s.get("mean_kl_per_token")), _fmt(s.get("mean_wall_time_s"), 2),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -122,26 +174,101 @@ def _pyplot():
     return plt
 
 
-def plot_reward_vs_iteration(runs: list[Run], path: Path) -> Path | None:
-    """Mean (over prompts) of each SEA run's per-iteration mean chain reward; None if no run has a trace."""
-    curves = {}
-    for run in runs:
-        traces = [r["trace_mean_reward"] for r in run.records if r.get("trace_mean_reward")]
-        if traces:
-            steps = min(map(len, traces))
-            curves[run.label] = [statistics.fmean(t[i] for t in traces) for i in range(steps)]
-    if not curves:
+# -- reward against cost -------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """Points ``(FLOPs per prompt, reward mean, low, high)`` of one run, in cost order."""
+
+    label: str
+    flops: list[float]
+    reward: list[tuple[float, float, float]]
+    kind: str  # "best_of_n", "steps" or "point"
+    ticks: list[str] = field(default_factory=list)
+
+
+def best_of_n_curve(run: Run) -> Curve | None:
+    """Best-of-N for N = 1, 2, 4, ... up to the run's N from its candidates; cost = the run's x N / n
+    (generation and scoring are one row per candidate)."""
+    records = [r for r in run.records if r.get("candidate_rewards")]
+    if not records or len(records) < len(run.records):
+        return None
+    n = min(len(r["candidate_rewards"]) for r in records)
+    sizes = sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n})
+    flops = [_cost(r, "flops") for r in records]
+    total = statistics.fmean(f for f in flops if f is not None) if any(f is not None for f in flops) else math.nan
+    return Curve(run.label, [total * k / n for k in sizes],
+                 [bootstrap([best_of_first(r, k)[1] for r in records]) for k in sizes], "best_of_n", [f"N={k}" for k in sizes])
+
+
+def chosen_trace(record: dict[str, Any]) -> list[float] | None:
+    """The returned chain's reward at each traced step, as the method would return it if stopped there:
+    SEA and BiasedDecoding record the returned chain's trace (the state each step started from);
+    GuidedSuffixMCMC records every chain's and returns its best visited state (a running maximum)."""
+    trace = (record.get("trace") or {}).get("reward")
+    if not trace:
+        return None
+    if isinstance(trace[0], list):
+        chain = trace[record.get("chain", 0)]
+        best, out = -math.inf, []
+        for value in chain:
+            best = max(best, value)
+            out.append(best)
+        return out
+    return [float(v) for v in trace]
+
+
+def step_curve(run: Run) -> Curve | None:
+    """An iterative run's returned-chain reward over its steps; the cost of step t is the run's
+    FLOPs pro-rated as (t + 1) / (T + 1) (the initial samples count as one step), the last
+    point is the returned reward at the full cost."""
+    traces = [chosen_trace(r) for r in run.records]
+    if not traces or any(t is None for t in traces):
+        return None
+    steps = min(map(len, traces))
+    flops = [_cost(r, "flops") for r in run.records]
+    total = statistics.fmean(f for f in flops if f is not None) if any(f is not None for f in flops) else math.nan
+    points = [bootstrap([t[i] for t in traces]) for i in range(steps)]
+    xs = [total * (i + 1) / (steps + 1) for i in range(steps)]
+    points.append(bootstrap([r.get("reward") for r in run.records]))
+    xs.append(total)
+    return Curve(run.label, xs, points, "steps", [str(i) for i in range(steps)] + ["returned"])
+
+
+def point(run: Run) -> Curve:
+    flops = bootstrap([_cost(r, "flops") for r in run.records])[0]
+    return Curve(run.label, [flops], [bootstrap([r.get("reward") for r in run.records])], "point")
+
+
+def curves(runs: list[Run]) -> list[Curve]:
+    return [best_of_n_curve(run) or step_curve(run) or point(run) for run in runs]
+
+
+def plot_reward_vs_cost(runs: list[Run], path: Path) -> Path | None:
+    """Returned reward against FLOPs per prompt (log scale) with 95% intervals; None without rewards or costs."""
+    drawn = [c for c in curves(runs) if not any(math.isnan(x) for x in c.flops) and not math.isnan(c.reward[-1][0])]
+    if not drawn:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (label, curve) in enumerate(curves.items()):
-        ax.plot(range(len(curve)), curve, marker="o", markersize=2, label=label, color=f"C{i}")
-    others = [run for run in runs if run.label not in curves and run.summary.get("mean_reward") is not None]
-    for i, run in enumerate(others, start=len(curves)):
-        ax.axhline(run.summary["mean_reward"], linestyle=":", linewidth=1.2, color=f"C{i}", label=f"{run.label}: returned")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("mean reward over chains (relaxed)")
-    ax.set_title("Reward vs iteration")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, curve in enumerate(drawn):
+        mean = [p[0] for p in curve.reward]
+        err = [[m - p[1] for m, p in zip(mean, curve.reward)], [p[2] - m for m, p in zip(mean, curve.reward)]]
+        style = {"best_of_n": dict(marker="s", linestyle="-"), "steps": dict(marker="o", markersize=3, linestyle="-"),
+                 "point": dict(marker="D", markersize=7, linestyle="none")}[curve.kind]
+        suffix = {"best_of_n": ", over N", "steps": ", over steps", "point": ""}[curve.kind]
+        ax.errorbar(curve.flops, mean, yerr=err, color=f"C{i}", capsize=3, label=curve.label + suffix, **style)
+        if curve.kind == "best_of_n":
+            for x, y, tick in zip(curve.flops, mean, curve.ticks):
+                ax.annotate(tick, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=f"C{i}")
+        if curve.kind == "steps":
+            ax.plot(curve.flops[-1:], mean[-1:], marker="*", markersize=11, color=f"C{i}", linestyle="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs per prompt (log scale; iterative runs: the run's FLOPs pro-rated over steps)")
+    ax.set_ylabel("returned reward (mean over prompts, 95% CI)")
+    ax.set_title("Returned reward vs cost (star: the response the run returned)")
+    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -149,19 +276,64 @@ def plot_reward_vs_iteration(runs: list[Run], path: Path) -> Path | None:
     return path
 
 
-def plot_kl_per_position(runs: list[Run], path: Path) -> Path | None:
-    curves = {run.label: run.summary["kl_per_position"] for run in runs if run.summary.get("kl_per_position")}
-    if not curves:
+# -- divergence from the reference per position --------------------------------------------------
+
+
+def position_values(run: Run, base: Run | None) -> tuple[list[list[float]], str]:
+    """Per position, one value per prompt long enough: the NLL of the run's token minus the mean
+    NLL of the base run's token at that position for the same prompt (paired by id); without a
+    base, the NLL minus the reference entropy there."""
+    theirs = {r["id"]: r.get("ref_token_logprobs") for r in base.records} if base is not None else {}
+    values: list[list[float]] = []
+    for record in run.records:
+        logprobs = record.get("ref_token_logprobs") or []
+        entropy = record.get("ref_token_entropy") or []
+        other = theirs.get(record["id"]) if base is not None else None
+        for t, lp in enumerate(logprobs):
+            if base is not None:
+                if other is None or t >= len(other):
+                    continue
+                value = -lp + other[t]
+            else:
+                if t >= len(entropy):
+                    continue
+                value = -lp - entropy[t]
+            while len(values) <= t:
+                values.append([])
+            values[t].append(value)
+    label = ("NLL under p_ref minus the Sample run's, same prompt (nats)" if base is not None
+             else "NLL under p_ref minus the reference entropy (nats)")
+    return values, label
+
+
+def plot_nll_per_position(runs: list[Run], path: Path, min_prompts: int = 2) -> Path | None:
+    """Per-position divergence estimate (see the module docstring) with 95% intervals; positions with
+    fewer than ``min_prompts`` values are left out."""
+    base = next((run for run in runs if run.method == "Sample"), None)
+    shown = [run for run in runs if run is not base] if base is not None else runs
+    series = []
+    ylabel = ""
+    for run in shown:
+        values, ylabel = position_values(run, base)
+        points = [(t, *bootstrap(v)) for t, v in enumerate(values) if len(v) >= min_prompts]
+        if points:
+            series.append((run.label, points))
+    if not series:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, curve in curves.items():
-        xs = [i for i, v in enumerate(curve) if v is not None]
-        ax.plot(xs, [curve[i] for i in xs], label=label)
-    ax.axhline(0.0, color="grey", linewidth=0.5)
-    ax.set_xlabel("response position")
-    ax.set_ylabel("-log p_ref(y_t) - H(p_ref)  (nats)")
-    ax.set_title("KL to the reference per token position")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, points) in enumerate(series):
+        ts = [p[0] for p in points]
+        ax.plot(ts, [p[1] for p in points], color=f"C{i}", label=label)
+        ax.fill_between(ts, [p[2] for p in points], [p[3] for p in points], color=f"C{i}", alpha=0.2)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("response position (token)")
+    ax.set_ylabel(ylabel, fontsize=8)
+    title = ("Per-position NLL difference to the base samples" if base is not None
+             else "Per-position NLL minus reference entropy")
+    ax.set_title(title + " (one-sample estimate, 95% CI; not a KL)", fontsize=10)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -177,8 +349,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# seaflow comparison", "", table(runs), ""]
-    for title, plot in (("Reward vs iteration", plot_reward_vs_iteration(runs, out / "reward_vs_iteration.png")),
-                        ("KL per token position", plot_kl_per_position(runs, out / "kl_per_position.png"))):
+    parts += [f"Means over prompts with bootstrap 95% intervals ({BOOTSTRAP} resamples). Fluency: mean log p_ref per "
+              "response token. Cost: the records' `cost` (FLOPs estimated per model; wall time depends on the machine's load).", ""]
+    for title, plot in (("Returned reward vs cost", plot_reward_vs_cost(runs, out / "reward_vs_cost.png")),
+                        ("Divergence from the reference per position", plot_nll_per_position(runs, out / "nll_per_position.png"))):
         if plot is not None:
             parts += [f"## {title}", "", f"![{title}]({plot.name})", ""]
     parts += ["Runs:", ""] + [f"- `{run.directory}`: data `{run.data_path or '?'}`" for run in runs] + [""]

@@ -23,7 +23,10 @@ def write_config(directory: Path, tiny_models, devices: int, batch_size: int) ->
     directory.mkdir(parents=True, exist_ok=True)
     prompts = directory / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(PROMPTS)))
-    trainer = {"enable_progress_bar": False, "accelerator": "cpu", "devices": devices}
+    trainer = {"enable_progress_bar": False, "accelerator": "cpu", "devices": devices,
+               # run-level metrics streamed over every rank, logged once by rank 0 (tests below read the CSV)
+               "callbacks": [{"class_path": "seaflow.metrics.PredictionMetrics"}],
+               "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(directory / "logs")}}}
     if devices > 1:
         trainer["strategy"] = "ddp"  # gloo on CPU
     config = {
@@ -91,6 +94,20 @@ def test_ddp_every_prompt_once_in_order_same_as_one_process(two_ranks, single_pr
     assert sorted(p.name for p in run_dir.glob("predictions*.jsonl")) == ["predictions.jsonl"]
     assert json.loads((run_dir / "summary.json").read_text())["prompts"] == len(PROMPTS)
     assert_same_results(got, single_process)
+
+
+def test_ddp_streamed_metrics_cover_every_rank(two_ranks):
+    """The torchmetrics values rank 0 logs at the end equal summary.json's, computed from all records."""
+    import csv
+
+    config, run_dir = two_ranks
+    (metrics_file,) = (config.parent / "logs").glob("**/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    logged = {key: float(value) for row in rows for key, value in row.items() if value not in ("", None) and key != "step"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name in ("mean_reward", "mean_ref_logprob_per_token", "mean_response_tokens", "distinct_1", "distinct_2"):
+        assert logged[f"predict/{name}"] == pytest.approx(summary[name], rel=1e-5), name
+    assert not any("harmful" in key for key in logged)  # the prompts declare no task: no task judge
 
 
 @pytest.mark.slow

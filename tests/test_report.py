@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from seaflow.cli import main
-from seaflow.report import ReportError, load_run, write_report
+from seaflow.report import ReportError, best_of_n_curve, bootstrap, load_run, step_curve, write_report
 
 PROMPTS = ["describe the city", "tell me about the weather", "write about my dog"]
 
@@ -29,7 +29,7 @@ def runs(tmp_path_factory, tiny_models) -> dict[str, Path]:
         config = {
             "model": {"class_path": class_path,
                       "init_args": {"policy": str(tiny_models["policy"]), "reward": reward, "max_new_tokens": 5, **extra}},
-            "data": {"path": str(prompts), "batch_size": 2},
+            "data": {"path": str(prompts), "batch_size": 2, "task": "sentiment"},
             "output": {"output_dir": str(root / name)},
             "trainer": {"enable_progress_bar": False,
                         "callbacks": [{"class_path": "seaflow.metrics.PredictionMetrics", "init_args": {"wandb": True}}]},
@@ -47,7 +47,12 @@ def test_report_table_and_plots(runs, tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3  # header + one row per run
     assert "| bon | BestOfN-4 | 3 |" in text and "| sea | SEA | 3 |" in text and "| sample | Sample | 3 |" in text
-    for png in ("reward_vs_iteration.png", "kl_per_position.png"):
+    header = rows[0]
+    assert "positive rate" in header and "harmful" not in header and "GFLOPs/prompt" in header and "fluency" in header
+    bon = load_run(runs["bon"])
+    mean, low, high = bootstrap([r["reward"] for r in bon.records])
+    assert f"| {mean:.3f} [{low:.3f}, {high:.3f}] |" in next(r for r in rows if r.startswith("| bon "))
+    for png in ("reward_vs_cost.png", "nll_per_position.png"):
         data = (tmp_path / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({png})" in text
@@ -68,3 +73,32 @@ def test_report_numbers_match_the_records(runs):
 def test_report_rejects_a_directory_without_predictions(tmp_path):
     with pytest.raises(ReportError, match="has no predictions.jsonl"):
         write_report([tmp_path], tmp_path / "out")
+
+
+def test_bootstrap_interval():
+    assert bootstrap([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    mean, low, high = bootstrap([0.0, 1.0] * 20)
+    assert mean == 0.5 and low < 0.5 < high and high - low < 0.4
+    assert bootstrap([1.0, None, float("nan"), 3.0])[0] == 2.0
+    assert bootstrap([1.0, 5.0, 2.0], seed=3) == bootstrap([1.0, 5.0, 2.0], seed=3)
+
+
+def test_best_of_n_curve_from_one_run(runs):
+    """N=1 is the Sample run (candidate 0 is its draw), N=n the run itself; cost scales with N."""
+    bon, sample = load_run(runs["bon"]), load_run(runs["sample"])
+    curve = best_of_n_curve(bon)
+    assert curve.ticks == ["N=1", "N=2", "N=4"]
+    assert curve.reward[0][0] == pytest.approx(sum(r["reward"] for r in sample.records) / 3)
+    assert curve.reward[-1][0] == pytest.approx(bon.summary["mean_reward"])
+    assert curve.flops[0] == pytest.approx(curve.flops[-1] / 4)
+    assert [p[0] for p in curve.reward] == sorted(p[0] for p in curve.reward)
+
+
+def test_step_curve_follows_the_returned_chain(runs):
+    sea = load_run(runs["sea"])
+    curve = step_curve(sea)
+    assert curve.ticks[-1] == "returned" and len(curve.ticks) == 3 + 1
+    assert curve.reward[0][0] == pytest.approx(sum(r["trace"]["reward"][0] for r in sea.records) / 3)
+    assert curve.reward[-1][0] == pytest.approx(sea.summary["mean_reward"])
+    assert curve.flops == sorted(curve.flops)
+    assert step_curve(load_run(runs["bon"])) is None

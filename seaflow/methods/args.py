@@ -57,11 +57,13 @@ class ARGS(DecodingMethod):
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
+        forced = self.forced_rows(batch)
+        width = self.response_width(forced)
         tokens, lengths = [], []
         for start in range(0, len(keys), self.sample_batch):
             rows = slice(start, start + self.sample_batch)
-            t, n = self.decode(prompt_ids[rows], prompts[rows], keys[rows])
-            tokens.append(t)
+            t, n = self.decode(prompt_ids[rows], prompts[rows], keys[rows], forced[rows] if forced else None)
+            tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)
         tokens, lengths = torch.cat(tokens), torch.cat(lengths)
         rewards = (
@@ -72,9 +74,12 @@ class ARGS(DecodingMethod):
         extras = [{"top_k": self.top_k, "weight": self.weight}] * len(keys)
         return self.records(batch, prompt_ids, prompts, tokens, lengths, rewards, elapsed, extras)
 
-    def decode(self, prompt_ids: list[list[int]], prompts: list[str], keys: list[str]):
-        rows, width, k = len(prompt_ids), self.max_new_tokens, self.top_k
+    def decode(self, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], forced: list[list[int]] | None = None):
+        """Decode ``rows`` prompts; a row's ``forced`` start is emitted as is (no candidate is scored there)."""
+        forced = forced if forced and any(forced) else None
+        rows, width, k = len(prompt_ids), self.response_width(forced), self.top_k
         device = self.device
+        start, limit = generation.forced_start(forced, rows, width, device)
         prefix = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         eos = torch.tensor(self.eos_ids, device=device)
@@ -84,7 +89,8 @@ class ARGS(DecodingMethod):
             logp = torch.log_softmax(logits, dim=-1)
             top = logp.topk(min(k, logp.shape[-1]), dim=-1)
             scores = top.values.clone()
-            live = (~done).nonzero().squeeze(-1)
+            pinned = start[:, step] >= 0 if start is not None and step < start.shape[1] else torch.zeros_like(done)
+            live = (~done & ~pinned).nonzero().squeeze(-1)
             if self.weight != 0 and live.numel() > 0:
                 scores[live] += self.weight * self.candidate_rewards(
                     [prompt_ids[i] for i in live.tolist()], [prompts[i] for i in live.tolist()],
@@ -97,11 +103,15 @@ class ARGS(DecodingMethod):
                 gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
                 pick = (scores / self.temperature + gumbel).argmax(-1)
             token = top.indices.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+            if pinned.any():
+                token = torch.where(pinned, start[:, step], token)
             prefix[:, step] = token
             done.logical_or_(torch.isin(token, eos))
+            if limit is not None:
+                done.logical_or_(step + 1 >= limit)  # the row's free budget is spent
             return token
 
-        return generation.sample(self.policy.model, prompt_ids, width, self.eos_ids, self.pad_id, [], choose=choose)
+        return generation.sample(self.policy.model, prompt_ids, width, self.eos_ids, self.pad_id, [], choose=choose, forced=forced)
 
     def candidate_rewards(self, prompt_ids, prompts, prefix: torch.Tensor, candidates: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
         """``r(x, prefix + v)`` for every row's ``k`` candidates, ``(rows, k)``."""

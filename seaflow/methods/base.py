@@ -124,13 +124,39 @@ class AlignmentMethod(L.LightningModule):
             pids += [pid] * chains
         return ids, texts, pids
 
-    def sample_responses(self, prompt_ids: list[list[int]], prompt_keys: list[str], chains: int, purpose: str = "sample"):
-        """Policy samples, one row per (prompt, chain); returns ``(tokens, lengths)``."""
+    @staticmethod
+    def forced_rows(batch: dict[str, list], copies: int = 1) -> list[list[int]] | None:
+        """Each row's forced response start (``data.response_prefix``, the prefilling attack),
+        ``copies`` rows per prompt, prompt-major; None when no prompt of the batch has one.
+
+        Every method treats these tokens as the first of the response: sampling continues
+        after them, scoring includes them, and no refinement or search changes them."""
+        prefixes = batch.get("response_prefix_ids")
+        if not prefixes or not any(prefixes):
+            return None
+        return [list(ids) for ids in prefixes for _ in range(copies)]
+
+    def refuse_forced(self, batch: dict[str, list]) -> None:
+        """For a method that cannot keep a forced start: fail with what to change."""
+        if self.forced_rows(batch):
+            raise ValueError(
+                f"{type(self).__name__} does not support a forced response start: unset data.response_prefix "
+                "and data.response_prefix_field (or set data.response_prefix_tokens: 0), or use Sample, BestOfN, "
+                "ARGS, CBS or SEA"
+            )
+
+    def response_width(self, forced: list[list[int]] | None) -> int:
+        """Response tokens a row holds: the longest forced start plus ``max_new_tokens`` free ones."""
+        return self.max_new_tokens + (max(map(len, forced)) if forced else 0)
+
+    def sample_responses(self, prompt_ids: list[list[int]], prompt_keys: list[str], chains: int, purpose: str = "sample",
+                         forced: list[list[int]] | None = None):
+        """Policy samples, one row per (prompt, chain), after each row's ``forced`` start; returns ``(tokens, lengths)``."""
         seeds = [prompt_seed(self.seed, key, row % chains, purpose) for row, key in enumerate(prompt_keys)]
         gens = generation.row_generators(seeds, device=self.device)
         return generation.sample(
-            self.policy.model, prompt_ids, self.max_new_tokens, self.eos_ids, self.pad_id,
-            gens, temperature=self.temperature, top_p=self.top_p,
+            self.policy.model, prompt_ids, self.response_width(forced), self.eos_ids, self.pad_id,
+            gens, temperature=self.temperature, top_p=self.top_p, forced=forced,
         )
 
     @torch.no_grad()

@@ -42,7 +42,7 @@ class BestOfN(DecodingMethod):
         started = time.perf_counter()
         n = self.n
         prompt_ids, prompts, keys = self.expand(batch, n)
-        tokens, lengths = self.sample_rows(prompt_ids, keys, [row % n for row in range(len(keys))])
+        tokens, lengths = self.sample_rows(prompt_ids, keys, [row % n for row in range(len(keys))], forced=self.forced_rows(batch, n))
         rewards = self.rewards(prompt_ids, prompts, tokens, lengths).cpu()
         grouped = rewards.view(-1, n)
         best = grouped.argmax(-1)  # first maximum: ties go to the earlier candidate

@@ -120,6 +120,7 @@ class BiasedDecoding(AlignmentMethod):
     records = SEA.records
 
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
+        self.refuse_forced(batch)
         return self.align(batch)
 
     def start_bias(self, keys: list[str]) -> torch.Tensor | None:

@@ -32,7 +32,8 @@ class CBS(DecodingMethod):
     is seeded by (seed, prompt id, ``b * samples_per_beam + j``, round ``r``), so results
     do not depend on the batch; round 0 draws from the same stream as Best-of-N, so CBS with
     one beam and ``chunk_length >= max_new_tokens`` is exactly Best-of-``samples_per_beam``. Continuations re-read prompt and prefix each round (no KV
-    cache across rounds).
+    cache across rounds). A forced start (``data.response_prefix``) is the beams' first tokens:
+    chunks are sampled after it and ``max_new_tokens`` counts the tokens after it.
 
     Args:
         beams: beam width w (default 4).
@@ -56,7 +57,8 @@ class CBS(DecodingMethod):
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
         n_prompts, k = len(keys), self.samples_per_beam
-        beams = [[Beam([], float("-inf"), False)] for _ in range(n_prompts)]
+        forced = self.forced_rows(batch)  # a forced start is every beam's first tokens: chunks grow after it
+        beams = [[Beam(list(forced[p]) if forced else [], float("-inf"), False)] for p in range(n_prompts)]
         rounds = scored = 0
         while any(not b.finished for group in beams for b in group):
             done_tokens = rounds * self.chunk_length
@@ -82,7 +84,7 @@ class CBS(DecodingMethod):
             beams = [sorted(group, key=lambda beam: -beam.reward)[: self.beams] for group in candidates]
             rounds += 1
         best = [group[0] for group in beams]
-        tokens, lengths = pad_rows([b.tokens for b in best], self.pad_id, width=self.max_new_tokens, device=self.device)
+        tokens, lengths = pad_rows([b.tokens for b in best], self.pad_id, width=self.response_width(forced), device=self.device)
         elapsed = time.perf_counter() - started
         extras = [
             {"beam_rewards": [b.reward for b in group], "rounds": rounds, "candidates_scored": scored // n_prompts}

@@ -51,24 +51,28 @@ class DecodingMethod(AlignmentMethod):
         candidates: list[int],
         purpose: str = "sample",
         max_new_tokens: int | None = None,
+        forced: list[list[int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy samples for explicit (prompt key, candidate index) rows, ``sample_batch`` at a time.
 
         Row ``i`` is seeded by ``prompt_seed(seed, keys[i], candidates[i], purpose)``: with
         ``purpose="sample"`` candidate ``c`` is the same draw as SEA's initial chain ``c``
-        and as ``AlignmentMethod.sample_responses``.
+        and as ``AlignmentMethod.sample_responses``. ``forced[i]`` is row ``i``'s forced start
+        (``data.response_prefix``): the rows hold it and ``max_new_tokens`` free tokens after it.
         """
-        width = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        width = budget + (max(map(len, forced)) if forced else 0)
         seeds = [prompt_seed(self.seed, key, c, purpose) for key, c in zip(keys, candidates)]
         tokens, lengths = [], []
         for start in range(0, len(prompt_ids), self.sample_batch):
             stop = start + self.sample_batch
+            chunk = forced[start:stop] if forced else None
             gens = generation.row_generators(seeds[start:stop], device=self.device)
             t, n = generation.sample(
-                self.policy.model, prompt_ids[start:stop], width, self.eos_ids, self.pad_id,
-                gens, temperature=self.temperature, top_p=self.top_p,
+                self.policy.model, prompt_ids[start:stop], budget + (max(map(len, chunk)) if chunk else 0),
+                self.eos_ids, self.pad_id, gens, temperature=self.temperature, top_p=self.top_p, forced=chunk,
             )
-            tokens.append(t)
+            tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)
         return torch.cat(tokens), torch.cat(lengths)
 

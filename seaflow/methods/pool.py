@@ -30,12 +30,14 @@ class Pool:
 
 
 @torch.no_grad()
-def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], pool: int, keep: int, batch_rows: int = 64) -> Pool:
+def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], pool: int, keep: int, batch_rows: int = 64,
+                 forced: list[list[int]] | None = None) -> Pool:
     """The best ``keep`` of ``pool`` samples for each prompt (``prompt_ids``/``prompts``/``keys``: one entry per prompt).
 
     ``method`` is an :class:`~seaflow.methods.base.AlignmentMethod` with a reward. Rows are
     sampled and scored ``batch_rows`` at a time. Among equal rewards the earlier candidate
-    goes first; a non-finite reward ranks last. With ``keep == pool`` every sample is kept in
+    goes first; a non-finite reward ranks last. ``forced[p]`` is prompt ``p``'s forced response
+    start (``data.response_prefix``): every sample begins with it. With ``keep == pool`` every sample is kept in
     candidate order and nothing is scored (the plain start from the first samples).
     """
     if not 1 <= keep <= pool:
@@ -43,15 +45,18 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
     if method.reward is None and keep < pool:
         raise ValueError("a best-of-pool start ranks samples by reward: set model.init_args.reward")
     rows = [(p, c) for p in range(len(prompt_ids)) for c in range(pool)]
+    width = method.response_width(forced)
     tokens, lengths, rewards = [], [], []
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         ids = [prompt_ids[p] for p, _ in chunk]
         gens = generation.row_generators([prompt_seed(method.seed, keys[p], c, "sample") for p, c in chunk], device=method.device)
+        starts = [forced[p] for p, _ in chunk] if forced else None
         t, n = generation.sample(
-            method.policy.model, ids, method.max_new_tokens, method.eos_ids, method.pad_id, gens,
-            temperature=method.temperature, top_p=method.top_p,
+            method.policy.model, ids, method.response_width(starts if starts and any(starts) else None),
+            method.eos_ids, method.pad_id, gens, temperature=method.temperature, top_p=method.top_p, forced=starts,
         )
+        t = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=method.pad_id)
         if keep < pool:
             width = max(int(n.max()), 1)
             batch = ResponseBatch(ids, [prompts[p] for p, _ in chunk], n.cpu(), width)

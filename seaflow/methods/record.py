@@ -38,6 +38,7 @@ class Record(TypedDict, total=False):
     index: int
     prompt: str
     method: str
+    response_prefix: str
     response: str
     response_token_ids: list[int]
     reward: float | None
@@ -90,7 +91,7 @@ class Record(TypedDict, total=False):
 
 FIELDS: tuple[str, ...] = tuple(Record.__annotations__)
 # batch keys that are not per-prompt metadata worth copying into records
-BATCH_KEYS = {"id", "index", "prompt", "prompt_ids"}
+BATCH_KEYS = {"id", "index", "prompt", "prompt_ids", "response_prefix_ids"}
 
 
 def make_record(batch: dict[str, list], index: int, method: str, **fields: Any) -> Record:

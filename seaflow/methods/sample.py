@@ -23,7 +23,7 @@ class Sample(DecodingMethod):
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
-        tokens, lengths = self.sample_rows(prompt_ids, keys, [0] * len(keys))
+        tokens, lengths = self.sample_rows(prompt_ids, keys, [0] * len(keys), forced=self.forced_rows(batch))
         if self.reward is not None:
             rewards = self.rewards(prompt_ids, prompts, tokens, lengths).tolist()
         else:

@@ -159,7 +159,8 @@ class SEA(AlignmentMethod):
         """One record per prompt of ``batch`` (steps 1-5 of the class docstring)."""
         started = time.perf_counter()
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
-        rows, width = len(prompt_ids), self.max_new_tokens
+        forced = self.forced_rows(batch, self.chains)  # data.response_prefix: pinned, never refined
+        rows, width = len(prompt_ids), self.response_width(forced)
         vocab = self.policy.vocab_size
         # one random stream per chain, seeded from (seed, prompt id, chain): a prompt's result does
         # not depend on its batch, the batch size or the number of processes
@@ -170,10 +171,11 @@ class SEA(AlignmentMethod):
         # 1. init: logits that decode exactly to the policy's samples (or random logits)
         allowed, pool = None, None
         if self.init == "sample" and self.init_pool is not None:
-            pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool, self.chains)
+            pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool, self.chains,
+                                forced=self.forced_rows(batch))
             tokens0, lengths = pool.tokens, pool.lengths
         elif self.init == "sample":
-            tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains)
+            tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains, forced=forced)
         if self.init == "sample":
             reference_logits = None
             if self.init_logits == "reference" or self.restrict_top_k:
@@ -190,6 +192,12 @@ class SEA(AlignmentMethod):
             y = random_logits((rows, width, vocab), self.init_scale, generator, self.device)
             tokens0 = y.argmax(-1)
             lengths = torch.full((rows,), width, dtype=torch.long, device=self.device)
+            if forced:
+                lengths = torch.tensor([len(f) + self.max_new_tokens for f in forced], device=self.device)
+        if forced:
+            allowed = pin_forced(allowed, forced, (rows, width, vocab), self.device)
+            if self.init != "sample":
+                tokens0 = y.masked_fill(~allowed, float("-inf")).argmax(-1)
         initial = self.score(prompt_ids, prompts, tokens0, lengths)
 
         # 2. refine: T sampler steps on the relaxed energy, all prompts x chains at once
@@ -209,21 +217,21 @@ class SEA(AlignmentMethod):
                     f"decode: best needs a relaxation whose forward pass is one-hot (StraightThrough, "
                     f"hard GumbelSoftmax), got {type(self.relaxation).__name__}; use decode: argmax or guided"
                 )
-        tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths, energy_fn.best_tokens)
+        tokens, final_lengths = self.decode_logits(y, prompt_ids, lengths, energy_fn.best_tokens, forced)
         final = self.score(prompt_ids, prompts, tokens, final_lengths)
 
         # 5. select the best chain per prompt by discrete reward
         elapsed = time.perf_counter() - started
         return self.records(batch, tokens0, lengths, initial, tokens, final_lengths, final, trace, elapsed, energy_fn.evaluations, pool)
 
-    def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor, best_tokens=None):
+    def decode_logits(self, y: torch.Tensor, prompt_ids: list[list[int]], lengths: torch.Tensor, best_tokens=None, forced=None):
         """Response tokens and lengths from the refined logits, by ``self.decode``."""
         if self.decode in ("argmax", "best"):
             tokens = best_tokens if self.decode == "best" else y.argmax(-1)
             active = torch.arange(y.shape[1], device=y.device).unsqueeze(0) < lengths.unsqueeze(1)
             return tokens.masked_fill(~active, self.pad_id), lengths
         return generation.guided_decode(
-            self.policy.model, prompt_ids, y, lengths, self.eos_ids, self.pad_id, self.decode_top_k
+            self.policy.model, prompt_ids, y, lengths, self.eos_ids, self.pad_id, self.decode_top_k, forced=forced
         )
 
     def select(self, reward0: torch.Tensor, reward: torch.Tensor, dropped: torch.Tensor | None) -> Selection:
@@ -301,6 +309,19 @@ class SEA(AlignmentMethod):
                 wall_time_s=elapsed / n_prompts,
             ))
         return out
+
+
+def pin_forced(allowed: torch.Tensor | None, forced: list[list[int]], shape: tuple[int, int, int], device) -> torch.Tensor:
+    """``allowed`` with each row's forced start pinned: at position t < len(forced[i]) only
+    ``forced[i][t]`` is allowed, so no relaxation, sampler or decode can change it."""
+    rows, width, vocab = shape
+    pinned = torch.ones(shape, dtype=torch.bool, device=device) if allowed is None else allowed.clone()
+    for i, ids in enumerate(forced):
+        if ids:
+            positions = torch.arange(len(ids), device=device)
+            pinned[i, : len(ids)] = False
+            pinned[i, positions, torch.tensor(ids, device=device)] = True
+    return pinned
 
 
 @dataclass

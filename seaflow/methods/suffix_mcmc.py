@@ -549,6 +549,7 @@ class GuidedSuffixMCMC(DecodingMethod):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
+        self.refuse_forced(batch)
         chains, width = self.chains, self.max_new_tokens
         prompt_ids, prompts, keys = self.expand(batch, chains)
         pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch)
