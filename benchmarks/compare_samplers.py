@@ -1,6 +1,6 @@
 """Samplers and relaxations compared inside SEA, at (about) equal gradient evaluations, in one run.
 
-    nice -n 10 python benchmarks/compare_samplers.py [--config configs/demo.yaml] [--limit 4] [--evaluations 12]
+    nice -n 10 python benchmarks/compare_samplers.py [--config configs/sea.yaml] [--limit 4] [--evaluations 12]
 
 Runs SEA's ``predict_step`` through the Python API on the first ``--limit`` prompts of the
 config (one batch, all prompts x chains at once) once per variant: Langevin, MALA, HMC and
@@ -10,7 +10,7 @@ the policy and the reward): MALA spends one on the start point, HMC one per leap
 Prints one markdown table row per variant: mean (over prompts) final discrete reward of the
 selected chain, mean over all chains, reference log-likelihood per token of the selected
 response, evaluations, and wall time per prompt; plus the initial samples' numbers.
-Without configs/demo.yaml it uses the embedded model with the VADER lexicon reward.
+Without configs/sea.yaml it uses the embedded model with the VADER lexicon reward.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def variants(base: dict, evaluations: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--config", default="configs/sea.yaml")
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--evaluations", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)

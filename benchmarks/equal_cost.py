@@ -1,6 +1,6 @@
 """A method against Best-of-N at equal policy forward tokens, on one machine, in one run.
 
-    python benchmarks/equal_cost.py --config configs/suffix_mcmc.yaml --prompts data/sentiment_prompts.jsonl \
+    python benchmarks/equal_cost.py --config configs/demo.yaml --prompts data/sentiment_prompts.jsonl \
         --limit 12 --set steps=8 alpha=50 --bon 16 32 64
 
 Runs the config's method on the prompts (all prompts of a batch at once), then Best-of-N with
@@ -95,7 +95,7 @@ def measure(name, method, prompts, batch_size, data_cfg, counter) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/suffix_mcmc.yaml")
+    ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--prompts", default="data/sentiment_prompts.jsonl")
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=None)

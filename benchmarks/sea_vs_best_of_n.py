@@ -1,6 +1,6 @@
 """SEA against Best-of-N at about equal wall time, on one machine, in one run.
 
-    python benchmarks/sea_vs_best_of_n.py --config configs/demo.yaml [--prompts FILE] [--limit 8] [--set steps=20 ...]
+    python benchmarks/sea_vs_best_of_n.py --config configs/sea.yaml [--prompts FILE] [--limit 8] [--set steps=20 ...]
 
 Runs the config's SEA on its prompts (all prompts of a batch at once, as ``seaflow predict``
 does), then Best-of-N with the same policy, reward and seeds for N = chains, 2*chains, ...
@@ -70,7 +70,7 @@ def row(name, records):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--config", default="configs/sea.yaml")
     ap.add_argument("--prompts", default=None, help="prompt file instead of the config's data.path")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)

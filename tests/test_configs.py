@@ -26,9 +26,10 @@ def test_shipped_config_parses(config, capsys):
     assert printed["trainer"]["inference_mode"] is False
 
 
-def test_every_key_of_demo_is_commented():
-    """The demo config documents each key on its own line (litgpt style)."""
-    lines = (ROOT / "configs" / "demo.yaml").read_text().splitlines()
+@pytest.mark.parametrize("name", ["demo.yaml", "sea.yaml"])
+def test_every_key_of_the_main_configs_is_commented(name):
+    """The demo and SEA configs document each key on its own line (litgpt style)."""
+    lines = (ROOT / "configs" / name).read_text().splitlines()
     keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
     uncommented = [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]
     assert not uncommented, uncommented

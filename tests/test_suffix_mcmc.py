@@ -327,8 +327,8 @@ def test_rejects_bad_values(argument, value, message):
 
 
 def test_config_runs_on_tiny_models(tmp_path, tiny_models):
-    """configs/suffix_mcmc.yaml, with the tiny policy and a short run, through ``seaflow predict``."""
-    config = yaml.safe_load((ROOT / "configs" / "suffix_mcmc.yaml").read_text())
+    """configs/demo.yaml, with the tiny policy and a short run, through ``seaflow predict``."""
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     assert config["model"]["class_path"] == "seaflow.methods.GuidedSuffixMCMC"
     records = run_config_on_tiny(config, tmp_path, tiny_models, steps=3, chains=2, max_new_tokens=6, init_pool=4)
     assert [r["id"] for r in records] == ["p0", "p1"]
@@ -336,7 +336,7 @@ def test_config_runs_on_tiny_models(tmp_path, tiny_models):
 
 
 def test_every_key_of_the_config_is_commented():
-    lines = (ROOT / "configs" / "suffix_mcmc.yaml").read_text().splitlines()
+    lines = (ROOT / "configs" / "demo.yaml").read_text().splitlines()
     keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
     uncommented = [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]
     assert not uncommented, uncommented
