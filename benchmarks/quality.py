@@ -69,7 +69,7 @@ def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None 
         for task in grid["tasks"]:
             if tasks and task not in tasks:
                 continue
-            config = spec["config"].format(task=task)
+            config = spec["config"].format(task=grid["tasks"][task].get("configs_from", task))
             if not Path(config).exists():
                 continue  # a method without a config for this task is not part of the task's grid
             if "budgets" in spec:
@@ -332,31 +332,54 @@ def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dic
         gemma = [(cache.get("gemma", row["prompt"], row["reply"]), cache.get("gemma", row["prompt"], reply))
                  for row, reply, _, _ in pairs]
         gemma = [(a, b) for a, b in gemma if a is not None and b is not None]
-        low, high = paired_bootstrap(diffs, 2000)
-        out.append({
-            "task": task, "method": method, "budget": budget, "prompts": len(diffs),
-            "bon_n_median": statistics.median(n for _, _, n, _ in pairs),
-            "capped": sum(not reached for *_, reached in pairs),
-            "judge_diff": statistics.fmean(diffs), "low": low, "high": high,
-            "wins": sum(d > 1e-12 for d in diffs), "ties": sum(abs(d) <= 1e-12 for d in diffs),
-            "losses": sum(d < -1e-12 for d in diffs), "p": sign_flip_p(diffs),
-            "gemma_method": statistics.fmean(a for a, _ in gemma) if gemma else math.nan,
-            "gemma_bon": statistics.fmean(b for _, b in gemma) if gemma else math.nan,
-        })
+        out.append(paired_entry(task, method, budget, diffs, gemma, [(n, reached) for _, _, n, reached in pairs]))
+    for task, spec in grid["tasks"].items():  # a task with `pool_with` is also reported pooled with that task
+        other = spec.get("pool_with")
+        for e in [e for e in out if e["task"] == task and other]:
+            match = next((o for o in out if o["task"] == other and o["method"] == e["method"] and o["budget"] == e["budget"]), None)
+            if match is not None:
+                out.append(paired_entry(f"{other}+{task}", e["method"], e["budget"], match["diffs"] + e["diffs"],
+                                        match["gemma"] + e["gemma"], match["n"] + e["n"]))
     return out
+
+
+def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma: list[tuple[float, float]],
+                 n: list[tuple[int, bool]]) -> dict:
+    low, high = paired_bootstrap(diffs, 2000)
+    wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
+    return {
+        "task": task, "method": method, "budget": budget, "prompts": len(diffs),
+        "bon_n_median": statistics.median(k for k, _ in n),
+        "capped": sum(not reached for _, reached in n),
+        "judge_diff": statistics.fmean(diffs), "low": low, "high": high,
+        "wins": wins, "ties": len(diffs) - wins - losses, "losses": losses,
+        "p": sign_flip_p(diffs), "p_sign": sign_test_p(wins, losses),
+        "gemma_method": statistics.fmean(a for a, _ in gemma) if gemma else math.nan,
+        "gemma_bon": statistics.fmean(b for _, b in gemma) if gemma else math.nan,
+        "diffs": diffs, "gemma": gemma, "n": n,
+    }
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (ties dropped): how often a fair coin splits as unevenly."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def paired_lines(paired: list[dict]) -> list[str]:
     lines = [
-        "| task | method | budget | prompts | Best-of-N at equal FLOPs (median N) | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | Gemma NLL method vs Best-of-N |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method | budget | prompts | Best-of-N at equal FLOPs (median N) | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | p (sign test) | Gemma NLL method vs Best-of-N |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in paired:
         capped = f", {e['capped']} capped at the run's n" if e["capped"] else ""
         lines.append(
             f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']} | N={e['bon_n_median']:g}{capped} | "
             f"{e['judge_diff']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] | {e['wins']} / {e['ties']} / {e['losses']} | "
-            f"{e['p']:.3f} | {e['gemma_method']:.2f} vs {e['gemma_bon']:.2f} |"
+            f"{e['p']:.3f} | {e['p_sign']:.3f} | {e['gemma_method']:.2f} vs {e['gemma_bon']:.2f} |"
         )
     return lines
 
@@ -433,7 +456,8 @@ def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | 
         + "\n## Paired, prompt by prompt, against Best-of-N at equal FLOPs\n\n"
         "Per prompt, Best-of-N gets the smallest N whose FLOPs reach the method's on that prompt (from the same\n"
         "prompt's candidates); difference = method's judge - Best-of-N's judge; interval: bootstrap over prompts;\n"
-        "p: two-sided sign-flip permutation test of a zero mean difference.\n\n"
+        "p (sign-flip): two-sided sign-flip permutation test of a zero mean difference (the primary test);\n"
+        "p (sign test): two-sided exact sign test on wins against losses (ties dropped).\n\n"
         + "\n".join(paired_lines(paired or [])) + "\n"
     )
     (out / "results.md").write_text(text)

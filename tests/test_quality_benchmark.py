@@ -50,3 +50,10 @@ def test_paired_bootstrap_brackets_the_mean():
     low, high = quality.paired_bootstrap(diffs, 2000)
     assert low < statistics.fmean(diffs) < high
     assert low > min(diffs) and high < max(diffs)
+
+
+def test_sign_test_p_is_the_exact_binomial_tail():
+    assert quality.sign_test_p(5, 0) == pytest.approx(2 / 32)
+    assert quality.sign_test_p(18, 6) == pytest.approx(2 * sum(math.comb(24, k) for k in range(7)) / 2 ** 24)
+    assert quality.sign_test_p(3, 3) == 1.0
+    assert quality.sign_test_p(0, 0) == 1.0
