@@ -13,7 +13,8 @@ creates (autograd's saved tensors included), from torch.profiler's memory timeli
 process's resident memory; ``y``, the weights and the prompt cache exist before and are not
 counted. Per chain: the increment between consecutive chain counts. At the peak of the
 largest chain count, the live tensors are listed by profiler category and by size in units
-of one ``(chains, L, V)`` tensor of the model's dtype.
+of one ``(chains, L, V)`` float32 tensor. ``--variants lookup dense`` measures the one-hot
+row lookup of the embedding (default) against the dense ``(chains, L, V) @ (V, H)`` product.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from step_overhead import SHAPES, machine  # noqa: E402
 
+from seaflow import layout  # noqa: E402
 from seaflow.energies import ReferenceLogLikelihood  # noqa: E402
 from seaflow.energies.base import ResponseBatch, Reward  # noqa: E402
 from seaflow.models import LoadedModel  # noqa: E402
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, help="fewer layers than the 16 of the shape (a quick look)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cpu", help="cpu (torch.profiler) or cuda (the allocator's peak)")
+    parser.add_argument("--variants", nargs="+", default=["lookup"], choices=["lookup", "dense"],
+                        help="lookup: one-hot forwards embedded by a row lookup (default); dense: the (chains, L, V) @ (V, H) product")
     args = parser.parse_args(argv)
     device = args.device
     if args.threads:
@@ -131,12 +135,16 @@ def main(argv: list[str] | None = None) -> None:
         g = torch.Generator().manual_seed(1)
         reward = VectorReward(torch.randn(vocab, generator=g).to(device))
         prompt = torch.randint(4, vocab, (args.prompt,), generator=g).tolist()
-        unit_bytes = args.length * vocab * torch.finfo(dtype).bits // 8
+        unit_bytes = args.length * vocab * 4  # one (L, V) float32 tensor per chain
         print(f"## {dtype_name} (model built in {time.perf_counter() - started:.0f} s)\n")
-        print("| chains | peak (tensors created by one evaluation) | increment per added chain | seconds |")
-        print("|---|---|---|---|")
+        print("| embedding | chains | peak (tensors created by one evaluation) | increment per added chain | seconds |")
+        print("|---|---|---|---|---|")
+        runs = [(variant, chains) for variant in args.variants for chains in args.chains]
         previous, last = None, None
-        for chains in args.chains:
+        for variant, chains in runs:
+            layout.ONE_HOT_LOOKUP = variant == "lookup"
+            if previous is not None and previous[2] != variant:
+                previous = None
             batch = ResponseBatch([prompt] * chains, ["x"] * chains, torch.full((chains,), args.length), args.length)
             with torch.no_grad():
                 energy_fn = EnergyFunction(batch, StraightThrough(), reward, reference, alpha=1.0, reference_weight=1.0)
@@ -145,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
             peak, tensors = (cuda_peak if device.startswith("cuda") else profile_peak)(lambda: energy_fn(y))
             seconds = time.perf_counter() - started
             increment = "-" if previous is None else f"{(peak - previous[1]) / (chains - previous[0]) / 2**30:.3f} GiB"
-            print(f"| {chains} | {peak / 2**30:.3f} GiB | {increment} | {seconds:.0f} |", flush=True)
-            previous, last = (chains, peak), (chains, tensors)
+            print(f"| {variant} | {chains} | {peak / 2**30:.3f} GiB | {increment} | {seconds:.0f} |", flush=True)
+            if variant == args.variants[0]:
+                last = (chains, tensors)
+            previous = (chains, peak, variant)
             del energy_fn, y
         chains, tensors = last
         if not tensors:
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{name} {size / 2**30:.3f} GiB" for name, size in by_category.most_common()))
         unit = unit_bytes * chains
         big = sorted(((size, category) for size, category in tensors if size >= unit // 4), reverse=True)
-        print(f"tensors of at least a quarter of one (chains, L, V) {dtype_name} tensor ({unit / 2**20:.0f} MiB): " + ", ".join(
+        print(f"tensors of at least a quarter of one (chains, L, V) float32 tensor ({unit / 2**20:.0f} MiB), in those units: " + ", ".join(
             f"{size / unit:.2f} ({category})" for size, category in big))
         small = sum(size for size, _ in tensors if size < unit // 4)
         print(f"the rest: {small / 2**30:.3f} GiB in {sum(1 for s, _ in tensors if s < unit // 4)} tensors\n", flush=True)

@@ -140,17 +140,21 @@ class _LookupOneHot(torch.autograd.Function):
         return (grad.to(weight.dtype) @ weight.T).to(ctx.probs_dtype), None, None
 
 
-def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, lookup: bool = False) -> torch.Tensor:
+ONE_HOT_LOOKUP = True
+"""Default of :func:`response_embeddings`' ``lookup`` (benchmarks switch it off to compare)."""
+
+
+def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, lookup: bool | None = None) -> torch.Tensor:
     """Embeddings of a response given as ids ``(B, L)`` or as a distribution ``(B, L, V)``.
 
-    With ``lookup``, a distribution that is exactly one-hot (the forward value of straight-through,
-    OneHot, hard Gumbel-softmax) is embedded by a row lookup with the dense product's gradient
-    (same values and gradients, see :class:`_LookupOneHot`).
+    A distribution that is exactly one-hot (the forward value of straight-through, OneHot, hard
+    Gumbel-softmax) is embedded by a row lookup with the dense product's gradient (same values
+    and gradients, see :class:`_LookupOneHot`) unless ``lookup`` is false.
     """
     if response.dtype in (torch.long, torch.int, torch.int32):
         return embedding(response)
     weight = embedding.weight
-    if lookup:
+    if ONE_HOT_LOOKUP if lookup is None else lookup:
         values, tokens = response.detach().max(dim=-1)
         if bool((values == 1).all()) and bool((response.detach().sum(-1) == 1).all()):
             count_soft_embedding(embedding, response, looked_up=True)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -165,7 +166,8 @@ class EnergyFunction:
         chain's current response) the reference term also reuses the base response: the base runs
         once on the prompt cache, and a candidate that first differs from it at position ``t`` runs
         only positions ``t, t+1, ...`` on the base's keys and values up to ``t`` (candidates are
-        sorted by ``t`` so that each pass is as short as its earliest edit allows). The value is the
+        sorted by ``t`` and split into at least 4 passes, so that each pass is as short as its
+        earliest edit allows). The value is the
         energy a one-hot relaxation (``OneHot``, ``StraightThrough``) gives the same tokens, up to
         float rounding. The candidates count as visited states for ``decode: best``.
         """
@@ -246,8 +248,12 @@ class EnergyFunction:
         starts = torch.where(differs.any(1), differs.long().argmax(1), torch.full_like(owner, width))
         value = shared[owner, torch.minimum(starts, lengths[owner])]
         order = torch.argsort(starts, stable=True)
-        for begin in range(0, order.numel(), self.candidate_rows):
-            chunk = order[begin : begin + self.candidate_rows]
+        # passes of similar starts: at least 4 (of 8 or more rows each) so that late edits run short windows
+        count = order.numel()
+        passes = max(math.ceil(count / self.candidate_rows), min(4, math.ceil(count / 8)))
+        size = math.ceil(count / passes)
+        for begin in range(0, count, size):
+            chunk = order[begin : begin + size]
             first = int(starts[chunk].min())
             if first >= width:
                 continue  # every candidate of this pass equals its base

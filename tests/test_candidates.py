@@ -110,3 +110,23 @@ def test_select_rows_of_prepared_states(tiny_policy):
     words, lengths = select_rows(([["a"], ["b"]], torch.tensor([5, 6])), index, 2)
     assert words == [["b"], ["b"], ["a"]] and lengths.tolist() == [6, 6, 5]
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_hot_lookup_gives_the_dense_product_values_and_gradients(tiny_policy, dtype):
+    """Straight-through's one-hot forward embedded by a row lookup: the same values and gradients as ``p @ W``."""
+    from seaflow.layout import response_embeddings
+    from seaflow.relaxations import StraightThrough
+
+    embedding = torch.nn.Embedding(tiny_policy.vocab_size, 8).to(dtype).requires_grad_(False)
+    y = torch.randn(3, 5, tiny_policy.vocab_size, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = {}
+    for lookup in (True, False):
+        leaf = y.clone().requires_grad_(True)
+        embedded = response_embeddings(embedding, StraightThrough()(leaf), lookup=lookup)
+        (grad,) = torch.autograd.grad((embedded * weights).float().sum(), leaf)
+        out[lookup] = (embedded, grad)
+    assert torch.equal(out[True][0], out[False][0])
+    torch.testing.assert_close(out[True][1], out[False][1])
+    soft = torch.softmax(y, -1)  # not one-hot: the dense product either way
+    assert torch.equal(response_embeddings(embedding, soft), response_embeddings(embedding, soft, lookup=False))

@@ -123,11 +123,12 @@ def test_sea_counts_forward_and_backward_per_step(tiny_models, tiny_policy):
     assert policy["forward_tokens"] == (rows * prompt_width + rows * gen_steps) + (rows * prompt_width + rows * (width - 1)) \
         + rows * prompt_width + evaluations * rows * (width - 1)
     assert policy["backward_tokens"] == steps * rows * (width - 1)
-    assert policy["soft_embedding_tokens"] == evaluations * rows * (width - 1)
+    # straight-through's forward is one-hot: embedded by a row lookup, only the backward product is dense
+    assert policy["soft_embedding_tokens"] == 0
     # reward: scoring the samples and the result (prefix + L slots each), the energy's prefix, L slots per evaluation
     assert reward["forward_tokens"] == 2 * (rows * prompt_width + rows * width) + rows * prompt_width + evaluations * rows * width
     assert reward["backward_tokens"] == steps * rows * width
-    assert reward["soft_embedding_tokens"] == evaluations * rows * width
+    assert reward["soft_embedding_tokens"] == 0
     assert batch_cost["backward_tokens"] == policy["backward_tokens"] + reward["backward_tokens"]
 
 

@@ -70,7 +70,14 @@ class MultipleTryDiscreteLangevin(DiscreteLangevin):
 
     def draws(self, log_probs: torch.Tensor, tokens: torch.Tensor, count: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` independent draws ``(chains, count, ...)`` from the proposal and their ``log q`` ``(chains, count)``."""
-        drawn = torch.stack([self.draw(log_probs, tokens, generator) for _ in range(count)], dim=1)
+        # one CDF for all draws (inverse-CDF sampling, one uniform per position and draw)
+        cdf = log_probs.double().exp_().cumsum_(dim=-1)
+        uniform = rng.rand((*tokens.shape, count), generator, device=log_probs.device, dtype=cdf.dtype)
+        drawn = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True).clamp_max_(log_probs.shape[-1] - 1)
+        del cdf
+        # a draw on a zero-probability token can only come from rounding at the very end of the CDF
+        possible = torch.isfinite(log_probs.gather(-1, drawn))
+        drawn = torch.where(possible, drawn, tokens.unsqueeze(-1)).movedim(-1, 1)  # (chains, count, ...)
         expanded = log_probs.unsqueeze(1).expand(-1, count, *log_probs.shape[1:])
         log_q = expanded.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).flatten(2).sum(-1)
         return drawn, log_q
