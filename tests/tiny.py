@@ -99,3 +99,32 @@ def run_config_on_tiny(config: dict, tmp_path: Path, tiny_models: dict[str, Path
     path.write_text(yaml.safe_dump(config))
     main(["predict", "--config", str(path)])
     return [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+
+
+def build_text_classifier(directory: Path, seed: int = 1) -> Path:
+    """A tiny random BERT sequence classifier (2 labels) with its own tokenizer: lower-cased
+    words in another order than the policy's, [CLS]/[SEP] specials and words the policy lacks."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    words = sorted(set(WORDS) | {"sunny", "rainy", "glad"}, reverse=True)
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+    )
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, num_labels=2, pad_token_id=0,
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(directory)
+    return directory

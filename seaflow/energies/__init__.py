@@ -6,8 +6,10 @@ from seaflow.energies.keywords import KeywordReward
 from seaflow.energies.lexicon import LexiconReward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.energies.reward_model import RewardModel
+from seaflow.energies.text import CallableReward, TextClassifierReward, TextReward
 
 __all__ = [
     "EnergyTerm", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
     "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
+    "TextReward", "TextClassifierReward", "CallableReward",
 ]

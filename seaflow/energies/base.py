@@ -120,7 +120,17 @@ def _specials(tokenizer) -> dict[str, object]:
 
 
 class Reward(EnergyTerm):
-    """A reward term ``r(x, y)``: higher is better. SEA weights it by ``alpha``."""
+    """A reward term ``r(x, y)``: higher is better. SEA weights it by ``alpha``.
+
+    ``differentiable`` says whether ``value`` accepts relaxed tokens and has a gradient with
+    respect to them; the text rewards (seaflow/energies/text.py) do not.
+    """
+
+    differentiable = True
+
+    def describe(self) -> str:
+        """A short name for messages."""
+        return type(self).__name__
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor,

@@ -68,7 +68,7 @@ class ARGS(DecodingMethod):
         tokens, lengths = torch.cat(tokens), torch.cat(lengths)
         rewards = (
             self.rewards(prompt_ids, prompts, tokens, lengths).tolist()
-            if self.reward is not None else [float("nan")] * len(keys)
+            if self.selector is not None else [float("nan")] * len(keys)
         )
         elapsed = time.perf_counter() - started
         extras = [{"top_k": self.top_k, "weight": self.weight}] * len(keys)
@@ -122,4 +122,4 @@ class ARGS(DecodingMethod):
         lengths = step + (~is_eos).long()  # an EOS candidate ends the response before itself
         expanded_ids = [ids for ids in prompt_ids for _ in range(k)]
         expanded_prompts = [text for text in prompts for _ in range(k)]
-        return self.rewards(expanded_ids, expanded_prompts, tokens, lengths).view(rows, k)
+        return self.rewards(expanded_ids, expanded_prompts, tokens, lengths, guide=True).view(rows, k)

@@ -35,6 +35,11 @@ class AlignmentMethod(L.LightningModule):
         policy: the reference policy (hub id, local directory, GGUF file, or the embedded
             default ``smollm2-135m-instruct``).
         reward: the reward term used for selection (and, for SEA, for the gradient).
+        selection_reward: a second reward that selects, accepts/rejects and is reported as the
+            records' ``reward`` (e.g. a text reward without a gradient,
+            seaflow/energies/text.py); ``reward`` then only guides (SEA's gradient, the
+            Metropolis cuts, ARGS's per-token scores) and is reported as ``surrogate_reward``.
+            None: ``reward`` does both.
         max_new_tokens: response length L (tokens).
         temperature: sampling temperature of the policy.
         top_p: nucleus sampling threshold of the policy (1.0 = off).
@@ -47,6 +52,7 @@ class AlignmentMethod(L.LightningModule):
         self,
         policy: str = EMBEDDED_DEFAULT,
         reward: Reward | None = None,
+        selection_reward: Reward | None = None,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -63,6 +69,7 @@ class AlignmentMethod(L.LightningModule):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.policy_name = policy
         self.reward = reward
+        self.selection_reward = selection_reward
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -91,12 +98,27 @@ class AlignmentMethod(L.LightningModule):
         self.reference.setup(policy)
         if self.reward is not None:
             self.reward.setup(policy)
+        if self.selection_reward is not None:
+            self.selection_reward.setup(policy)
+
+    @property
+    def selector(self) -> Reward | None:
+        """The reward that selects and is reported: ``selection_reward`` when set, else ``reward``."""
+        return self.selection_reward if self.selection_reward is not None else self.reward
+
+    def require_gradient(self, method: str) -> None:
+        """Refuse a ``reward`` without a gradient (a text reward), naming what to configure instead."""
+        if self.reward is not None and not self.reward.differentiable:
+            from seaflow.energies.text import no_gradient_error
+
+            raise no_gradient_error(self.reward, method)
 
     def watch_models(self) -> None:
         """Install the cost-counting hooks on the policy and on every model the reward holds."""
         cost.watch(self.policy.model, "policy")
-        for role, model in cost.models_of(self.reward, skip=self.policy.model):
-            cost.watch(model, role)
+        for term in (self.reward, self.selection_reward):
+            for role, model in cost.models_of(term, skip=self.policy.model):
+                cost.watch(model, role)
 
     def context_length(self) -> int | None:
         config = self.policy.model.config
@@ -161,14 +183,20 @@ class AlignmentMethod(L.LightningModule):
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Discrete scores of responses: reward ``(B,)``, reference log-probs and entropies ``(B, L)``."""
+        """Discrete scores of responses: reward ``(B,)`` (the :attr:`selector`'s), reference log-probs
+        and entropies ``(B, L)``; with a ``selection_reward``, ``surrogate_reward`` ``(B,)`` too
+        (``reward``'s, for the records: not counted in the cost)."""
         batch = ResponseBatch(prompt_ids=prompt_ids, prompts=prompts, lengths=lengths.cpu(), max_length=tokens.shape[1])
         logprobs, entropy = self.reference_stats(prompt_ids, prompts, tokens, lengths)
         out = {"ref_token_logprobs": logprobs, "ref_token_entropy": entropy}
+        selector = self.selector
         out["reward"] = (
-            self.reward.value(self.reward.prepare(batch), tokens).float()
-            if self.reward is not None else torch.zeros(tokens.shape[0], device=tokens.device)
+            selector.value(selector.prepare(batch), tokens).float()
+            if selector is not None else torch.zeros(tokens.shape[0], device=tokens.device)
         )
+        if self.selection_reward is not None and self.reward is not None:
+            with cost.uncounted():
+                out["surrogate_reward"] = self.reward.value(self.reward.prepare(batch), tokens).float()
         return out
 
     def decode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:

@@ -103,6 +103,8 @@ class BiasedDecoding(AlignmentMethod):
             raise ValueError(f"max_faults must be >= 1, got {max_faults}")
         if self.reward is None and alpha != 0:
             raise ValueError("BiasedDecoding needs a reward (set model.init_args.reward) unless alpha is 0")
+        if alpha != 0:
+            self.require_gradient("BiasedDecoding")
         self.sampler = sampler if sampler is not None else Langevin()
         self.relaxation = relaxation if relaxation is not None else StraightThrough()
         self.alpha = alpha

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import generation
+from seaflow import cost, generation
 from seaflow.methods.base import AlignmentMethod, prompt_seed
 from seaflow.methods.record import Record, make_record
 
@@ -36,7 +36,7 @@ class DecodingMethod(AlignmentMethod):
         self.score_batch = score_batch
 
     def _require_reward(self) -> None:
-        if self.reward is None:
+        if self.selector is None:
             raise ValueError(
                 f"{type(self).__name__} selects by reward: set model.init_args.reward "
                 "(e.g. class_path: LexiconReward)"
@@ -78,10 +78,13 @@ class DecodingMethod(AlignmentMethod):
 
     # -- scoring -----------------------------------------------------------------------
 
-    def rewards(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Discrete reward ``(B,)`` of responses given as ids, ``score_batch`` rows per pass."""
+    def rewards(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor,
+                guide: bool = False) -> torch.Tensor:
+        """Discrete reward ``(B,)`` of responses given as ids, ``score_batch`` rows per pass: the
+        :attr:`selector`'s, or with ``guide`` the ``reward`` term's (when set)."""
         self._require_reward()
-        return self.reward.score(prompt_ids, prompts, tokens, lengths, self.score_batch)
+        term = self.reward if guide and self.reward is not None else self.selector
+        return term.score(prompt_ids, prompts, tokens, lengths, self.score_batch)
 
     @torch.no_grad()
     def reference_stats(self, prompt_ids, prompts, tokens, lengths, chunk=None):
@@ -93,11 +96,17 @@ class DecodingMethod(AlignmentMethod):
         """Records for one chosen row per prompt (``tokens``/``lengths``/``rewards`` prompt-aligned);
         ``extras[p]`` holds prompt ``p``'s method-specific fields."""
         logprobs, entropy = self.reference_stats(prompt_ids, prompts, tokens, lengths)
+        surrogate = None
+        if self.selection_reward is not None and self.reward is not None:
+            with cost.uncounted():  # for the record only
+                surrogate = self.rewards(prompt_ids, prompts, tokens, lengths, guide=True).tolist()
         n = len(batch["id"])
         records = []
         for p in range(n):
             length = int(lengths[p])
             fluency = float(logprobs[p, :length].sum()) / max(length, 1)
             fields = self.response_fields(tokens[p], length, float(rewards[p]), fluency, logprobs[p], entropy[p])
+            if surrogate is not None:
+                fields["surrogate_reward"] = surrogate[p]
             records.append(make_record(batch, p, self.method_name(), **fields, **extras[p], wall_time_s=elapsed / n))
         return records

@@ -34,7 +34,8 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
                  forced: list[list[int]] | None = None) -> Pool:
     """The best ``keep`` of ``pool`` samples for each prompt (``prompt_ids``/``prompts``/``keys``: one entry per prompt).
 
-    ``method`` is an :class:`~seaflow.methods.base.AlignmentMethod` with a reward. Rows are
+    ``method`` is an :class:`~seaflow.methods.base.AlignmentMethod` with a reward (its
+    ``selection_reward`` when set ranks the pool). Rows are
     sampled and scored ``batch_rows`` at a time. Among equal rewards the earlier candidate
     goes first; a non-finite reward ranks last. ``forced[p]`` is prompt ``p``'s forced response
     start (``data.response_prefix``): every sample begins with it. With ``keep == pool`` every sample is kept in
@@ -42,7 +43,7 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
     """
     if not 1 <= keep <= pool:
         raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
-    if method.reward is None and keep < pool:
+    if method.selector is None and keep < pool:
         raise ValueError("a best-of-pool start ranks samples by reward: set model.init_args.reward")
     rows = [(p, c) for p in range(len(prompt_ids)) for c in range(pool)]
     width = method.response_width(forced)
@@ -60,7 +61,7 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
         if keep < pool:
             width = max(int(n.max()), 1)
             batch = ResponseBatch(ids, [prompts[p] for p, _ in chunk], n.cpu(), width)
-            rewards.append(method.reward.value(method.reward.prepare(batch), t[:, :width]).float().cpu())
+            rewards.append(method.selector.value(method.selector.prepare(batch), t[:, :width]).float().cpu())
         tokens.append(t)
         lengths.append(n)
     tokens, lengths = torch.cat(tokens), torch.cat(lengths)

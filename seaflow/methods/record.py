@@ -42,6 +42,7 @@ class Record(TypedDict, total=False):
     response: str
     response_token_ids: list[int]
     reward: float | None
+    surrogate_reward: float
     ref_logprob_per_token: float
     response_tokens: int
     ref_token_logprobs: list[float]
@@ -55,6 +56,7 @@ class Record(TypedDict, total=False):
     initial_best_reward: float
     chain_rewards: list[float]
     chain_initial_rewards: list[float]
+    chain_surrogate_rewards: list[float]
     chain_ref_logprob_per_token: list[float]
     chain_responses: list[str]
     chain_response_tokens: list[int]

@@ -105,13 +105,15 @@ class SEA(AlignmentMethod):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
         if max_faults < 1:
             raise ValueError(f"max_faults must be >= 1, got {max_faults}")
-        if init_pool is not None and (init != "sample" or init_pool < chains or self.reward is None):
+        if init_pool is not None and (init != "sample" or init_pool < chains or self.selector is None):
             raise ValueError(
                 f"model.init_args.init_pool ({init_pool}) needs init: sample, a reward to rank the pool, and "
                 f"init_pool >= chains ({chains}); set it to null for the first {chains} samples"
             )
         if self.reward is None and alpha != 0:
             raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
+        if alpha != 0:
+            self.require_gradient(type(self).__name__)
         self.sampler = sampler if sampler is not None else Langevin()
         self.relaxation = relaxation if relaxation is not None else StraightThrough()
         if self.sampler.needs_one_hot_gradient and not self.relaxation.one_hot_gradient:
@@ -279,8 +281,14 @@ class SEA(AlignmentMethod):
                 picked_tokens[row], int(picked_lengths[row]), float(picked_reward[row]), picked_ll[row],
                 picked["ref_token_logprobs"][row], picked["ref_token_entropy"][row],
             )
+            surrogate = {}
+            if "surrogate_reward" in final:  # a selection_reward selected; reward guided
+                surrogate = {
+                    "surrogate_reward": float(picked["surrogate_reward"][row]),
+                    "chain_surrogate_rewards": final["surrogate_reward"][rows].tolist(),
+                }
             out.append(make_record(
-                batch, p, self.method_name(), **response,
+                batch, p, self.method_name(), **response, **surrogate,
                 chain=row - p * chains,
                 initial_response=texts0[p * chains] if plain is None else plain["text"][p],
                 initial_reward=float(reward0[p * chains] if plain is None else pool.rewards[p, 0]),

@@ -518,6 +518,13 @@ class GuidedSuffixMCMC(DecodingMethod):
             raise ValueError(f"model.init_args.cut_top_k must be >= 1 or null (whole vocabulary), got {cut_top_k}")
         if init_pool is not None and init_pool < chains:
             raise ValueError(f"model.init_args.init_pool ({init_pool}) must be >= chains ({chains}) or null")
+        if cut_temperature is not None and cut_floor < 1:
+            if self.reward is None:
+                raise ValueError(
+                    "GuidedSuffixMCMC's gradient-guided cut needs a differentiable model.init_args.reward (the "
+                    "selection_reward is the target); set one, or model.init_args.cut_temperature: null for uniform cuts"
+                )
+            self.require_gradient("GuidedSuffixMCMC's gradient-guided cut (model.init_args.cut_temperature)")
         self.alpha = alpha
         self.chains = chains
         self.steps = steps
@@ -534,8 +541,19 @@ class GuidedSuffixMCMC(DecodingMethod):
         return self.cut_temperature is not None and self.cut_floor < 1
 
     def reward_and_grad(self, prompt_ids, prompts, tokens: torch.Tensor, lengths: torch.Tensor, need_grad: bool = True):
-        """Discrete reward ``(B,)`` and its gradient ``(B, L, V)`` with respect to the one-hot response."""
+        """Discrete reward ``(B,)`` and its gradient ``(B, L, V)`` with respect to the one-hot response.
+
+        With a ``selection_reward`` the reward (the Metropolis test's target) is its value and the
+        gradient is the ``reward`` term's: the cut distribution may depend on the state in any
+        way, so the chain stays exact for ``pi_ref exp(alpha r_selection)``.
+        """
         batch = ResponseBatch(prompt_ids, prompts, lengths.cpu(), tokens.shape[1])
+        selected = None
+        if self.selection_reward is not None:
+            with torch.no_grad():
+                selected = self.selection_reward.value(self.selection_reward.prepare(batch), tokens).float()
+            if not need_grad:
+                return selected, None
         prepared = self.reward.prepare(batch)
         if not need_grad:
             with torch.no_grad():
@@ -544,7 +562,7 @@ class GuidedSuffixMCMC(DecodingMethod):
             one_hot = torch.nn.functional.one_hot(tokens, self.policy.vocab_size).float().requires_grad_(True)
             value = self.reward.value(prepared, one_hot)
             (grad,) = torch.autograd.grad(value.sum(), one_hot)
-        return value.detach().float(), grad
+        return (value.detach().float() if selected is None else selected), grad
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
