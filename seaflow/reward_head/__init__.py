@@ -35,11 +35,16 @@ of ``seaflow calibrate`` (docs/rewards.md).
 Modules: :mod:`~seaflow.reward_head.data` (the generated and labelled rows),
 :mod:`~seaflow.reward_head.head` (the Lightning module), :mod:`~seaflow.reward_head.export`
 (the HF classifier directory), :mod:`~seaflow.reward_head.cli` (``seaflow fit``).
+
+The same head distils a text reward (no gradient, any tokenizer) into a differentiable
+surrogate: :mod:`~seaflow.reward_head.distill` (``seaflow fit --config
+configs/distill_reward.yaml``, ``objective: regress``).
 """
 
 from seaflow.reward_head.cli import fit_main
 from seaflow.reward_head.data import RefusalHeadData, read_prompt_source
+from seaflow.reward_head.distill import DistillData
 from seaflow.reward_head.export import export_classifier
 from seaflow.reward_head.head import RewardHead
 
-__all__ = ["RefusalHeadData", "RewardHead", "export_classifier", "fit_main", "read_prompt_source"]
+__all__ = ["DistillData", "RefusalHeadData", "RewardHead", "export_classifier", "fit_main", "read_prompt_source"]

@@ -1,9 +1,12 @@
-"""The refusal head: a linear score on the frozen policy's last-token hidden state."""
+"""A reward head: a linear score on the frozen policy's last-token hidden state, trained to
+classify labels (the refusal head) or to regress a text reward's scores (a surrogate)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -40,6 +43,14 @@ class RewardHead(L.LightningModule):
         balance_classes: weight label-1 rows by (#label 0 / #label 1) of the batch stream.
         cache_features: keep each row's hidden state after its first forward pass.
         dtype: policy dtype; None keeps the checkpoint's.
+        objective: ``classify`` (BCE on the rows' 0/1 ``label``, e.g. the refusal head) or
+            ``regress`` (squared error on the rows' ``target``, standardised on the training
+            rows: a surrogate of a text reward, :class:`~seaflow.reward_head.distill.DistillData`).
+            A regression head is exported in the target's units (up to the dropped bias), and
+            ``<export_dir>/agreement.json`` reports its held-out agreement with the target.
+        export_best: export the head of the best checkpoint (the ``ModelCheckpoint`` callback's
+            monitored metric, e.g. ``val_spearman``: early stopping on the validation prompts, so
+            only the ``evaluate`` sets stay untouched) instead of the last one.
     """
 
     def __init__(
@@ -54,8 +65,12 @@ class RewardHead(L.LightningModule):
         balance_classes: bool = True,
         cache_features: bool = True,
         dtype: str | None = None,
+        objective: Literal["classify", "regress"] = "classify",
+        export_best: bool = False,
     ):
         super().__init__()
+        if objective not in ("classify", "regress"):
+            raise ValueError(f"model.init_args.objective must be 'classify' or 'regress', got {objective!r}")
         self.save_hyperparameters()
         self.policy_name = policy
         self.export_dir = export_dir
@@ -67,12 +82,17 @@ class RewardHead(L.LightningModule):
         self.balance_classes = balance_classes
         self.cache_features = cache_features
         self.dtype_name = dtype
+        self.objective = objective
+        self.export_best = export_best
+        # a regression head learns the standardised target; export multiplies back by the std
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
         self.policy = None
         self.head: torch.nn.Linear | None = None
         self.bias = torch.nn.Parameter(torch.zeros(1))
         self._features: dict[str, torch.Tensor] = {}
         # validation scores and labels of every process (torchmetrics gathers them under DDP)
-        self.val_scores, self.val_labels = CatMetric(), CatMetric()
+        self.val_scores, self.val_labels, self.val_targets = CatMetric(), CatMetric(), CatMetric()
         self.configure_model_head()
 
     def configure_model_head(self) -> None:
@@ -101,6 +121,13 @@ class RewardHead(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.backbone.to(self.device)
+        if self.objective == "regress":
+            rows = getattr(self.trainer.datamodule, "train_rows", None) or []
+            if not rows or "target" not in rows[0]:
+                raise ValueError("objective: regress needs rows with a `target` (data: class_path: seaflow.reward_head.DistillData)")
+            targets = torch.tensor([float(r["target"]) for r in rows])
+            self.target_mean.fill_(float(targets.mean()))
+            self.target_std.fill_(max(float(targets.std()), 1e-6))
 
     # -- features -------------------------------------------------------------------------------
 
@@ -133,6 +160,11 @@ class RewardHead(L.LightningModule):
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> torch.Tensor:
         logits = self(batch["prompt"], batch["response"])
+        if self.objective == "regress":
+            target = torch.tensor(batch["target"], dtype=torch.float32, device=logits.device)
+            loss = torch.nn.functional.mse_loss(logits, (target - self.target_mean) / self.target_std)
+            self.log("train_loss", loss, prog_bar=True, batch_size=len(target))
+            return loss
         labels = torch.tensor(batch["label"], dtype=torch.float32, device=logits.device)
         weight = None
         if self.balance_classes:
@@ -153,13 +185,20 @@ class RewardHead(L.LightningModule):
         scores = self(batch["prompt"], batch["response"])
         self.val_scores.update(scores.float())
         self.val_labels.update(torch.as_tensor(batch["label"], dtype=torch.float32, device=scores.device))
+        if self.objective == "regress":
+            self.val_targets.update(torch.as_tensor(batch["target"], dtype=torch.float32, device=scores.device))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_labels.update_count == 0:
             return
         scores, labels = self.val_scores.compute().cpu(), self.val_labels.compute().long().cpu()
-        self.val_scores.reset()
-        self.val_labels.reset()
+        targets = self.val_targets.compute().cpu() if self.objective == "regress" else None
+        for metric in (self.val_scores, self.val_labels, self.val_targets):
+            metric.reset()
+        if targets is not None:
+            for name, value in agreement(scores, targets, labels).items():
+                self.log(f"val_{name}", value, prog_bar=name == "spearman")
+            return
         if len(set(labels.tolist())) == 2:
             self.log("val_auc", auc(scores, labels), prog_bar=True)
             self.log("val_acc", best_threshold(scores, labels)[0])
@@ -168,11 +207,56 @@ class RewardHead(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def on_fit_end(self) -> None:
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") if self.export_best else ""
+        if best:
+            state = torch.load(best, map_location=self.device, weights_only=False)["state_dict"]
+            self.load_state_dict(state, strict=False)
+            log.warning("exporting the best checkpoint %s", best)
         if self.trainer.is_global_zero:
             path = self.export(self.export_dir)
+            if self.objective == "regress":
+                report = self.agreement_report(self.trainer.datamodule)
+                (path / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+                log.warning("surrogate agreement with the reward (held out): %s", json.dumps(report))
             log.warning("reward head saved to %s (load it with RewardModel(model=%r, include_prompt=%s))",
                         path, str(path), self.include_prompt)
 
     def export(self, directory: str | Path) -> Path:
         """Save policy weights + trained head as an HF sequence-classification directory."""
         return export_classifier(self, directory)
+
+    @torch.no_grad()
+    def agreement_report(self, data) -> dict:
+        """Held-out agreement of the trained score with the target: the validation rows and each
+        evaluation set (``data.eval_sets``; with labels, the AUC of the surrogate and of the reward)."""
+        sets = {"validation": data.val_rows, **getattr(data, "eval_sets", {})}
+        report = {}
+        for name, rows in sets.items():
+            if not rows:
+                continue
+            scores = torch.cat([
+                self(*zip(*[(r["prompt"], r["response"]) for r in rows[i : i + 64]])).float().cpu()
+                for i in range(0, len(rows), 64)
+            ])
+            targets = torch.tensor([float(r["target"]) for r in rows])
+            labels = torch.tensor([int(r.get("label", -1)) for r in rows])
+            report[name] = {"rows": len(rows), **agreement(scores, targets, labels)}
+            if ((labels == 0) | (labels == 1)).all() and len(set(labels.tolist())) == 2:
+                report[name]["reward_auc"] = auc(targets, labels)
+        return report
+
+
+def agreement(scores: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Spearman and Pearson correlation of ``scores`` with ``targets``; the AUC of ``scores``
+    against ``labels`` on the rows labelled 0/1 when both classes are present."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    out = {}
+    if len(scores) >= 2:
+        out["spearman"] = float(spearman_corrcoef(scores.float(), targets.float()))
+        out["pearson"] = float(pearson_corrcoef(scores.float(), targets.float()))
+    if labels is not None:
+        known = (labels == 0) | (labels == 1)
+        if len(set(labels[known].tolist())) == 2:
+            out["auc"] = auc(scores[known], labels[known])
+    return out
