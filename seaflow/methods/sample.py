@@ -24,7 +24,7 @@ class Sample(DecodingMethod):
         started = time.perf_counter()
         prompt_ids, prompts, keys = batch["prompt_ids"], batch["prompt"], batch["id"]
         tokens, lengths = self.sample_rows(prompt_ids, keys, [0] * len(keys), forced=self.forced_rows(batch))
-        if self.reward is not None:
+        if self.selector is not None:
             rewards = self.rewards(prompt_ids, prompts, tokens, lengths).tolist()
         else:
             rewards = [float("nan")] * len(keys)
