@@ -3,7 +3,7 @@
 import math
 
 import torch
-from sampler_contract import TARGETS, SamplerContract, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, SamplerContract, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
 
 from seaflow.samplers import AdaptiveLangevin, FunctionEnergy, Langevin
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from sampler_contract import TARGETS, check_gaussian_moments, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, check_gaussian_moments, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
 import test_sampler_langevin  # module imports: importing the classes would collect them twice
 import test_sampler_mala
 

@@ -1,6 +1,6 @@
 """DiscreteLangevin (DLP / DMALA) and the OneHot relaxation.
 
-The Gaussian checks of ``sampler_contract.SamplerContract`` do not apply: this sampler
+The Gaussian checks of ``seaflow.testing.SamplerContract`` do not apply: this sampler
 moves between categorical states (the argmax of the last dimension), so a Gaussian has no
 meaning for it. The same properties are checked here on discrete targets instead: small
 Potts models (pairwise energies over 3 positions x 4 categories) whose distribution is
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sampler_contract import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
 from tiny import run_config_on_tiny
 
 from seaflow import SEA

@@ -1,6 +1,6 @@
-"""Langevin passes the sampler contract (tests/sampler_contract.py)."""
+"""Langevin passes the sampler contract (seaflow.testing.samplers)."""
 
-from sampler_contract import SamplerContract
+from seaflow.testing.samplers import SamplerContract
 
 from seaflow.samplers import Langevin
 

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from sampler_contract import TARGETS, SamplerContract, check_gaussian_moments, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, SamplerContract, check_gaussian_moments, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
 
 from seaflow.samplers import MALA, Langevin
 

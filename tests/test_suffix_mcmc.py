@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from sampler_contract import P_VALUE, chi2_quantile
+from seaflow.testing.samplers import P_VALUE, chi2_quantile
 from tiny import run_config_on_tiny
 from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward

@@ -1,4 +1,5 @@
-"""The contract every sampler passes: subclass :class:`SamplerContract` in a ``test_*.py`` file.
+"""The contract every sampler passes: subclass :class:`SamplerContract` in a ``test_*.py`` file
+(``from seaflow.testing import SamplerContract``).
 
 A sampler's test class says how to build the sampler for a target (step size, steps) and
 inherits every check below (diffusers' ``SchedulerCommonTest`` pattern). The checks run
