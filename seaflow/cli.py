@@ -18,9 +18,11 @@ for anything seaflow or the user has imported) and ``init_args``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
+import time
 from argparse import ArgumentError
 from pathlib import Path
 
@@ -62,6 +64,12 @@ class SeaflowCLI(LightningCLI):
         """Only ``predict``: a method is never trained (``seaflow fit`` trains a reward head instead)."""
         return {"predict": {"model", "datamodule"}}
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Trainer.predict's own arguments (dataloaders, ckpt_path, ...): the data module and the config give them
+        hide_training_flags(parser, self._subcommand_method_arguments.get(subcommand, []))
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(JsonlPredictionWriter, "output")
         for source, target in LINKS:
@@ -94,12 +102,122 @@ class SeaflowCLI(LightningCLI):
             for p, value in zip(parsers, saved):
                 p.exit_on_error = value
 
+    def _instantiate_trainer(self, config, callbacks):
+        """The Trainer, with seaflow's progress bar (steps within a batch) unless the config turns the
+        bar off (``trainer.enable_progress_bar: false``) or brings its own."""
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from seaflow.console import SeaflowProgressBar
+
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given + callbacks):
+            callbacks = [*callbacks, SeaflowProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_predict(self) -> None:
         if self.trainer.predict_loop.inference_mode:
             raise ValueError(
                 "trainer.inference_mode must be false for seaflow predict: the refinement needs gradients"
             )
         offline_wandb(self.trainer)
+        self._started = time.perf_counter()
+
+    def after_predict(self) -> None:
+        """The end-of-run table on stdout (rank 0): reward and fluency before -> after, win rate, time, files."""
+        from seaflow.console import print_end_table
+
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, JsonlPredictionWriter)), None)
+        if writer is None or not self.trainer.is_global_zero:
+            return
+        elapsed = time.perf_counter() - self._started if hasattr(self, "_started") else None
+        print_end_table(writer.output_dir, elapsed, writer.written)
+
+
+# the Trainer options that matter to predict; ``seaflow predict --help`` lists these (the others,
+# about training loops, are still accepted: a config may set them, they do nothing in predict)
+PREDICT_TRAINER_OPTIONS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks",
+                           "enable_progress_bar", "inference_mode", "default_root_dir", "limit_predict_batches",
+                           "deterministic", "benchmark", "profiler", "plugins")
+
+
+def hide_training_flags(parser, hidden: list[str] = ()) -> None:
+    """Leave the training-only Trainer options (max_epochs, gradient_clip_val, ...) and the ``hidden``
+    keys (``Trainer.predict``'s own: dataloaders, ckpt_path, ...) out of the help; they still parse."""
+    from argparse import SUPPRESS
+
+    hidden = set(hidden) | {"ckpt_path", "return_predictions", "dataloaders", "weights_only"}
+    for action in parser._actions:
+        dest = action.dest or ""
+        option = dest.split(".", 1)[1] if dest.startswith("trainer.") else None
+        root = dest.split(".", 1)[0]
+        if (option is not None and option not in PREDICT_TRAINER_OPTIONS) or dest in hidden or root in hidden:
+            action.help = SUPPRESS
+    group = getattr(parser, "groups", {}).get("trainer")
+    if group is not None:
+        group.title = "Lightning's Trainer, for predict (trainer.*)"
+        group.description = (
+            "Hardware, precision, loggers, callbacks and the progress bar. Training-only options (max_epochs, "
+            "gradient_clip_val, ...) are not listed: a method is not trained, they would do nothing."
+        )
+
+
+def method_class(args: list[str]) -> type:
+    """The method class a predict command line selects: ``--model``, else the last ``--config``'s
+    ``model.class_path``, else SEA."""
+    from seaflow.methods import SEA
+
+    name = None
+    for i, arg in enumerate(args):
+        value = args[i + 1] if i + 1 < len(args) else None
+        if arg in ("--config", "-c") and value:
+            try:
+                data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+                name = (data.get("model") or {}).get("class_path", name) if isinstance(data, dict) else name
+            except (OSError, yaml.YAMLError, AttributeError):
+                pass
+        elif arg in ("--model", "--model.class_path") and value and not value.startswith("-"):
+            name = value
+        elif arg.startswith(("--model=", "--model.class_path=")):
+            name = arg.split("=", 1)[1]
+    if not name:
+        return SEA
+    short = name.rsplit(".", 1)[-1]
+    for cls in _subclasses(AlignmentMethod):
+        if cls.__name__ == short and (name == short or f"{cls.__module__}.{short}" == name or "." in name):
+            return cls
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr) if module else SEA
+    except (ImportError, AttributeError):
+        return SEA
+
+
+def method_help(cls: type) -> str:
+    """The options of method ``cls`` as ``--model.init_args.NAME`` (its own and its bases')."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="seaflow predict", usage=f"seaflow predict --model {cls.__name__} --model.init_args.NAME VALUE",
+                            description=f"{cls.__name__}'s options (model.init_args in a config):")
+    parser.add_class_arguments(cls, "model.init_args", fail_untyped=False, sub_configs=True)
+    return parser.format_help()
+
+
+def predict_help(args: list[str]) -> None:
+    """``seaflow predict --help``: the predict options (training-only Trainer flags left out), then the
+    selected method's own options (``--config``'s method, or SEA)."""
+    cls = method_class(args)
+    argv, sys.argv = sys.argv, sys.argv[:1] + ["predict", "--help"]
+    try:
+        build_cli(None)
+    except SystemExit as end:
+        if end.code not in (0, None):
+            raise
+    finally:
+        sys.argv = argv
+    print()
+    print(method_help(cls))
+    raise SystemExit(0)  # as argparse's --help does
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -223,19 +341,36 @@ def explain_unknown_classes(message: str) -> str:
 
 
 def list_components() -> str:
-    """Human-readable listing of every component family: the imported subclasses of each base."""
-    from seaflow.energies.base import EnergyTerm
+    """Human-readable listing of every component family: the imported subclasses of each base
+    that implement its contract (intermediate bases such as DecodingMethod left out)."""
+    import lightning as L
+
+    import seaflow.console  # noqa: F401  (its progress bar is a callback)
+    from seaflow.energies.base import EnergyTerm, Reward
     from seaflow.methods.base import AlignmentMethod as Method
+    from seaflow.prompt_sets import PREFIX, PROMPT_SETS
     from seaflow.relaxations.base import Relaxation
     from seaflow.samplers.base import Sampler
     from seaflow.schedules import Schedule
 
-    methods = sorted(cls.__name__ for cls in _subclasses(Method))
-    lines = [f"methods:      {', '.join(methods)}"]
-    for title, family, contract in (("samplers", Sampler, "step"), ("schedules", Schedule, "__call__"),
-                                    ("relaxations", Relaxation, "forward"), ("energies", EnergyTerm, "value")):
-        lines.append(f"{title + ':':<13} {', '.join(available(family, contract))}")
-    return "\n".join(lines)
+    energies = available(EnergyTerm, "value")
+    rewards = [name for name in energies if name in {cls.__name__ for cls in _subclasses(Reward)}]
+    callbacks = sorted({
+        cls.__name__ for cls in _subclasses(L.Callback)
+        if not cls.__name__.startswith("_") and not cls.__module__.startswith(("lightning", "pytorch_lightning"))
+        and cls.__module__ != __name__
+    })
+    rows = [
+        ("methods", available(Method, "predict_step")),
+        ("samplers", available(Sampler, "step")),
+        ("schedules", available(Schedule, "__call__")),
+        ("relaxations", available(Relaxation, "forward")),
+        ("rewards", rewards),
+        ("reference", [name for name in energies if name not in rewards]),
+        ("callbacks", callbacks + ["(and Lightning's, lightning.pytorch.callbacks)"]),
+        ("prompt sets", [f"{PREFIX}{name}" for name in sorted(PROMPT_SETS)] + ["(data.path; or a .jsonl/.json/.csv/.txt file)"]),
+    ]
+    return "\n".join(f"{title + ':':<13} {', '.join(names)}" for title, names in rows)
 
 
 def available(family: type, contract: str) -> list[str]:
@@ -254,38 +389,84 @@ def _subclasses(cls):
 
 
 def _list(args: list[str]) -> None:
+    """the components a config can select: methods, samplers, relaxations, rewards, callbacks, prompt sets"""
     print(list_components())
 
 
-def _report(args: list[str]) -> None:  # compare finished runs (seaflow/report.py)
+def _report(args: list[str]) -> None:
+    """markdown table and plots comparing finished runs (seaflow report RUN_DIR ... --out DIR)"""
     from seaflow.report import main as report
 
     report(args)
 
 
-def _calibrate(args: list[str]) -> None:  # score a reward on labelled rows (seaflow/calibrate/)
+def _calibrate(args: list[str]) -> None:
+    """how well a reward separates labelled rows: AUC, ROC, best threshold (seaflow/calibrate/)"""
     from seaflow.calibrate import main as calibrate
 
     calibrate(args)
 
 
-def _fit(args: list[str]) -> None:  # train a LightningModule, e.g. the reward head (seaflow/reward_head/)
+def _fit(args: list[str]) -> None:
+    """train a LightningModule on the policy, e.g. the refusal reward head (configs/reward_head.yaml)"""
     from seaflow.reward_head import fit_main
 
     fit_main(args)
 
 
+def _validate(args: list[str]) -> None:
+    """validate a trained reward head (seaflow fit's module) on its validation rows"""
+    _fit(["validate"] + args)
+
+
+class BuildCLI(SeaflowCLI):
+    """The predict parser without a Trainer: parses a config and builds the method and the data
+    module only (``seaflow.load``). ``data.path`` may be left out: the prompts come from the caller."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        from seaflow.api import NO_PROMPTS_FILE
+
+        parser.set_defaults({"data.path": NO_PROMPTS_FILE})
+
+    def parse_arguments(self, parser, args) -> None:
+        """A mistake raises ValueError with the parser's message (no SystemExit inside Python)."""
+        warn_switched_class_paths(list(args or []))
+        parser.exit_on_error = False
+        try:
+            # LightningCLI's parse_arguments without its warning about sys.argv (a notebook kernel's own)
+            self.config = parser.parse_args(list(args))
+        except ArgumentError as err:
+            raise ValueError(explain_unknown_classes(str(err))) from None
+        finally:
+            parser.exit_on_error = True
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self.trainer = None
+
+
+def build_cli(args: list[str] | None, run: bool = True) -> SeaflowCLI:
+    """The ``seaflow predict`` LightningCLI on ``args``; ``run=False`` parses and builds the method
+    and the data module without a Trainer (what ``seaflow.load`` does)."""
+    return (SeaflowCLI if run else BuildCLI)(
+        AlignmentMethod,
+        PromptDataModule,
+        parser_kwargs={"prog": "seaflow", "description": DESCRIPTION, "predict": {"description": PREDICT_HELP}},
+        subclass_mode_model=True,
+        seed_everything_default=0,
+        save_config_callback=SaveRunConfig,  # config.yaml next to the predictions, never another run's
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
 def _predict(args: list[str] | None) -> None:
     try:
-        SeaflowCLI(
-            AlignmentMethod,
-            PromptDataModule,
-            subclass_mode_model=True,
-            seed_everything_default=0,
-            save_config_callback=SaveRunConfig,  # config.yaml next to the predictions, never another run's
-            args=args,
-            auto_configure_optimizers=False,
-        )
+        build_cli(args)
     except torch.cuda.OutOfMemoryError as err:
         if "data.batch_size" in str(err):  # SEA said which settings already
             raise
@@ -298,7 +479,39 @@ def _predict(args: list[str] | None) -> None:
 
 # commands that are not LightningCLI subcommands of a method (SeaflowCLI.subcommands() has ``predict``)
 COMMANDS = {"list": _list, "report": _report, "calibrate": _calibrate, "fit": lambda a: _fit(["fit"] + a),
-            "validate": lambda a: _fit(["validate"] + a)}
+            "validate": _validate}
+COMMANDS["fit"].__doc__ = _fit.__doc__
+PREDICT_HELP = "align the prompts of a config with a method (SEA or a baseline); writes predictions.jsonl and summary.json"
+DESCRIPTION = ("seaflow: inference-time alignment of language models in continuous space "
+               "(SEA: Langevin dynamics on response logits) and its baselines.")
+
+
+def overview() -> str:
+    """``seaflow --help``: seaflow's commands, one line each, and the options every command takes."""
+    lines = [
+        "usage: seaflow COMMAND [options]      (seaflow COMMAND --help: the command's options)",
+        "",
+        DESCRIPTION,
+        "",
+        "commands:",
+        f"  {'predict':<10} {PREDICT_HELP}",
+    ]
+    for name, function in COMMANDS.items():
+        summary = (function.__doc__ or "").strip().splitlines()
+        lines.append(f"  {name:<10} {summary[0] if summary else ''}")
+    lines += [
+        "",
+        "options of every command:",
+        "  --import MODULE   import your module first (its samplers, rewards, ... are listed and selectable);",
+        "                    the current directory is importable, so class_path: my_module.MyClass works",
+        "  --verbose         keep the dependencies' notices (loading bars, Lightning's tips, deprecation warnings)",
+        f"  --debug           show the traceback of an error (or {DEBUG_ENV}=1)",
+        "",
+        "e.g.  seaflow predict --config configs/demo.yaml",
+        "      seaflow predict --config configs/demo.yaml --help     (SEA's options: steps, chains, alpha, sampler, ...)",
+        "      seaflow list --import my_samplers",
+    ]
+    return "\n".join(lines)
 DEBUG_ENV = "SEAFLOW_DEBUG"
 
 # exceptions that describe a mistake in the user's files, values, models or disk: one message, no traceback
@@ -329,19 +542,67 @@ def _is_wrapper(err: BaseException) -> bool:
     )
 
 
+def take_imports(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(args without them, modules)`` of every ``--import MODULE`` / ``--import=MODULE``."""
+    rest, modules, i = [], [], 0
+    while i < len(args):
+        if args[i] == "--import":
+            if i + 1 >= len(args):
+                raise SystemExit("seaflow: error: --import needs a module name (e.g. --import my_samplers)")
+            modules.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith("--import="):
+            modules.append(args[i].split("=", 1)[1])
+        else:
+            rest.append(args[i])
+        i += 1
+    return rest, modules
+
+
+def import_user_modules(modules: list[str]) -> None:
+    """Make the current directory importable (``class_path: my_samplers.MySampler`` next to a config)
+    and import each ``--import`` module, so its classes are listed and selectable by short name."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(
+                f"--import {name}: {err}; run from the directory holding {name.replace('.', '/')}.py or add it to PYTHONPATH"
+            ) from err
+
+
 def main(args: list[str] | None = None) -> None:
     """``seaflow COMMAND ...``; a user error prints one message and exits 1 (``--debug`` or
     ``SEAFLOW_DEBUG=1`` shows the traceback instead)."""
     from_shell = args is None
     args = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
-    if "--debug" in args:
-        args = [a for a in args if a != "--debug"]
-        if from_shell:
-            sys.argv[1:] = args
+    loud = "--verbose" in args
+    args, modules = take_imports([a for a in args if a not in ("--debug", "--verbose")])
+    if from_shell:
+        sys.argv[1:] = args
+    from seaflow.console import quiet, verbose
+
+    if loud:
+        verbose()
+    else:
+        quiet()
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(overview())
+        return
+    if args[0] not in COMMANDS and args[0] != "predict":
+        print(f"seaflow: error: unknown command {args[0]!r}\n\n{overview()}", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        if args[:1] and args[0] in COMMANDS:
+        import_user_modules(modules)
+        if args[0] in COMMANDS:
             COMMANDS[args[0]](args[1:])
+        elif "-h" in args or "--help" in args:
+            predict_help(args[1:])
         else:
             # from the shell LightningCLI reads sys.argv itself (it warns when given both)
             _predict(None if from_shell else args)

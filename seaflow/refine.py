@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from seaflow import rng
+from seaflow.progress import report
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.layout import PrefixLayout, UnknownRows, active_mask, edit_rows, response_cache, select_rows
@@ -477,6 +478,7 @@ def refine(
             trace.add(**last, settled=torch.ones(rows))
             if progress is not None:
                 progress(step)
+            report(step + 1, num_steps, "step")  # a progress bar's per-step update (seaflow/progress.py)
             continue
         energy_fn.relaxation.set_progress(state.progress)  # e.g. Gumbel temperature annealing
         cache_before = dict(state.cache)  # samplers replace cache entries, never edit them in place
@@ -508,6 +510,7 @@ def refine(
                 step_generator = rng_rows(generator, active)
         if progress is not None:
             progress(step)
+        report(step + 1, num_steps, "step")
     if final is not None:
         if active.numel():
             final[active] = y

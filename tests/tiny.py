@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from seaflow.testing.tiny import CHAT_TEMPLATE, SPECIAL, WORDS, build_models, build_tokenizer, llama_config  # noqa: F401
 
 

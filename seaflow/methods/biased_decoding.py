@@ -48,9 +48,11 @@ class BiasedDecoding(AlignmentMethod):
     backward pass, and the reward on the decoded tokens; plus one decode without gradient
     for the last iterate.
 
-    Args (besides :class:`AlignmentMethod`'s: ``policy``, ``reward`` r(x, y), ``max_new_tokens``,
+    Besides :class:`AlignmentMethod`'s arguments (``policy``, ``reward`` r(x, y), ``max_new_tokens``,
     the policy's ``temperature`` for the starts, ``seed``, ...; ``top_p`` must be 1, the bias is
     added to the full next-token distribution):
+
+    Args:
         sampler: moves the bias (default: Langevin); any sampler of ``seaflow.samplers`` for
             continuous states.
         relaxation: how ``logits + b`` becomes the token fed on; its forward value must be

@@ -15,12 +15,15 @@ import torch
 from seaflow import cost, generation
 from seaflow.methods.base import AlignmentMethod, prompt_seed
 from seaflow.methods.record import Record, make_record
+from seaflow.progress import report
 
 
 class DecodingMethod(AlignmentMethod):
     """Base of the token-level baselines; see the module docstring.
 
-    Args (besides :class:`AlignmentMethod`'s, passed on as ``**kwargs``):
+    Besides :class:`AlignmentMethod`'s arguments, passed on as ``**kwargs``:
+
+    Args:
         sample_batch: rows (prompts x candidates) per generation call; bounds memory
             (e.g. BoN-64 on 4 prompts is 256 rows, generated 64 at a time by default).
         score_batch: rows per reward / reference forward pass.
@@ -74,6 +77,7 @@ class DecodingMethod(AlignmentMethod):
             )
             tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)
+            report(min(stop, len(prompt_ids)), len(prompt_ids), "candidates")  # the progress bar (seaflow/progress.py)
         return torch.cat(tokens), torch.cat(lengths)
 
     # -- scoring -----------------------------------------------------------------------

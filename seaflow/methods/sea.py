@@ -31,8 +31,10 @@ class SEA(AlignmentMethod):
     through the ``relaxation``, decode, score the discrete tokens and return the chain with
     the highest reward. See docs/method.md for the choices the paper leaves open.
 
-    Args (besides :class:`AlignmentMethod`'s: ``policy``, ``reward`` r(x, y), ``max_new_tokens``,
+    Besides :class:`AlignmentMethod`'s arguments (``policy``, ``reward`` r(x, y), ``max_new_tokens``,
     the policy's ``temperature`` and ``top_p`` for the initial samples, ``seed``, ...):
+
+    Args:
         sampler: the sampler moving ``y`` (default: Langevin).
         relaxation: how ``y`` becomes model inputs (default: straight-through).
         alpha: reward weight; 0 is the "w/o reward" ablation (the reward still selects).

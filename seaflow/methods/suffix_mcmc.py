@@ -51,6 +51,7 @@ from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.pool import best_of_pool
 from seaflow.methods.record import Record
+from seaflow.progress import report
 
 
 # -- the cut distribution ------------------------------------------------------------------
@@ -431,6 +432,7 @@ def run_chains(
         reward_log.append(state.reward.cpu())
         proposal_log.append(new_reward.cpu())
         ratio_log.append(log_ratio.cpu())
+        report(step + 1, steps, "step")  # the progress bar (seaflow/progress.py)
 
     def stack(values, dtype):
         return torch.stack(values) if values else torch.zeros(0, rows, dtype=dtype)

@@ -1,0 +1,151 @@
+"""The Python API: ``seaflow.load(config)`` and ``Aligner.align(prompts)``.
+
+    import seaflow
+    aligner = seaflow.load("configs/demo.yaml", overrides={"model.init_args.steps": 5})
+    records = aligner.align(["Describe your morning.", "Tell me about Mondays."])
+
+``load`` parses the config with the parser ``seaflow predict`` uses (LightningCLI and
+jsonargparse: the same keys, class names, links, defaults and error messages), builds the
+method and the data module from it and loads the models once. ``align`` encodes the prompts
+with the data settings (chat template, system prompt, context check), runs the method's
+``predict_step`` in ``data.batch_size`` batches and returns one record per prompt, each a
+dict with the fields a line of ``predictions.jsonl`` has (docs/outputs.md). No Trainer is
+built and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+
+from seaflow.data import collate
+from seaflow.writer import strict_json
+
+# what the API stands in for where ``seaflow predict`` reads a prompts file
+NO_PROMPTS_FILE = "<prompts given to align>"
+
+
+def override_args(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+    """Command-line arguments for ``overrides``: ``{"model.init_args.steps": 5}`` -> ``["--model.init_args.steps=5"]``.
+
+    Values that are not strings are written as JSON, which the parser reads as it reads a
+    value typed on the command line (numbers, booleans, null, lists, ``{"class_path": ...}``).
+    A list of strings is taken as command-line arguments as they are.
+    """
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        args = []
+        for key, value in overrides.items():
+            key = str(key).removeprefix("--")
+            args.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+        return args
+    return [str(arg) for arg in overrides]
+
+
+def config_args(config: str | Path | Mapping[str, Any] | None) -> list[str]:
+    """``--config`` arguments for a config file, or for a config given as a dict (sent as YAML text)."""
+    if config is None:
+        return []
+    if isinstance(config, Mapping):
+        return ["--config", yaml.safe_dump(dict(config), sort_keys=False)]
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(config)!r} does not exist")
+    return ["--config", str(path)]
+
+
+class Aligner:
+    """A method with its models loaded and the data settings of its config; see :func:`load`.
+
+    Attributes:
+        method: the :class:`~seaflow.methods.base.AlignmentMethod` (a LightningModule), models loaded.
+        data: the :class:`~seaflow.data.PromptDataModule` whose settings encode the prompts.
+        config: the resolved config (a jsonargparse Namespace; ``config.as_dict()`` for a dict).
+    """
+
+    def __init__(self, method, data, config, parser=None):
+        self.method = method
+        self.data = data
+        self.config = config
+        self.parser = parser
+
+    def __repr__(self) -> str:
+        return f"Aligner({self.method.method_name()}, policy={self.method.policy_name!r}, device={self.method.device})"
+
+    def dump_config(self) -> str:
+        """The resolved config as YAML (what ``seaflow predict --print_config`` prints)."""
+        return self.parser.dump(self.config, skip_none=False)
+
+    def align(self, prompts: str | Iterable[str], ids: Iterable[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+        """One record per prompt, in order: the fields of a ``predictions.jsonl`` line.
+
+        Args:
+            prompts: prompt texts (a single string is one prompt).
+            ids: an id per prompt (default ``"0"``, ``"1"``, ...). A prompt's randomness derives from
+                (seed, id, chain), so the same id and text give the same record as ``seaflow predict``.
+            progress: show a progress bar (refinement steps within each batch).
+        """
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        keys = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        if len(keys) != len(texts):
+            raise ValueError(f"align got {len(texts)} prompts but {len(keys)} ids")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"align got duplicate ids: {sorted({k for k in keys if keys.count(k) > 1})}")
+        for key, text in zip(keys, texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"prompt {key!r} is empty or not a string: {text!r}")
+        if not texts:
+            return []
+        data = self.data
+        data.prompts = [{"id": key, "prompt": text, "index": i} for i, (key, text) in enumerate(zip(keys, texts))]
+        data.run = None
+        items = data.items(reserve=self.method.max_new_tokens)
+        batches = [collate(items[start:start + data.batch_size]) for start in range(0, len(items), data.batch_size)]
+        from seaflow.console import AlignProgress
+
+        records = []
+        self.method.eval()
+        with torch.enable_grad(), AlignProgress(len(items), enabled=progress) as bar:
+            for index, batch in enumerate(batches):
+                with bar.batch(self.method, len(batch["id"])):
+                    out = self.method.predict_step(batch, index)
+                # the JSONL's values: strict JSON (non-finite floats are null), plain lists and dicts
+                records += [json.loads(json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False)) for record in out]
+        return records
+
+
+def load(config: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None,
+         device: str | torch.device | None = None, verbose: bool = False) -> Aligner:
+    """Build the method of a ``seaflow predict`` config, load its models once, return an :class:`Aligner`.
+
+    Args:
+        config: a predict config file (``configs/demo.yaml``), or the same content as a dict.
+        overrides: the command line's ``--key value`` overrides as a dict
+            (``{"model.init_args.steps": 5, "data.system_prompt": "Be brief."}``) or as a list of
+            arguments (``["--model.init_args.steps", "5"]``).
+        device: where the models run; default: a CUDA GPU when there is one, else the CPU.
+        verbose: keep the dependencies' notices (loading bars, Lightning's tips, deprecation
+            warnings) that seaflow filters by default (seaflow/console.py).
+
+    Errors are the parser's: an unknown key or class name, a bad value, a missing file.
+    ``data.path`` may be left out (the prompts are given to :meth:`Aligner.align`); the
+    ``trainer`` and ``output`` sections are parsed but not used.
+    """
+    from seaflow.cli import build_cli
+    from seaflow.console import quiet
+
+    if not verbose:
+        quiet()
+    cli = build_cli(config_args(config) + override_args(overrides), run=False)
+    method, data = cli.model, cli.datamodule
+    method.setup("predict")  # loads the policy and the reward's models
+    # the data module reuses the policy's tokenizer instead of loading it again
+    data.attach_tokenizer(method.policy.tokenizer, method.context_length())
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    method.to(device)
+    return Aligner(method, data, cli.config, cli.parser)
