@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sampler_contract import CountingEnergy, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import CountingEnergy, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
 import test_sampler_discrete_langevin as dl  # module import: importing its tests would collect them twice
 from tiny import run_config_on_tiny
 
