@@ -102,7 +102,9 @@ class Aligner:
         if not texts:
             return []
         data = self.data
-        data.prompts = [{"id": key, "prompt": text, "index": i} for i, (key, text) in enumerate(zip(keys, texts))]
+        prompts = [{"id": key, "prompt": text, "index": i} for i, (key, text) in enumerate(zip(keys, texts))]
+        task = getattr(data, "task", None)  # data.task labels every prompt, as for a prompts file
+        data.prompts = [{"task": task, **p} for p in prompts] if task is not None else prompts
         data.run = None
         items = data.items(reserve=self.method.max_new_tokens)
         batches = [collate(items[start:start + data.batch_size]) for start in range(0, len(items), data.batch_size)]
