@@ -80,11 +80,11 @@ class DistillData(L.LightningDataModule):
     ):
         super().__init__()
         if not isinstance(reward, TextReward):
-            raise TypeError(f"data.init_args.reward must be a text reward (TextClassifierReward, CallableReward), got {type(reward).__name__}")
+            raise TypeError(f"DistillData reward must be a text reward (TextClassifierReward, CallableReward), got {type(reward).__name__}")
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"data.init_args.val_fraction must be in [0, 1), got {val_fraction}")
+            raise ValueError(f"DistillData val_fraction must be in [0, 1), got {val_fraction}")
         if samples_per_prompt < 1:
-            raise ValueError(f"data.init_args.samples_per_prompt must be >= 1, got {samples_per_prompt}")
+            raise ValueError(f"DistillData samples_per_prompt must be >= 1, got {samples_per_prompt}")
         self.reward = reward
         self.prompts = list(prompts or [])
         self.limit_per_source = limit_per_source
@@ -182,7 +182,7 @@ class DistillData(L.LightningDataModule):
             rows += self._labelled(path)
         if not rows:
             raise ValueError(
-                "DistillData has no rows: set data.init_args.prompts (and generate: true) or data.init_args.labelled"
+                "DistillData has no rows: give it prompts (with generate: true) or labelled files"
             )
         rows = self._score(rows)
         # split by prompt (by response for rows without one): every sample of a prompt on one side

@@ -70,7 +70,7 @@ class RewardHead(L.LightningModule):
     ):
         super().__init__()
         if objective not in ("classify", "regress"):
-            raise ValueError(f"model.init_args.objective must be 'classify' or 'regress', got {objective!r}")
+            raise ValueError(f"RewardHead objective must be 'classify' or 'regress', got {objective!r}")
         self.save_hyperparameters()
         self.policy_name = policy
         self.export_dir = export_dir
