@@ -260,11 +260,10 @@ def judge_of(grid: dict, task: str):
     return lambda reply, prompt: judge_value(kind, reply, {"keywords": keywords.get(prompt)})[0]
 
 
-def best_of_first(record: dict, n: int) -> tuple[str, float]:
-    """Best-of-``n`` read from a Best-of-N record's candidates: the first maximum, as BestOfN picks."""
-    rewards = record["candidate_rewards"][:n]
-    best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))
-    return record["candidate_responses"][best], rewards[best]
+def best_reply_of_first(record: dict, n: int) -> tuple[str, float]:
+    """Best-of-``n``'s reply and reward, read from a Best-of-N record's first ``n`` candidates."""
+    best, reward = best_of_first(record, n)
+    return record["candidate_responses"][best], reward
 
 
 def equal_flops_n(method_flops: float, bon_record: dict) -> tuple[int, bool]:
@@ -319,7 +318,7 @@ def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dic
             if bon is None or math.isnan(row["flops"]):
                 continue
             n, reached = equal_flops_n(row["flops"], bon)
-            reply, _ = best_of_first(bon, n)
+            reply, _ = best_reply_of_first(bon, n)
             pairs.append((row, reply, n, reached))
         plans.append((task, method, budget, pairs))
     cache.fill([(row["prompt"], reply) for *_, pairs in plans for row, reply, _, _ in pairs])

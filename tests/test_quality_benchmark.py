@@ -38,11 +38,11 @@ def test_equal_flops_n_gives_best_of_n_at_least_the_method_flops():
     assert quality.equal_flops_n(100e9, record) == (64, False)  # capped: Best-of-N spends less
 
 
-def test_best_of_first_picks_the_first_maximum_among_the_first_n():
+def test_best_reply_of_first_picks_the_first_maximum_among_the_first_n():
     record = {"candidate_rewards": [0.1, 0.5, 0.5, 0.9], "candidate_responses": ["a", "b", "c", "d"]}
-    assert quality.best_of_first(record, 1) == ("a", 0.1)
-    assert quality.best_of_first(record, 3) == ("b", 0.5)
-    assert quality.best_of_first(record, 4) == ("d", 0.9)
+    assert quality.best_reply_of_first(record, 1) == ("a", 0.1)
+    assert quality.best_reply_of_first(record, 3) == ("b", 0.5)
+    assert quality.best_reply_of_first(record, 4) == ("d", 0.9)
 
 
 def test_paired_bootstrap_brackets_the_mean():
