@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             first = timed(lambda: compiled(y), device)
             t = interleaved_medians({"eager": lambda: eager(y), "compiled": lambda: compiled(y)}, settings["repeats"], device)
             gain = t["eager"] - t["compiled"]
-            even = f"{(first - t['eager']) / gain:.0f}" if gain > 0 else "never"
+            even = f"{max(first - t['eager'], 0.0) / gain:.0f}" if gain > 0 else "never"
             print(f"| {name} | {chains} | {first:.1f} s (compile {compiled.compile_seconds:.1f} s) | {t['eager'] * 1e3:.0f} ms "
                   f"| {t['compiled'] * 1e3:.0f} ms | {t['compiled'] / t['eager']:.2f} | {even} |", flush=True)
         del policy
