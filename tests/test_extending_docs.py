@@ -17,7 +17,7 @@ DOC = Path(__file__).parent.parent / "docs" / "extending.md"
 def blocks() -> dict[str, str]:
     found = dict(re.findall(r"<!-- ([\w.]+) -->\n```\w+\n(.*?)```", DOC.read_text(), re.S))
     assert {"my_samplers.py", "test_my_samplers.py", "my_relaxations.py", "test_my_relaxations.py",
-            "my_rewards.py", "test_my_rewards.py", "my_reward_config.yaml"} <= set(found), sorted(found)
+            "my_rewards.py", "test_my_rewards.py", "my_reward_config.yaml", "my_config.yaml"} <= set(found), sorted(found)
     return found
 
 
@@ -58,10 +58,25 @@ def test_the_contract_examples_pass(project):
     assert len(results) >= 8 and set(results.values()) == {"passed"}, results
 
 
-def test_the_reward_config_runs_next_to_its_module(project, tiny_models):
+def write_prompts(project: Path) -> None:
     (project / "prompts.jsonl").write_text("".join(
         json.dumps({"id": f"p{i}", "prompt": text}) + "\n" for i, text in enumerate(["describe the city", "how was the train"])
     ))
+
+
+TINY = ["--model.init_args.max_new_tokens", "6", "--model.init_args.steps", "2", "--model.init_args.chains", "2",
+        "--trainer.enable_progress_bar", "false"]
+
+
+def test_the_sampler_config_runs_next_to_its_module(project, tiny_models):
+    write_prompts(project)
+    main(["predict", "--config", "my_config.yaml", "--model.init_args.policy", str(tiny_models["policy"]), *TINY])
+    records = [json.loads(line) for line in (project / "runs" / "momentum" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(len(r["trace"]["velocity_norm"]) == 2 for r in records)
+
+
+def test_the_reward_config_runs_next_to_its_module(project, tiny_models):
+    write_prompts(project)
     config = yaml.safe_load((project / "my_reward_config.yaml").read_text())
     assert config["model"]["init_args"]["reward"]["class_path"] == "my_rewards.WordListReward"
     main(["predict", "--config", "my_reward_config.yaml", "--model.init_args.policy", str(tiny_models["policy"]),
