@@ -228,7 +228,7 @@ class RewardHead(L.LightningModule):
     @torch.no_grad()
     def agreement_report(self, data) -> dict:
         """Held-out agreement of the trained score with the target: the validation rows and each
-        evaluation set (``data.eval_sets``; with labels, the AUC of the surrogate and of the reward)."""
+        evaluation set (the data module's ``eval_sets``; with labels, the AUC of the surrogate and of the reward)."""
         sets = {"validation": data.val_rows, **getattr(data, "eval_sets", {})}
         report = {}
         for name, rows in sets.items():
