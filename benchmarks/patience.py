@@ -1,6 +1,6 @@
 """Settled chains leave the batch (SEA's ``patience``): FLOPs, wall time and returned reward, in one run.
 
-    nice -n 10 python benchmarks/patience.py --config configs/demo.yaml --limit 4 --patience none 3 5
+    nice -n 10 python benchmarks/patience.py --config configs/sea.yaml --limit 4 --patience none 3 5
     python benchmarks/patience.py --config configs/demo_discrete.yaml configs/quality/sentiment/multiple_try.yaml --patience none 2
 
 Runs SEA's ``predict_step`` through the Python API on the first ``--limit`` prompts of each
@@ -57,7 +57,7 @@ def batch_of(method, policy, prompt_path, limit):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", nargs="+", default=["configs/demo.yaml"])
+    ap.add_argument("--config", nargs="+", default=["configs/sea.yaml"])
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--patience", nargs="+", default=["none", "3"], help="patience values; none = off")
     ap.add_argument("--threads", type=int, default=2)

@@ -508,7 +508,7 @@ def overview() -> str:
         f"  --debug           show the traceback of an error (or {DEBUG_ENV}=1)",
         "",
         "e.g.  seaflow predict --config configs/demo.yaml",
-        "      seaflow predict --config configs/demo.yaml --help     (SEA's options: steps, chains, alpha, sampler, ...)",
+        "      seaflow predict --config configs/demo.yaml --help     (the method's own options: chains, steps, alpha, ...)",
         "      seaflow list --import my_samplers",
     ]
     return "\n".join(lines)
