@@ -30,26 +30,6 @@ from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.base import Evaluation
 
 
-class _EmbedOneHot(torch.autograd.Function):
-    """``probs @ weight`` for one-hot ``probs`` with known ``tokens``: a row lookup forward.
-
-    The forward pass reads ``weight[tokens]`` (equal to ``probs @ weight`` because ``probs``
-    is one-hot) instead of a ``(B, V) @ (V, H)`` product; the backward pass is the product's
-    ``grad @ weight.T``.
-    """
-
-    @staticmethod
-    def forward(ctx, probs: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.probs_dtype = probs.dtype
-        return weight[tokens]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (weight,) = ctx.saved_tensors
-        return (grad.to(weight.dtype) @ weight.T).to(ctx.probs_dtype), None, None
-
-
 @dataclass
 class Decoded:
     """One biased decode of a batch.
@@ -157,7 +137,7 @@ def biased_decode(
             break
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         count_soft_embedding(model.get_input_embeddings(), relaxed.unsqueeze(1), looked_up=True)
-        embedded = _EmbedOneHot.apply(relaxed, token, weight).unsqueeze(1)
+        embedded = L.LookupOneHot.apply(relaxed, token, weight).unsqueeze(1)
         out = model(
             inputs_embeds=embedded, attention_mask=mask, position_ids=position,
             use_cache=True, **{L.cache_argument(model): cache},

@@ -123,7 +123,7 @@ def build_layout(
     )
 
 
-class _LookupOneHot(torch.autograd.Function):
+class LookupOneHot(torch.autograd.Function):
     """``probs @ weight`` for a one-hot ``probs`` whose tokens are known: a row lookup forward
     (no ``(B, L, V)`` copy in the weight's dtype, no dense product); the backward pass is the
     product's ``grad @ weight.T``."""
@@ -149,7 +149,7 @@ def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, l
 
     A distribution that is exactly one-hot (the forward value of straight-through, OneHot, hard
     Gumbel-softmax) is embedded by a row lookup with the dense product's gradient (same values
-    and gradients, see :class:`_LookupOneHot`) unless ``lookup`` is false.
+    and gradients, see :class:`LookupOneHot`) unless ``lookup`` is false.
     """
     if response.dtype in (torch.long, torch.int, torch.int32):
         return embedding(response)
@@ -158,7 +158,7 @@ def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, l
         values, tokens = response.detach().max(dim=-1)
         if bool((values == 1).all()) and bool((response.detach().sum(-1) == 1).all()):
             count_soft_embedding(embedding, response, looked_up=True)
-            return _LookupOneHot.apply(response, tokens, weight)
+            return LookupOneHot.apply(response, tokens, weight)
     count_soft_embedding(embedding, response)
     return response.to(weight.dtype) @ weight
 
