@@ -23,7 +23,6 @@ energies cost as much time as one gradient evaluation of one chain.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from step_overhead import build_models, interleaved_medians, machine  # noqa: E402
+from _common import build_models, interleaved_medians, machine, preset_parser, preset_settings  # noqa: E402
 
 from seaflow.energies import ReferenceLogLikelihood  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
@@ -56,8 +55,7 @@ def edits(base: torch.Tensor, k: int, vocab: int, generator: torch.Generator) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser = preset_parser(__doc__, PRESETS)
     parser.add_argument("--models", nargs="+", help="tiny, embedded, llama-3.2-1b")
     parser.add_argument("--chains", type=int)
     parser.add_argument("--length", type=int)
@@ -67,18 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    settings = dict(PRESETS[args.preset])
-    for key in ("models", "chains", "length", "prompt", "tries", "rows", "dtype", "repeats"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    settings = preset_settings(args, PRESETS)
+    if settings is None:
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
-    if args.preset == "gpu" and not device.startswith("cuda"):
-        print("--preset gpu needs a CUDA device (none found); nothing measured")
-        return
     chains, length = settings["chains"], settings["length"]
     print(f"# candidate evaluation on {machine(device)}, {settings['dtype']}, {chains} chains, L {length}, "
           f"prompt {settings['prompt']}, {settings['rows']} rows per pass, medians of {settings['repeats']}\n")

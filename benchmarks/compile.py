@@ -16,7 +16,6 @@ number of steps after which compiling has paid for itself,
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory import VectorReward  # noqa: E402
-from step_overhead import build_models, interleaved_medians, machine, timed  # noqa: E402
+from _common import build_models, interleaved_medians, machine, preset_parser, preset_settings, timed  # noqa: E402
 
 from seaflow.energies import ReferenceLogLikelihood  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
@@ -40,8 +39,7 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser = preset_parser(__doc__, PRESETS)
     parser.add_argument("--models", nargs="+")
     parser.add_argument("--chains", nargs="+", type=int, help="first shape, then the shapes that should reuse the compile")
     parser.add_argument("--length", type=int)
@@ -49,16 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    settings = dict(PRESETS[args.preset])
-    for key in ("models", "chains", "length", "prompt", "dtype", "repeats"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    device = args.device
-    if args.preset == "gpu" and not device.startswith("cuda"):
-        print("--preset gpu needs a CUDA device (none found); nothing measured")
+    settings = preset_settings(args, PRESETS)
+    if settings is None:
         return
+    device = args.device
     print(f"# torch.compile ({args.backend}, dynamic shapes) on {machine(device)}, {settings['dtype']}, L {settings['length']}, "
           f"prompt {settings['prompt']}, medians of {settings['repeats']}\n")
     print("| model | chains | first call (compiles) | eager step | compiled step | compiled / eager | break-even steps |")

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from step_overhead import SHAPES, machine  # noqa: E402
+from _common import SHAPES, machine  # noqa: E402
 
 from seaflow import layout  # noqa: E402
 from seaflow.energies import ReferenceLogLikelihood  # noqa: E402
@@ -64,7 +64,7 @@ def build_policy(dtype: torch.dtype, layers: int | None, device: str = "cpu") ->
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
     model.eval().requires_grad_(False)
-    from step_overhead import synthetic_tokenizer
+    from _common import synthetic_tokenizer
 
     return LoadedModel(model, synthetic_tokenizer(8), "llama-3.2-1b-shape")
 

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="SEA init_args overrides, key=yaml_value (e.g. steps=10)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from step_overhead import machine  # noqa: E402  (benchmarks/ on the path below)
+    from _common import machine  # noqa: E402  (benchmarks/ on the path below)
 
     print(f"# patience on {machine('cpu')}, first {args.limit} prompts, one batch; {' '.join(args.set)}\n")
     print("| config | patience | reward (selected) | ref logprob/token | TFLOP/prompt | x off | s/prompt | x off | same response as off |")

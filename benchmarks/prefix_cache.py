@@ -14,9 +14,7 @@ runs once per batch and is not part of the evaluation; its time is the last colu
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from step_overhead import build_models, interleaved_medians, machine, peak_memory, timed  # noqa: E402
+from _common import build_models, interleaved_medians, machine, peak_memory, preset_parser, preset_settings, timed  # noqa: E402
 
 from seaflow.energies import PromptedJudge, ReferenceLogLikelihood, RewardModel  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
@@ -77,8 +75,7 @@ def measure(kind: str, policy, reward_model, prompt_len: int, chains: int, lengt
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser = preset_parser(__doc__, PRESETS)
     parser.add_argument("--models", nargs="+", help="tiny, embedded, llama-3.2-1b")
     parser.add_argument("--terms", nargs="+", choices=TERMS, default=list(TERMS))
     parser.add_argument("--prompts", nargs="+", type=int, help="prompt lengths in tokens")
@@ -86,16 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, help="response length L")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    settings = dict(PRESETS[args.preset])
-    for key in ("models", "prompts", "chains", "length", "dtype", "repeats"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    device = args.device
-    if args.preset == "gpu" and not device.startswith("cuda"):
-        print("--preset gpu needs a CUDA device (none found); nothing measured")
+    settings = preset_settings(args, PRESETS)
+    if settings is None:
         return
+    device = args.device
     print(f"# prefix cache on {machine(device)}, {settings['dtype']}, {settings['chains']} rows, L {settings['length']}, "
           f"medians of {settings['repeats']}\n")
     print("| model | term | prompt | uncached (value+grad) | cached (value+grad) | uncached / cached | peak MiB uncached / cached | prepare (cached) |")

@@ -25,7 +25,6 @@ Models have random weights (the shapes decide the cost).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from step_overhead import build_models, machine, make_terms, peak_memory, peak_tensor_bytes, timed  # noqa: E402
+from _common import build_models, machine, peak_memory, peak_tensor_bytes, preset_parser, preset_settings, timed  # noqa: E402
+from step_overhead import make_terms  # noqa: E402
 
 from seaflow.energies import RewardModel  # noqa: E402
 from seaflow.energies.base import ResponseBatch  # noqa: E402
@@ -172,8 +172,7 @@ def scaling_table(name, settings, dtype, device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser = preset_parser(__doc__, PRESETS)
     parser.add_argument("--models", nargs="+", help="tiny, embedded, llama-3.2-1b")
     parser.add_argument("--tables", nargs="+", choices=["methods", "scaling"], default=["methods", "scaling"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="prompts per batch")
@@ -187,16 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-chains", nargs="+", type=int)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    settings = dict(PRESETS[args.preset])
-    for key in settings:
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-    device = args.device
-    if args.preset == "gpu" and not device.startswith("cuda"):
-        print("--preset gpu needs a CUDA device (none found); nothing measured")
+    settings = preset_settings(args, PRESETS)
+    if settings is None:
         return
+    device = args.device
     dtype = getattr(torch, settings["dtype"])
     print(f"# throughput on {machine(device)}, {settings['dtype']}, medians of {settings['repeats']}")
     for name in settings["models"]:
