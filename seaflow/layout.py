@@ -149,12 +149,15 @@ def response_embeddings(embedding: torch.nn.Embedding, response: torch.Tensor, l
 
     A distribution that is exactly one-hot (the forward value of straight-through, OneHot, hard
     Gumbel-softmax) is embedded by a row lookup with the dense product's gradient (same values
-    and gradients, see :class:`LookupOneHot`) unless ``lookup`` is false.
+    and gradients, see :class:`LookupOneHot`) unless ``lookup`` is false or the call is being
+    compiled.
     """
     if response.dtype in (torch.long, torch.int, torch.int32):
         return embedding(response)
     weight = embedding.weight
-    if ONE_HOT_LOOKUP if lookup is None else lookup:
+    # the one-hot check reads values on the host: under torch.compile it would break the graph,
+    # so the compiled energy takes the dense product (same values and gradients)
+    if (ONE_HOT_LOOKUP if lookup is None else lookup) and not torch.compiler.is_compiling():
         values, tokens = response.detach().max(dim=-1)
         if bool((values == 1).all()) and bool((response.detach().sum(-1) == 1).all()):
             count_soft_embedding(embedding, response, looked_up=True)

@@ -52,3 +52,15 @@ def test_compiled_equals_eager(tiny_policy, tiny_models, reward_kind):
 def test_inductor_equals_eager(tiny_policy, tiny_models):
     torch._dynamo.reset()
     _check(tiny_policy, tiny_models, True, "lexicon")
+
+
+@pytest.mark.parametrize("reward_kind", ["lexicon", "model"])
+def test_compiled_energy_is_one_graph(tiny_policy, tiny_models, reward_kind):
+    """No graph break in the compiled energy: a host read (``.item()``, ``bool(tensor)``) on the
+    energy path splits the compiled function and gives back most of what compiling buys."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    _check(tiny_policy, tiny_models, "aot_eager", reward_kind)
+    assert dict(counters["graph_break"]) == {}
