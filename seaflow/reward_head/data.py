@@ -53,7 +53,87 @@ def _key(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-class RefusalHeadData(L.LightningDataModule):
+def read_cache(path: Path) -> list[dict]:
+    """The rows of a JSONL response cache (a torn last line from an interrupted build is left
+    out: its item is sampled again)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class CachedResponsesData(L.LightningDataModule):
+    """What the reward heads' data modules share: the policy's responses to planned items,
+    sampled once into a JSONL cache (one row seed per item, appended batch by batch so an
+    interrupted build resumes), a split held out by a hash of each row's prompt, and the loaders.
+
+    A subclass sets ``responses``, ``max_new_tokens``, ``temperature``,
+    ``generation_batch_size``, ``val_fraction``, ``batch_size`` and ``seed`` in its constructor,
+    plans its items (each with a ``key``) and says how an item is encoded and recorded.
+    """
+
+    train_rows: list[dict] | None
+    val_rows: list[dict]
+
+    def sample_missing(self, planned: list[dict], policy, encode, record) -> None:
+        """Sample a response for each planned item not yet in the cache.
+
+        ``policy()`` loads the policy (only when something is missing); ``encode(tokenizer, item)
+        -> (prompt ids, forced response start ids)``; ``record(tokenizer, item, forced start ids,
+        sampled ids) -> dict`` of fields written beside the item's own.
+        """
+        path = Path(self.responses)
+        done = {row["key"] for row in read_cache(path)}
+        todo = [item for item in planned if item["key"] not in done]
+        if not todo:
+            return
+        log.warning("sampling %d policy responses into %s (cached; later runs reuse them)", len(todo), path)
+        policy = policy()
+        tok = policy.tokenizer
+        eos = policy.model.generation_config.eos_token_id
+        eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None] or [tok.eos_token_id]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from tqdm.auto import tqdm
+
+        with open(path, "a", encoding="utf-8") as handle, tqdm(total=len(todo), desc="policy responses") as bar:
+            for start in range(0, len(todo), self.generation_batch_size):
+                chunk = todo[start : start + self.generation_batch_size]
+                encoded = [encode(tok, item) for item in chunk]
+                tokens, lengths = generation.sample(
+                    policy.model, [prompt + forced for prompt, forced in encoded], self.max_new_tokens, eos,
+                    tok.pad_token_id, generation.row_generators([int(item["key"], 16) for item in chunk]),
+                    temperature=self.temperature,
+                )
+                for item, (_, forced), row, n in zip(chunk, encoded, tokens, lengths):
+                    handle.write(json.dumps({**item, **record(tok, item, forced, row[: int(n)].tolist())}) + "\n")
+                handle.flush()
+                bar.update(len(chunk))
+
+    def cached_rows(self, planned: list[dict]) -> list[dict]:
+        """The cached rows of the planned items that have a non-empty response."""
+        keys = {item["key"] for item in planned}
+        return [r for r in read_cache(Path(self.responses)) if r["key"] in keys and r["response"].strip()]
+
+    def split(self, rows: list[dict], by) -> None:
+        """``val_fraction`` of the rows to ``val_rows`` by a hash of ``by(row)`` (rows sharing a
+        prompt stay on one side), the rest to ``train_rows``."""
+        bucket = lambda r: int(_key(by(r), self.seed), 16) % 1000 / 1000  # noqa: E731
+        self.val_rows = [r for r in rows if bucket(r) < self.val_fraction]
+        self.train_rows = [r for r in rows if bucket(r) >= self.val_fraction]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PromptDataset(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(PromptDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+
+
+class RefusalHeadData(CachedResponsesData):
     """Labelled (prompt, response, label) rows for the refusal head; label 1 = refusal.
 
     ``prepare_data`` samples the policy's responses once and caches them in ``responses``
@@ -144,65 +224,25 @@ class RefusalHeadData(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.generate or (not self.harmful and not self.benign):
             return
-        path = Path(self.responses)
-        done = {row["key"] for row in self._read_cache(path)}
-        todo = [item for item in self.planned() if item["key"] not in done]
-        if not todo:
-            return
-        log.warning("sampling %d policy responses into %s (cached; later runs reuse them)", len(todo), path)
-        policy = load_causal_lm(self.policy)
-        tok = policy.tokenizer
-        eos = policy.model.generation_config.eos_token_id
-        eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None] or [tok.eos_token_id]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from tqdm.auto import tqdm
-
-        with open(path, "a", encoding="utf-8") as handle, tqdm(total=len(todo), desc="policy responses") as bar:
-            for start in range(0, len(todo), self.generation_batch_size):
-                chunk = todo[start : start + self.generation_batch_size]
-                prompt_ids, prefills = [], []
-                for item in chunk:
-                    messages = [{"role": "user", "content": item["prompt"]}]
-                    if item["system"]:
-                        messages.insert(0, {"role": "system", "content": item["system"]})
-                    prefill = encode_text(tok, item["prefill"]) if item.get("prefill") else []
-                    prompt_ids.append(encode_chat(tok, messages) + prefill)
-                    prefills.append(prefill)
-                seeds = [int(item["key"], 16) for item in chunk]
-                tokens, lengths = generation.sample(
-                    policy.model, prompt_ids, self.max_new_tokens, eos, tok.pad_token_id,
-                    generation.row_generators(seeds), temperature=self.temperature,
-                )
-                for item, prefill, row, n in zip(chunk, prefills, tokens, lengths):
-                    response = tok.decode(prefill + row[: int(n)].tolist(), skip_special_tokens=True)
-                    record = {**item, "response": response, "label": int(is_refusal(response)),
-                              "label_rule": LABEL_RULE, "policy": self.policy}
-                    handle.write(json.dumps(record) + "\n")
-                handle.flush()
-                bar.update(len(chunk))
+        self.sample_missing(self.planned(), lambda: load_causal_lm(self.policy), self._encode, self._record)
 
     @staticmethod
-    def _read_cache(path: Path) -> list[dict]:
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted build is sampled again
-        return rows
+    def _encode(tok, item: dict) -> tuple[list[int], list[int]]:
+        messages = [{"role": "user", "content": item["prompt"]}]
+        if item["system"]:
+            messages.insert(0, {"role": "system", "content": item["system"]})
+        return encode_chat(tok, messages), encode_text(tok, item["prefill"]) if item.get("prefill") else []
+
+    def _record(self, tok, item: dict, prefill: list[int], sampled: list[int]) -> dict:
+        response = tok.decode(prefill + sampled, skip_special_tokens=True)
+        return {"response": response, "label": int(is_refusal(response)), "label_rule": LABEL_RULE, "policy": self.policy}
 
     # -- splits ---------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        planned = {item["key"] for item in self.planned()} if (self.harmful or self.benign) else set()
-        rows = [
-            {"prompt": r["prompt"], "response": r["response"], "label": int(r["label"])}
-            for r in self._read_cache(Path(self.responses)) if r["key"] in planned and r["response"].strip()
-        ]
+        rows = [{"prompt": r["prompt"], "response": r["response"], "label": int(r["label"])} for r in self.cached_rows(self.planned())]
         for path in self.labelled:
             rows += [{"prompt": r.prompt, "response": r.response, "label": r.label} for r in LabelledJsonl(path).rows()]
         if not rows:
@@ -210,15 +250,7 @@ class RefusalHeadData(L.LightningDataModule):
         labels = {r["label"] for r in rows}
         if labels != {0, 1}:
             raise ValueError(f"the training rows hold only label(s) {sorted(labels)}; a classifier needs both")
-        bucket = lambda r: int(_key(r["prompt"], self.seed), 16) % 1000 / 1000  # noqa: E731
-        self.val_rows = [r for r in rows if bucket(r) < self.val_fraction]
-        self.train_rows = [r for r in rows if bucket(r) >= self.val_fraction]
+        self.split(rows, by=lambda r: r["prompt"])
         positives = sum(r["label"] for r in self.train_rows)
         log.warning("reward head data: %d training rows (%d label 1), %d validation rows",
                     len(self.train_rows), positives, len(self.val_rows))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(PromptDataset(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(PromptDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=collate)

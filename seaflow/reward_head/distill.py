@@ -11,28 +11,23 @@ with ``objective: regress`` fits the scores; the exported classifier is then SEA
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
-from torch.utils.data import DataLoader
 
-from seaflow import generation
 from seaflow.calibrate.data import LabelledJsonl
-from seaflow.data import PromptDataset, collate
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.energies.text import TextReward
 from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm, load_tokenizer
-from seaflow.reward_head.data import RefusalHeadData, _key, read_prompt_source
+from seaflow.reward_head.data import CachedResponsesData, _key, read_prompt_source
 
 log = logging.getLogger(__name__)
 
 UNLABELLED = -1
 
 
-class DistillData(L.LightningDataModule):
+class DistillData(CachedResponsesData):
     """(prompt, response, target[, label]) rows: the policy's samples scored by a text reward.
 
     Args:
@@ -121,40 +116,18 @@ class DistillData(L.LightningDataModule):
         return self._loaded
 
     def prepare_data(self) -> None:
-        if not self.generate or not self.prompts:
-            return
-        path = Path(self.responses)
-        done = {row["key"] for row in RefusalHeadData._read_cache(path)}
-        todo = [item for item in self.planned() if item["key"] not in done]
-        if not todo:
-            return
-        log.warning("sampling %d policy responses into %s (cached; later runs reuse them)", len(todo), path)
-        policy = self.load_policy()
-        tok = policy.tokenizer
-        eos = policy.model.generation_config.eos_token_id
-        eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None] or [tok.eos_token_id]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from tqdm.auto import tqdm
+        if self.generate and self.prompts:
+            self.sample_missing(self.planned(), self.load_policy, self._encode, self._record)
 
-        with open(path, "a", encoding="utf-8") as handle, tqdm(total=len(todo), desc="policy responses") as bar:
-            for start in range(0, len(todo), self.generation_batch_size):
-                chunk = todo[start : start + self.generation_batch_size]
-                prompt_ids = [
-                    encode_chat(tok, [{"role": "user", "content": item["prompt"]}]) if self.chat_template
-                    else encode_text(tok, item["prompt"], add_special_tokens=True)
-                    for item in chunk
-                ]
-                tokens, lengths = generation.sample(
-                    policy.model, prompt_ids, self.max_new_tokens, eos, tok.pad_token_id,
-                    generation.row_generators([int(item["key"], 16) for item in chunk]), temperature=self.temperature,
-                )
-                for item, row, n in zip(chunk, tokens, lengths):
-                    # the text the methods' records write (and score with a text reward)
-                    response = tok.decode(row[: int(n)].tolist(), skip_special_tokens=True).rstrip("\ufffd")
-                    handle.write(json.dumps({**item, "response": response, "response_token_ids": row[: int(n)].tolist(),
-                                             "policy": self.policy}) + "\n")
-                handle.flush()
-                bar.update(len(chunk))
+    def _encode(self, tok, item: dict) -> tuple[list[int], list[int]]:
+        if self.chat_template:
+            return encode_chat(tok, [{"role": "user", "content": item["prompt"]}]), []
+        return encode_text(tok, item["prompt"], add_special_tokens=True), []
+
+    def _record(self, tok, item: dict, forced: list[int], sampled: list[int]) -> dict:
+        # the text the methods' records write (and score with a text reward)
+        response = tok.decode(sampled, skip_special_tokens=True).rstrip("\ufffd")
+        return {"response": response, "response_token_ids": sampled, "policy": self.policy}
 
     def _score(self, rows: list[dict]) -> list[dict]:
         """``target`` = the text reward of each row's response."""
@@ -173,11 +146,7 @@ class DistillData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        planned = {item["key"] for item in self.planned()}
-        rows = [
-            {"prompt": r["prompt"], "response": r["response"], "label": UNLABELLED}
-            for r in RefusalHeadData._read_cache(Path(self.responses)) if r["key"] in planned and r["response"].strip()
-        ]
+        rows = [{"prompt": r["prompt"], "response": r["response"], "label": UNLABELLED} for r in self.cached_rows(self.planned())]
         for path in self.labelled:
             rows += self._labelled(path)
         if not rows:
@@ -186,17 +155,9 @@ class DistillData(L.LightningDataModule):
             )
         rows = self._score(rows)
         # split by prompt (by response for rows without one): every sample of a prompt on one side
-        bucket = lambda r: int(_key(r["prompt"] or r["response"], self.seed), 16) % 1000 / 1000  # noqa: E731
-        self.val_rows = [r for r in rows if bucket(r) < self.val_fraction]
-        self.train_rows = [r for r in rows if bucket(r) >= self.val_fraction]
+        self.split(rows, by=lambda r: r["prompt"] or r["response"])
         if len({r["target"] for r in self.train_rows}) < 2:
             raise ValueError("every training row has the same reward: there is nothing to distil (more prompts or samples?)")
         self.eval_sets = {Path(path).name: self._score(self._labelled(path)) for path in self.evaluate}
         log.warning("distillation data: %d training rows, %d validation rows, evaluation sets %s",
                     len(self.train_rows), len(self.val_rows), {k: len(v) for k, v in self.eval_sets.items()})
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(PromptDataset(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(PromptDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=collate)
