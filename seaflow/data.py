@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seaflow.encoding import encode_chat, encode_text
+from seaflow.lines import physical_lines
 from seaflow.resume import RunDirectory
 
 
@@ -197,15 +198,6 @@ def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[
         more = f" ({len(skipped)} bad rows skipped, the first: {skipped[0]['reason']})" if skipped else ""
         raise PromptFileError(f"{path}: no prompts in the file{more}")
     return prompts
-
-
-def physical_lines(text: str) -> list[str]:
-    """Lines split at ``\\n`` (and ``\\r\\n``) only: U+2028, U+0085 and other separators inside a
-    line (valid in a JSON string, or in a prompt) are text, not line breaks."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 class PromptDataset(Dataset):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from seaflow.lines import physical_lines
+
 PREFIX = "prompt_set:"
 
 
@@ -69,7 +71,7 @@ def _parse_advbench(text: str, spec: PromptSet) -> list[dict[str, Any]]:
 
 
 def _parse_lines(text: str, spec: PromptSet) -> list[dict[str, Any]]:
-    return _items([line.strip() for line in text.splitlines() if line.strip()], spec.name, spec.task)
+    return _items([line.strip() for line in physical_lines(text) if line.strip()], spec.name, spec.task)
 
 
 def _parse_gsm8k(text: str, spec: PromptSet) -> list[dict[str, Any]]:

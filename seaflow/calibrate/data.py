@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from seaflow.lines import physical_lines
+
 
 @dataclass
 class LabelledRow:
@@ -116,7 +118,7 @@ class LabelledJsonl(LabelledSet):
             raise FileNotFoundError(f"labelled file {self.path!r} does not exist")
         positive = {str(v).lower() for v in self.positive}
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(physical_lines(path.read_text(encoding="utf-8")), 1):
             if not line.strip():
                 continue
             try:

@@ -10,6 +10,7 @@ import torch
 
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.models import LoadedModel
+from seaflow.lines import physical_lines
 
 
 def keyword_hits(text: str, keywords: list[str]) -> list[bool]:
@@ -23,7 +24,7 @@ def read_keywords(path: str | Path) -> dict[str, list[str]]:
     if not source.exists():
         raise FileNotFoundError(f"keywords file {str(path)!r} does not exist")
     table = {}
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(physical_lines(source.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         row = json.loads(line)

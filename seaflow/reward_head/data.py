@@ -18,6 +18,7 @@ from seaflow.data import PromptDataset, collate, read_prompts
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
 from seaflow.refusal import is_refusal
+from seaflow.lines import physical_lines
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def read_prompt_source(source: str) -> list[str]:
             import yaml
 
             return [seed["value"] for seed in yaml.safe_load(path.read_text(encoding="utf-8"))["seeds"]]
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in physical_lines(path.read_text(encoding="utf-8")) if line.strip()]
     return [row["prompt"] for row in read_prompts(source)]
 
 
@@ -59,7 +60,7 @@ def read_cache(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in physical_lines(path.read_text(encoding="utf-8")):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
