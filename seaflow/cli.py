@@ -121,6 +121,9 @@ class SeaflowCLI(LightningCLI):
                 "trainer.inference_mode must be false for seaflow predict: the refinement needs gradients"
             )
         offline_wandb(self.trainer)
+        for callback in self.trainer.callbacks:  # the end-of-run table names the files itself
+            if isinstance(callback, JsonlPredictionWriter):
+                callback.announce = False
         self._started = time.perf_counter()
 
     def after_predict(self) -> None:

@@ -73,6 +73,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._stop_signal: str | None = None
         self._previous_handlers: dict[int, Any] = {}
         self.written = 0
+        self.announce = True  # the closing "N records in ..." line (seaflow predict prints its table instead)
 
     # -- files -------------------------------------------------------------------------
 
@@ -177,7 +178,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if skipped:
             summary["skipped"] = [{"id": pid} for pid in summary.get("skipped", [])] + skipped
         (self.output_dir / SUMMARY).write_text(json.dumps(strict_json(summary), indent=2) + "\n")
-        print(f"seaflow: {len(records)} records in {self.predictions_path} (summary: {self.output_dir / SUMMARY})")
+        if self.announce:
+            print(f"seaflow: {len(records)} records in {self.predictions_path} (summary: {self.output_dir / SUMMARY})")
         if skipped:
             print(f"seaflow: {len(skipped)} prompts skipped (reasons under 'skipped' in {self.output_dir / SUMMARY})")
 
