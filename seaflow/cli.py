@@ -250,7 +250,7 @@ class SaveRunConfig(SaveConfigCallback):
                 saved = yaml.safe_load(path.read_text(encoding="utf-8"))
             except (yaml.YAMLError, UnicodeDecodeError) as err:
                 raise RunMismatchError(f"{path} is not a readable config ({err}). {ways_out(directory)}") from None
-            differences = config_differences(saved if isinstance(saved, dict) else {}, current)
+            differences = config_differences(saved if isinstance(saved, dict) else {}, current, self.default_of(current))
             if differences:
                 shown = "\n    ".join(differences[:12]) + (f"\n    ... and {len(differences) - 12} more" if len(differences) > 12 else "")
                 raise RunMismatchError(
@@ -267,6 +267,35 @@ class SaveRunConfig(SaveConfigCallback):
                 f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir"
             ) from None
         self.already_saved = True
+
+    def default_of(self, current: dict):
+        """``key -> default`` for the flattened keys of ``current``: the parser's own defaults
+        (``data.*``, top-level keys) and, under a ``class_path``, the class's signature default."""
+        import inspect
+
+        from jsonargparse.typing import import_object
+
+        from seaflow.resume import NO_DEFAULT, _flatten
+
+        flat = _flatten(current)
+        try:
+            parser_defaults = _flatten(yaml.safe_load(self.parser.dump(self.parser.get_defaults(), skip_none=False, skip_validation=True)))
+        except Exception:  # noqa: BLE001 - defaults that do not dump: only class signatures are used
+            parser_defaults = {}
+
+        def default(key: str):
+            head, sep, name = key.rpartition(".init_args.")
+            if sep and "." not in name and isinstance(flat.get(f"{head}.class_path"), str):
+                try:
+                    parameter = inspect.signature(import_object(flat[f"{head}.class_path"])).parameters.get(name)
+                except (ImportError, AttributeError, TypeError, ValueError):
+                    return NO_DEFAULT
+                if parameter is None or parameter.default is inspect.Parameter.empty:
+                    return NO_DEFAULT
+                return parameter.default
+            return parser_defaults.get(key, NO_DEFAULT)
+
+        return default
 
 
 def warn_switched_class_paths(args: list[str]) -> list[str]:

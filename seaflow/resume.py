@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import yaml
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -114,17 +116,38 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every fingerprint key that differs between two resolved configs."""
+NO_DEFAULT = object()
+"""What a ``defaults`` lookup of :func:`config_differences` returns for a key it knows no default of."""
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], defaults: Callable[[str], Any] | None = None) -> list[str]:
+    """``key: old -> new`` for every fingerprint key that differs between two resolved configs.
+
+    ``defaults(key)`` gives a key's default value (or :data:`NO_DEFAULT`): a key the saved config
+    lacks whose current value is its default is an argument added to seaflow after the run
+    started, left at its default, and not a difference.
+    """
     old, new = fingerprint(saved or {}), fingerprint(current or {})
     missing = object()
     lines = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing and defaults is not None and _same(defaults(key), b):
+            continue
         if a != b:
             show = lambda v: "(not set)" if v is missing else _short(v)  # noqa: E731
             lines.append(f"{key}: {show(a)} -> {show(b)}")
     return lines
+
+
+def _same(default: Any, value: Any) -> bool:
+    """``default`` (a Python value) equals ``value`` (as read back from YAML)."""
+    if default is NO_DEFAULT:
+        return False
+    try:
+        return yaml.safe_load(yaml.safe_dump(default)) == value
+    except yaml.YAMLError:
+        return False
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

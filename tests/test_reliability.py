@@ -395,3 +395,39 @@ def test_records_are_strict_json(tmp_path):
 
     record = strict_json({"trace": {"energy": [1.0, float("nan"), float("inf")]}, "reward": float("-inf")})
     assert json.dumps(record, allow_nan=False) == '{"trace": {"energy": [1.0, null, null]}, "reward": null}'
+
+
+# -- a config.yaml written before an argument existed --------------------------------------
+
+
+def _drop(config: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    del node[last]
+
+
+@pytest.mark.parametrize("dropped", ["model.init_args.patience", "model.init_args.reward.init_args.scale",
+                                     "data.response_prefix_tokens"])
+def test_resume_accepts_an_argument_added_since_the_run_at_its_default(tmp_path, tiny_models, capsys, dropped):
+    """A run directory whose config.yaml lacks an argument (written by an older seaflow) resumes when
+    the argument is at its default now; set to anything else it is a different run."""
+    from test_cli import read_jsonl, tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    main(["predict", "--config", str(config), "--data.limit", "2"])
+    saved_path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    _drop(saved, dropped)
+    saved_path.write_text(yaml.safe_dump(saved))
+    main(["predict", "--config", str(config)])  # resumes: the two remaining prompts are appended
+    assert [r["id"] for r in read_jsonl(tmp_path / "run" / "predictions.jsonl")] == ["p0", "p1", "p2", "p3"]
+
+    saved_path.write_text(yaml.safe_dump(saved))
+    value = {"model.init_args.patience": "2", "model.init_args.reward.init_args.scale": "0.5",
+             "data.response_prefix_tokens": "1"}[dropped]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(config), f"--{dropped}", value])
+    assert f"{dropped}: (not set) -> " in capsys.readouterr().err
