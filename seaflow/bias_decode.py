@@ -15,6 +15,11 @@
 
 Every evaluation decodes real tokens (the forward pass is one-hot), so its reward and
 reference terms are exactly the discrete scores of the sequence it decoded.
+
+A forced start (``data.response_prefix``, the prefilling attack) is decoded as it is: its
+tokens are the first of the response, fed to the policy and scored by the reward and the
+reference term like the others, and the bias holds only the free positions after it
+(``b_j`` acts at response position ``k + j`` of a row whose start has ``k`` tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 from seaflow import layout as L
 from seaflow.cost import count_soft_embedding
+from seaflow.generation import forced_start
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.base import Evaluation
@@ -84,6 +90,7 @@ def biased_decode(
     generator=None,
     keep_logits: bool = False,
     through_policy: bool = True,
+    forced: list[list[int]] | None = None,
 ) -> Decoded:
     """Decode ``bias.shape[1]`` tokens left to right: token ``t = argmax(logits_t + bias_t)``.
 
@@ -102,9 +109,21 @@ def biased_decode(
     logits). With ``OneHot`` this makes ``dE/dbias_t`` the gradient of the energy with respect to
     the decoded one-hot tokens, as a discrete sampler reads it: the first-order change of ``E``
     when position ``t`` takes token ``v``, however unlikely ``v`` is under the policy.
+
+    ``forced[i]`` (a forced start of ``k_i`` tokens) makes row ``i``'s first ``k_i`` tokens
+    ``forced[i]`` whatever the bias (a constant one-hot: no gradient reaches the bias there),
+    and ``bias[i, j]`` act at position ``k_i + j``: the decode then holds
+    ``max k + bias.shape[1]`` positions, and row ``i`` ends after ``k_i + bias.shape[1]`` tokens
+    at most (as :func:`seaflow.generation.sample` with ``forced``).
     """
     rows, width, vocab = bias.shape
     device = bias.device
+    free = width
+    start, limit = forced_start(forced, rows, free + (max(map(len, forced)) if forced else 0), device)
+    if start is not None:
+        width = free + start.shape[1]
+        offset = (start >= 0).sum(1)  # k_i: the positions before row i's first free one
+        row_index = torch.arange(rows, device=device)
     weight = model.get_input_embeddings().weight
     cache, logits = _prompt_pass(model, prompt)
     mask = prompt.attention_mask
@@ -117,13 +136,25 @@ def biased_decode(
     for t in range(width):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least
         choice = logits if through_policy else logits.detach()
-        relaxed = relaxation((choice + bias[:, t]).unsqueeze(1), generator=generator)[:, 0]
+        if start is None:
+            relaxed = relaxation((choice + bias[:, t]).unsqueeze(1), generator=generator)[:, 0]
+        else:
+            bias_t = bias[row_index, (t - offset).clamp(0, free - 1)]
+            relaxed = relaxation((choice + bias_t).unsqueeze(1), generator=generator)[:, 0]
+            if t < start.shape[1]:
+                pinned = start[:, t] >= 0
+                fixed = torch.nn.functional.one_hot(start[:, t].clamp(min=0), vocab).to(relaxed.dtype)
+                relaxed = torch.where(pinned.unsqueeze(1), fixed, relaxed)
         values, token = relaxed.detach().max(dim=-1)
         if not bool((values == 1).all()):
             raise ValueError(
                 f"biased decoding feeds real tokens to the policy and needs a relaxation whose forward value is "
                 f"one-hot (StraightThrough, OneHot, GumbelSoftmax with hard: true), got {type(relaxation).__name__}"
             )
+        if start is not None:  # the row's free budget is spent: it ends here
+            over = (t >= limit) & ~finished
+            lengths = torch.where(over, torch.full_like(lengths, t), lengths)
+            finished = finished | over
         is_eos = torch.isin(token, eos) & ~finished
         lengths = torch.where(is_eos, torch.full_like(lengths, t), lengths)
         finished = finished | is_eos
@@ -174,6 +205,11 @@ class BiasEnergy:
     An :class:`~seaflow.samplers.EnergyFn` (``allowed`` is None: the bias is continuous), with
     ``relaxation`` and ``track`` as :class:`seaflow.refine.EnergyFunction`; each evaluation's
     parts are the ``reward`` and ``reference`` of the sequence it decoded.
+
+    ``forced`` (per row, see :func:`biased_decode`) starts every decode with the row's forced
+    tokens: ``delta`` then covers the free positions only, the penalty too, and the reward and
+    reference terms score the whole response (the forced tokens' reference log-likelihood is a
+    constant of the row).
     """
 
     allowed = None
@@ -192,8 +228,10 @@ class BiasEnergy:
         base: torch.Tensor | None = None,
         generator=None,
         through_policy: bool = True,
+        forced: list[list[int]] | None = None,
     ):
         self.model = model
+        self.forced = forced if forced and any(forced) else None
         self.batch = batch
         self.relaxation = relaxation
         self.reward = reward if (reward is not None and alpha != 0) else None
@@ -226,7 +264,7 @@ class BiasEnergy:
         """``(total energy, parts, the decode, the discrete energy)`` at ``delta``."""
         decoded = biased_decode(
             self.model, self.prompt, self.bias(delta), self.relaxation, self.eos_ids, self.pad_id, self.generator,
-            through_policy=self.through_policy,
+            through_policy=self.through_policy, forced=self.forced,
         )
         parts = {"reference": decoded.reference}
         discrete = -self.reference_weight * decoded.reference

@@ -1,7 +1,8 @@
 """The prefilling attack: ``data.response_prefix`` is the forced start of every method's response.
 
 Sampling continues after it, scoring includes it, and no method (SEA with a continuous or a
-discrete sampler, ARGS, CBS, Best-of-N, Sample) changes those positions. Tiny random models.
+discrete sampler, ARGS, CBS, Best-of-N, Sample, GuidedSuffixMCMC, BiasedDecoding) changes
+those positions. Tiny random models.
 """
 
 import json
@@ -11,7 +12,7 @@ import torch
 
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward
-from seaflow.methods import ARGS, CBS, SEA, BestOfN, Sample
+from seaflow.methods import ARGS, CBS, SEA, BestOfN, BiasedDecoding, GuidedSuffixMCMC, Sample
 from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.relaxations.one_hot import OneHot
 from seaflow.samplers.langevin import Langevin
@@ -39,6 +40,12 @@ def methods():
                                     init_logits="one_hot", **common),
         "SEA-random-init": lambda: SEA(sampler=Langevin(step_size=5.0, noise_scale=1.0), alpha=5.0, chains=2, steps=3, init="random", **common),
         "SEA-pool": lambda: SEA(sampler=Langevin(step_size=5.0, noise_scale=1.0), alpha=5.0, chains=2, steps=3, init_pool=3, **common),
+        "GuidedSuffixMCMC": lambda: GuidedSuffixMCMC(alpha=20.0, chains=2, steps=4, cut_top_k=5, **common),
+        "GuidedSuffixMCMC-uniform-pool": lambda: GuidedSuffixMCMC(alpha=20.0, chains=2, steps=4, cut_temperature=None, init_pool=3, **common),
+        "BiasedDecoding": lambda: BiasedDecoding(sampler=Langevin(step_size=1.0, noise_scale=0.1), relaxation=OneHot(), alpha=20.0,
+                                                 chains=2, steps=3, **common),
+        "BiasedDecoding-greedy": lambda: BiasedDecoding(sampler=Langevin(step_size=1.0, noise_scale=0.1), alpha=5.0, chains=2, steps=2,
+                                                        init="greedy", **common),
     }
 
 
@@ -94,6 +101,14 @@ def test_the_search_still_moves_the_free_positions(tiny_policy):
     assert changed
 
 
+@pytest.mark.parametrize("name", ["GuidedSuffixMCMC", "BiasedDecoding"])
+def test_the_search_raises_the_reward_after_the_forced_start(name, tiny_policy):
+    """Not vacuous: the chains find responses better than their starts, all beginning with the forced tokens."""
+    records, _ = run(methods()[name](), tiny_policy, response_prefix=PREFIX, response_prefix_tokens=3)
+    gains = [r["reward"] - r["initial_best_reward"] for r in records]
+    assert all(g >= -1e-6 for g in gains) and sum(gains) > 0
+
+
 @pytest.mark.parametrize("name", ["Sample", "ARGS"])
 def test_greedy_decoding_continues_after_the_forced_start(name, tiny_policy):
     """Greedy Sample and weight-0 ARGS after a forced start = greedy decode of prompt + start."""
@@ -109,7 +124,8 @@ def test_greedy_decoding_continues_after_the_forced_start(name, tiny_policy):
         assert record["response_token_ids"] == forced + tokens[0, : int(lengths[0])].tolist()
 
 
-@pytest.mark.parametrize("name", ["Sample", "BestOfN", "CBS", "SEA-langevin-argmax"])
+@pytest.mark.parametrize("name", ["Sample", "BestOfN", "CBS", "SEA-langevin-argmax", "GuidedSuffixMCMC",
+                                  "GuidedSuffixMCMC-uniform-pool", "BiasedDecoding"])
 def test_zero_forced_tokens_is_the_free_run(name, tiny_policy):
     free, _ = run(methods()[name](), tiny_policy)
     zero, _ = run(methods()[name](), tiny_policy, response_prefix=PREFIX, response_prefix_tokens=0)
@@ -134,12 +150,106 @@ def test_per_prompt_forced_starts_from_a_field_do_not_depend_on_the_batch(tiny_p
         assert a["response_tokens"] <= len(encode(tiny_policy, a["response_prefix"])) + NEW
 
 
-def test_methods_that_cannot_keep_a_start_say_so(tiny_policy):
-    from seaflow.methods.suffix_mcmc import GuidedSuffixMCMC
+FIELD_ROWS = [
+    {"id": "p0", "prompt": PROMPTS[0], "index": 0, "target": "sure"},
+    {"id": "p1", "prompt": PROMPTS[1], "index": 1, "target": "sure here is how to"},
+    {"id": "p2", "prompt": PROMPTS[2], "index": 2},
+]
 
-    method = GuidedSuffixMCMC(max_new_tokens=NEW, reward=reward(), chains=2, steps=1)
-    with pytest.raises(ValueError, match="data.response_prefix"):
-        run(method, tiny_policy, response_prefix=PREFIX)
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_suffix_chains_never_cut_or_change_the_forced_start(tiny_policy, monkeypatch, cached):
+    """Per-prompt starts of 1, 5 and 0 tokens in one batch: every proposal of every chain at every
+    step keeps its row's start, every cut is after it, and each row holds at most its start + NEW."""
+    from seaflow.methods import suffix_mcmc
+
+    if not cached:
+        monkeypatch.setattr(suffix_mcmc, "supports_prefix_cache", lambda model: False)
+    proposed = []
+    propose = suffix_mcmc.SuffixProposals.propose
+
+    def spy(self, tokens, lengths, kv, candidates, cuts, generators):
+        out = propose(self, tokens, lengths, kv, candidates, cuts, generators)
+        proposed.append((cuts.clone(), out[0].clone(), out[1].clone()))
+        return out
+
+    monkeypatch.setattr(suffix_mcmc.SuffixProposals, "propose", spy)
+    method = GuidedSuffixMCMC(alpha=20.0, chains=3, steps=5, cut_top_k=5, max_new_tokens=NEW, reward=reward())
+    records, _ = run(method, tiny_policy, rows=FIELD_ROWS, response_prefix_field="target")
+    starts = [encode(tiny_policy, row.get("target", "")) if row.get("target") else [] for row in FIELD_ROWS]
+    assert [len(s) for s in starts] == [1, 5, 0]
+    rows = [s for s in starts for _ in range(3)]
+    assert len(proposed) == 5
+    moved = 0
+    for cuts, tokens, lengths in proposed:
+        for i, forced in enumerate(rows):
+            assert tokens[i, : len(forced)].tolist() == forced
+            assert len(forced) <= int(cuts[i]) <= int(lengths[i]) <= len(forced) + NEW
+            moved += int(cuts[i]) < int(lengths[i])
+    assert moved  # proposals do rewrite tokens after the start
+    for record, forced in zip(records, starts):
+        assert record["response_token_ids"][: len(forced)] == forced
+        for chain, cuts in enumerate(record["trace"]["cut"]):
+            assert all(c >= len(forced) for c in cuts)
+        assert record["response_tokens"] <= len(forced) + NEW
+    # the result of a prompt does not depend on the batch it is in
+    alone, _ = run(method, tiny_policy, rows=FIELD_ROWS, response_prefix_field="target", batch_size=1)
+    assert [r["response_token_ids"] for r in records] == [r["response_token_ids"] for r in alone]
+    for a, b in zip(records, alone):  # the same path (rewards to float rounding: the batch's width differs)
+        assert a["trace"]["cut"] == b["trace"]["cut"] and a["trace"]["accepted"] == b["trace"]["accepted"]
+        assert a["trace"]["reward"] == [pytest.approx(chain, abs=1e-6) for chain in b["trace"]["reward"]]
+
+
+def test_biased_decoding_keeps_per_prompt_starts_and_is_batch_independent(tiny_policy):
+    method = methods()["BiasedDecoding"]()
+    records, _ = run(method, tiny_policy, rows=FIELD_ROWS, response_prefix_field="target")
+    alone, _ = run(method, tiny_policy, rows=FIELD_ROWS, response_prefix_field="target", batch_size=1)
+    for record, single, row in zip(records, alone, FIELD_ROWS):
+        forced = encode(tiny_policy, row["target"]) if "target" in row else []
+        assert record["response_token_ids"][: len(forced)] == forced
+        assert record["response_tokens"] <= len(forced) + NEW
+        assert record["response_token_ids"] == single["response_token_ids"]
+        assert record["reward"] == pytest.approx(single["reward"], abs=1e-5)
+
+
+def test_biased_decoding_starts_at_the_policy_sample_after_the_forced_start(tiny_policy):
+    """With ``init: sample`` each chain's first decode is Best-of-N's candidate ``chain`` after the same start."""
+    common = dict(max_new_tokens=NEW, reward=reward())
+    biased, _ = run(BiasedDecoding(chains=3, steps=0, alpha=1.0, **common), tiny_policy, rows=FIELD_ROWS, response_prefix_field="target")
+    bon, _ = run(BestOfN(n=3, **common), tiny_policy, rows=FIELD_ROWS, response_prefix_field="target")
+    for b, n in zip(biased, bon):
+        assert b["chain_responses"] == n["candidate_responses"]
+        assert b["chain_initial_rewards"] == pytest.approx(n["candidate_rewards"], abs=1e-5)
+
+
+def test_zero_bias_is_the_greedy_continuation_of_the_forced_start(tiny_policy):
+    """biased_decode with bias 0 after per-row starts = the policy's greedy decode of prompt + start."""
+    from seaflow import generation
+    from seaflow.bias_decode import biased_decode, prompt_state
+    from seaflow.relaxations.straight_through import StraightThrough
+
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    prompts = [tok.encode(t, add_special_tokens=False) for t in PROMPTS]
+    forced = [encode(tiny_policy, "sure here"), [], encode(tiny_policy, "sure here is how to")]
+    eos, pad = [model.generation_config.eos_token_id], tok.pad_token_id
+    bias = torch.zeros(len(prompts), NEW, tiny_policy.vocab_size, requires_grad=True)
+    decoded = biased_decode(model, prompt_state(model, prompts, pad), bias, StraightThrough(), eos, pad, forced=forced)
+    width = NEW + max(map(len, forced))
+    assert decoded.tokens.shape == (3, width)
+    for i, (ids, start) in enumerate(zip(prompts, forced)):
+        tokens, lengths = generation.sample(model, [ids + start], NEW, eos, pad, [], temperature=0)
+        n = int(decoded.lengths[i])
+        assert decoded.tokens[i, :n].tolist() == start + tokens[0, : int(lengths[0])].tolist()
+        assert bool((decoded.tokens[i, n:] == pad).all())
+    # the forced tokens pass no gradient to the bias; the free positions do
+    (grad,) = torch.autograd.grad(decoded.reference.sum(), bias)
+    assert bool((grad.abs().sum(-1) > 0).any())
+    with torch.no_grad():
+        logits = torch.log_softmax(model(torch.tensor([prompts[2] + forced[2]])).logits[0].float(), -1)
+    first = len(prompts[2]) - 1
+    forced_ll = sum(float(logits[first + u, t]) for u, t in enumerate(forced[2]))
+    ref = generation.sample(model, [prompts[2]], width, eos, pad, [], temperature=0, forced=[forced[2]])
+    assert forced_ll < 0 and torch.equal(ref[0][0, : int(ref[1][0])], decoded.tokens[2, : int(decoded.lengths[2])])
 
 
 def test_data_options_are_checked(tmp_path):

@@ -44,13 +44,16 @@ def small_lm():
 
 
 WEIGHTS = torch.randn(WIDTH, V, generator=torch.Generator().manual_seed(1))
+# per-position weights of longer responses (a forced start plus WIDTH free tokens)
+WEIGHTS_LONG = torch.cat([WEIGHTS, torch.randn(2, V, generator=torch.Generator().manual_seed(2))])
 
 
 def small_reward(response: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """A reward that is not a sum over tokens and that depends on the length."""
+    width = response.shape[1]
     one_hot = torch.nn.functional.one_hot(response, V).float() if response.dtype == torch.long else response
-    mask = (torch.arange(WIDTH).unsqueeze(0) < lengths.unsqueeze(1)).float()
-    return torch.tanh(((one_hot * WEIGHTS).sum(-1) * mask).sum(-1)) + 0.3 * lengths.float()
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    return torch.tanh(((one_hot * WEIGHTS_LONG[:width]).sum(-1) * mask).sum(-1)) + 0.3 * lengths.float()
 
 
 def small_score(tokens, lengths, need_grad=True):
@@ -61,19 +64,26 @@ def small_score(tokens, lengths, need_grad=True):
     return value.detach(), (grad if need_grad else None)
 
 
-def enumerate_target(model):
-    """Every response (token tuples), their tensors, and ``pi_ref exp(alpha r)`` normalised, by direct computation."""
-    states = [seq for n in range(WIDTH + 1) for seq in itertools.product([t for t in range(V) if t != EOS], repeat=n)]
+def enumerate_target(model, forced=(), width=None):
+    """Every response (token tuples), their tensors, and ``pi_ref exp(alpha r)`` normalised, by direct computation.
+
+    With a ``forced`` start every response is ``forced`` + up to WIDTH free tokens, ``pi_ref`` is
+    the policy's probability of the free part given prompt and start, and ``r`` scores the
+    whole response; the tensors are ``width`` (default: the longest response) wide."""
+    forced = tuple(forced)
+    width = width or len(forced) + WIDTH
+    free = [seq for n in range(WIDTH + 1) for seq in itertools.product([t for t in range(V) if t != EOS], repeat=n)]
+    states = [forced + seq for seq in free]
     log_ref = []
-    for seq in states:
+    for seq in free:
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=torch.tensor([PROMPT + list(seq)])).logits[0].double(), -1)
-        start = len(PROMPT) - 1
+            logp = torch.log_softmax(model(input_ids=torch.tensor([PROMPT + list(forced + seq)])).logits[0].double(), -1)
+        start = len(PROMPT) + len(forced) - 1
         total = sum(float(logp[start + u, tok]) for u, tok in enumerate(seq))
         if len(seq) < WIDTH:  # the capped sampler writes EOS only before the cap
             total += float(logp[start + len(seq), EOS])
         log_ref.append(total)
-    tokens = torch.full((len(states), WIDTH), PAD)
+    tokens = torch.full((len(states), width), PAD)
     for i, seq in enumerate(states):
         tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     lengths = torch.tensor([len(s) for s in states])
@@ -104,6 +114,59 @@ def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=
     expected = target * chains
     statistic = float(((counts - expected) ** 2 / expected).sum())
     return statistic, chi2_quantile(1 - P_VALUE, len(states) - 1), run
+
+
+FORCED = ([1], [2, 1])  # two forced starts of different lengths, one per half of the chains
+
+
+def forced_chi_square(model, steps, restrict_reverse=True, chains=3000, seed=0):
+    """Chains with forced starts (half of the rows FORCED[0], half FORCED[1], in one batch) from the
+    start alone: chi-square of each half's final states against its own enumerated target."""
+    width = max(map(len, FORCED)) + WIDTH
+    groups = [enumerate_target(model, forced, width) for forced in FORCED]
+    rows = [(g, forced) for g, forced in enumerate(FORCED) for _ in range(chains)]
+    starts = torch.tensor([len(forced) for _, forced in rows])
+    limits = starts + WIDTH
+    tokens = torch.full((len(rows), width), PAD)
+    for i, (_, forced) in enumerate(rows):
+        tokens[i, : len(forced)] = torch.tensor(forced)
+    cache = prompt_cache(model, [PROMPT] * len(rows), PAD, width)
+    cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05, starts=starts, limits=limits)
+    # the wrong chain: the forward cut avoids the start, the reverse q(t|y') counts its slots
+    reverse = None if restrict_reverse else GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05, limits=limits)
+    proposals = SuffixProposals(model, cache, width, [EOS], PAD, limits=limits)
+    run = run_chains(
+        proposals, tokens, starts.clone(), cuts, ALPHA, steps,
+        lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(len(rows))], reverse_cuts_fn=reverse,
+    )
+    results = []
+    for g, (states, _, _, target) in enumerate(groups):
+        position = {s: i for i, s in enumerate(states)}
+        counts = torch.zeros(len(states), dtype=torch.float64)
+        for (group, _), row, n in zip(rows, run.final.tokens, run.final.lengths):
+            if group == g:
+                counts[position[tuple(row[: int(n)].tolist())]] += 1  # a changed start has no position: KeyError
+        expected = target * chains
+        results.append((float(((counts - expected) ** 2 / expected).sum()), chi2_quantile(1 - P_VALUE, len(states) - 1)))
+    return results, run, starts
+
+
+def test_chains_with_forced_starts_sample_the_exact_target(small_lm):
+    """Forced starts of 1 and 2 tokens in one batch: the chains never cut them, and each row's final
+    states follow pi_ref(y_>=k | x, y_<k) exp(alpha r(y)) over the responses with its start."""
+    results, run, starts = forced_chi_square(small_lm, steps=20)
+    for statistic, limit in results:
+        assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+    assert bool((run.cuts >= starts.unsqueeze(0)).all()) and bool((run.cuts <= (starts + WIDTH).unsqueeze(0)).all())
+    assert 0.2 < float(run.acceptance.mean()) < 0.95
+    assert torch.allclose(run.final.reward, small_reward(run.final.tokens, run.final.lengths))
+
+
+def test_without_the_reverse_cut_restriction_the_forced_target_is_missed(small_lm):
+    """Drawing cuts after the start but computing q(t|y') over all slots breaks the chain: the test sees it."""
+    results, _, _ = forced_chi_square(small_lm, steps=20, restrict_reverse=False)
+    for statistic, limit in results:
+        assert statistic > limit, f"a reverse cut over the forced slots went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -333,6 +396,23 @@ def test_config_runs_on_tiny_models(tmp_path, tiny_models):
     records = run_config_on_tiny(config, tmp_path, tiny_models, steps=3, chains=2, max_new_tokens=6, init_pool=4)
     assert [r["id"] for r in records] == ["p0", "p1"]
     assert all(len(r["chain_acceptance"]) == 2 and len(r["pool_rewards"]) == 4 for r in records)
+
+
+def test_config_with_a_forced_start_runs_through_predict(tmp_path, tiny_models):
+    """configs/demo.yaml with data.response_prefix through ``seaflow predict``: every returned response and
+    every chain's final state start with the forced tokens, the records carry the start, cuts come after it."""
+    from seaflow.models import load_causal_lm
+
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["data"].update(response_prefix="sure here is how to", response_prefix_tokens=3)
+    records = run_config_on_tiny(config, tmp_path, tiny_models, steps=4, chains=2, max_new_tokens=6, init_pool=3)
+    forced = load_causal_lm(str(tiny_models["policy"])).tokenizer.encode("sure here is how to", add_special_tokens=False)[:3]
+    assert [r["id"] for r in records] == ["p0", "p1"]
+    for r in records:
+        assert r["response_prefix"] == "sure here is"
+        assert r["response_token_ids"][:3] == forced and 3 <= r["response_tokens"] <= 3 + 6
+        assert all(text.startswith("sure here is") for text in r["chain_responses"])
+        assert all(c >= 3 for cuts in r["trace"]["cut"] for c in cuts)
 
 
 def test_every_key_of_the_config_is_commented():

@@ -158,15 +158,6 @@ class AlignmentMethod(L.LightningModule):
             return None
         return [list(ids) for ids in prefixes for _ in range(copies)]
 
-    def refuse_forced(self, batch: dict[str, list]) -> None:
-        """For a method that cannot keep a forced start: fail with what to change."""
-        if self.forced_rows(batch):
-            raise ValueError(
-                f"{type(self).__name__} does not support a forced response start: unset data.response_prefix "
-                "and data.response_prefix_field (or set data.response_prefix_tokens: 0), or use Sample, BestOfN, "
-                "ARGS, CBS or SEA"
-            )
-
     def response_width(self, forced: list[list[int]] | None) -> int:
         """Response tokens a row holds: the longest forced start plus ``max_new_tokens`` free ones."""
         return self.max_new_tokens + (max(map(len, forced)) if forced else 0)

@@ -44,6 +44,12 @@ class BiasedDecoding(AlignmentMethod):
     of lowest discrete energy ``-reference_weight * log pi_ref - alpha * r`` it visited
     (its start included), and the chain with the highest reward is returned.
 
+    A forced start (``data.response_prefix``, the prefilling attack) is the first tokens of
+    every decode: the policy reads them and continues, the bias covers only the
+    ``max_new_tokens`` free positions after them, and the reward and reference terms score the
+    whole response. With ``init: sample`` the first decode is then Best-of-N's candidate
+    ``chain`` after the same start.
+
     Cost per step: one decode of ``L`` tokens through the policy with the graph kept, its
     backward pass, and the reward on the decoded tokens; plus one decode without gradient
     for the last iterate.
@@ -124,26 +130,31 @@ class BiasedDecoding(AlignmentMethod):
     records = SEA.records
 
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
-        self.refuse_forced(batch)
         return self.align(batch)
 
-    def start_bias(self, keys: list[str]) -> torch.Tensor | None:
+    def start_bias(self, keys: list[str], forced: list[list[int]] | None = None) -> torch.Tensor | None:
         """``b0``: ``temperature x`` the Gumbel noise with which the policy samples chain ``c``
-        (per position, the draw :func:`seaflow.generation.sample` makes at that step), or None."""
+        (per position, the draw :func:`seaflow.generation.sample` makes at that step), or None.
+        With ``forced`` starts row ``i``'s bias begins at the draw of its first free step."""
         if self.init == "greedy" or self.temperature == 0:
             return None
         generators = generation.row_generators(
             [prompt_seed(self.seed, key, row % self.chains, "sample") for row, key in enumerate(keys)], device=self.device
         )
         rows, vocab = len(keys), self.policy.vocab_size
-        noise = [generation.gumbel_noise((rows, vocab), generators, self.device) for _ in range(self.max_new_tokens)]
-        return self.temperature * torch.stack(noise, dim=1)
+        noise = [generation.gumbel_noise((rows, vocab), generators, self.device) for _ in range(self.response_width(forced))]
+        noise = torch.stack(noise, dim=1)
+        if forced:  # sample draws at the forced steps too: row i's free steps are k_i, k_i + 1, ...
+            steps = torch.tensor([len(ids) for ids in forced], device=self.device).unsqueeze(1) + torch.arange(self.max_new_tokens, device=self.device)
+            noise = noise.gather(1, steps.unsqueeze(-1).expand(-1, -1, vocab))
+        return self.temperature * noise
 
     def align(self, batch: dict[str, list]) -> list[Record]:
         """One record per prompt of ``batch``."""
         started = time.perf_counter()
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
-        rows, width, vocab = len(prompt_ids), self.max_new_tokens, self.policy.vocab_size
+        forced = self.forced_rows(batch, self.chains)  # data.response_prefix: decoded as is, never biased
+        rows, width, vocab = len(prompt_ids), self.response_width(forced), self.policy.vocab_size
         generator = RowGenerators(generation.row_generators(
             [prompt_seed(self.seed, key, row % self.chains, "refine") for row, key in enumerate(keys)], device=self.device
         ))
@@ -151,9 +162,9 @@ class BiasedDecoding(AlignmentMethod):
         energy_fn = BiasEnergy(
             self.policy.model, ResponseBatch(prompt_ids, prompts, full, width), self.relaxation, self.reward,
             self.alpha, self.reference_weight, self.bias_weight, self.eos_ids, self.pad_id,
-            base=self.start_bias(keys), generator=generator, through_policy=self.through_policy,
+            base=self.start_bias(keys, forced), generator=generator, through_policy=self.through_policy, forced=forced,
         )
-        delta = torch.zeros(rows, width, vocab, device=self.device)
+        delta = torch.zeros(rows, self.max_new_tokens, vocab, device=self.device)  # the free positions
         if self.steps == 0:
             energy_fn.track(delta)
         delta, trace = refine(delta, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults)

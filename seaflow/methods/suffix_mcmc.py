@@ -35,6 +35,14 @@ one suffix generation and one reward forward and backward pass per chain. The po
 top-k at the proposal's slots comes from the generation itself (the kept prefix's logits and
 the sampling logits). Each prompt returns the best state (discrete reward) any of its
 chains visited; the record keeps every chain's acceptance rate and its trace.
+
+A forced start (``data.response_prefix``, the prefilling attack) of ``k`` tokens is the
+first ``k`` tokens of every state: the initial samples continue after it, the cut slots of
+that row are ``t >= k`` only, in the forward ``q(t | y)`` and the reverse ``q(t | y')``
+alike, so no proposal changes it, and the chain is exact for
+``pi_ref(y_>=k | x, y_<k) exp(alpha r(x, y))`` over the responses that start with it (the
+reward, and the records' reference statistics, score the whole response, the start
+included). Each row holds its own start plus ``max_new_tokens`` free tokens.
 """
 
 from __future__ import annotations
@@ -57,10 +65,21 @@ from seaflow.progress import report
 # -- the cut distribution ------------------------------------------------------------------
 
 
-def cut_slots(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """``(B, width)`` mask of the slots a response may be cut at: its tokens and, if ``n < width``, its EOS slot."""
+def cut_slots(lengths: torch.Tensor, width: int, starts: torch.Tensor | None = None, limits: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, width)`` mask of the slots a response may be cut at: its tokens and, if ``n < width``, its EOS slot.
+
+    With a forced start (``data.response_prefix``) row ``b``'s slots are ``starts[b] ..``: its
+    first ``starts[b]`` tokens are never cut; ``limits[b]`` (default ``width``) is the most
+    tokens row ``b`` may hold, so its EOS slot exists only when ``n < limits[b]``.
+    """
     slots = torch.arange(width, device=lengths.device).unsqueeze(0)
-    return slots <= lengths.clamp(max=width - 1).unsqueeze(1)
+    if limits is None:
+        valid = slots <= lengths.clamp(max=width - 1).unsqueeze(1)
+    else:
+        valid = slots <= torch.minimum(lengths, limits.to(lengths.device) - 1).unsqueeze(1)
+    if starts is not None:
+        valid = valid & (slots >= starts.to(lengths.device).unsqueeze(1))
+    return valid
 
 
 def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,12 +99,15 @@ def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, 
     return torch.where(active, scores, torch.zeros_like(scores))
 
 
-def cut_log_probs(scores: torch.Tensor, lengths: torch.Tensor, temperature: float | None, floor: float) -> torch.Tensor:
-    """``log q(t | y)`` ``(B, L)``: ``(1 - floor) softmax(scores / temperature) + floor / slots``, -inf off the slots.
+def cut_log_probs(scores: torch.Tensor, lengths: torch.Tensor, temperature: float | None, floor: float,
+                  starts: torch.Tensor | None = None, limits: torch.Tensor | None = None) -> torch.Tensor:
+    """``log q(t | y)`` ``(B, L)``: ``(1 - floor) softmax(scores / temperature) + floor / slots``, -inf off the slots
+    (:func:`cut_slots`: with ``starts``, a row's forced tokens are no slots, and the softmax and the
+    uniform share are over its free slots only).
 
     ``temperature`` None (or ``floor`` 1) gives uniform cuts.
     """
-    valid = cut_slots(lengths, scores.shape[1])
+    valid = cut_slots(lengths, scores.shape[1], starts, limits)
     count = valid.sum(1, keepdim=True).float()
     uniform = valid.float() / count
     if temperature is None or floor >= 1:
@@ -138,11 +160,17 @@ class SuffixProposals:
     the new tokens; rows leave the batch as they finish (the batch is narrowed whenever half
     of its rows are done), so a step costs about ``L - t + 1`` token passes per chain.
     Without such a cache every proposal runs prompt + kept prefix as whole rows.
+
+    ``limits[b]`` (default ``width``) is the most tokens row ``b``'s response may hold: with
+    forced starts of different lengths each row holds its own start plus the same number of
+    free tokens (as :func:`seaflow.generation.sample` writes them).
     """
 
-    def __init__(self, model: torch.nn.Module, cache: PromptCache, width: int, eos_ids: list[int], pad_id: int, top_k: int | None = None):
+    def __init__(self, model: torch.nn.Module, cache: PromptCache, width: int, eos_ids: list[int], pad_id: int, top_k: int | None = None,
+                 limits: torch.Tensor | None = None):
         self.model, self.cache, self.width = model, cache, width
         self.eos_ids, self.pad_id, self.top_k = eos_ids, pad_id, top_k
+        self.limits = limits
 
     @property
     def cached(self) -> bool:
@@ -201,7 +229,7 @@ class SuffixProposals:
             out_kv, harvest = None, None
         lengths = _generate(
             self.model, past, mask, positions, logits, cuts, width, self.eos_ids, generators,
-            out_tokens, out_candidates, harvest,
+            out_tokens, out_candidates, harvest, None if self.limits is None else self.limits.to(device),
         )
         return out_tokens, lengths, out_kv, out_candidates
 
@@ -237,16 +265,21 @@ class SuffixProposals:
         return output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
 
 
-def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest):
-    """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot ``width - 1``.
+def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest, limits=None):
+    """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot
+    ``limits[b] - 1`` (default ``width - 1``).
 
     Rows leave the batch once half of it is done; ``harvest(global rows, local rows, cache)``
     sees each row's cache before it leaves (and the rest at the end). Returns the lengths.
     """
     device = tokens.device
     eos = torch.tensor(eos_ids, device=device)
-    budget = width - cuts
-    lengths = torch.full_like(cuts, width)  # a row that never writes EOS fills all L slots
+    if limits is None:
+        budget = width - cuts
+        lengths = torch.full_like(cuts, width)  # a row that never writes EOS fills all L slots
+    else:
+        budget = limits - cuts
+        lengths = limits.clone()  # a row that never writes EOS fills its slots
     ids = torch.arange(len(cuts), device=device)  # the batch's rows, as rows of the full batch
     finished = budget <= 0
     step = 0
@@ -365,20 +398,24 @@ class GradientCuts:
 
     ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V))`` gives the reward and its
     gradient with respect to the one-hot response; ``alpha`` scales the gradient into
-    log-target units before :func:`cut_scores`.
+    log-target units before :func:`cut_scores`. ``starts`` and ``limits`` (per row, see
+    :func:`cut_slots`) keep the cuts off each row's forced start, for every state alike: the
+    forward draw ``q(t | y)`` and the reverse ``q(t | y')`` of the acceptance ratio.
     """
 
-    def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float):
+    def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float,
+                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None):
         self.score_fn = score_fn
         self.alpha = alpha
         self.temperature = temperature
         self.floor = floor
         self.uniform = temperature is None or floor >= 1
+        self.starts, self.limits = starts, limits
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
         reward, grad = self.score_fn(tokens, lengths, need_grad=not self.uniform)
         scores = torch.zeros(tokens.shape, device=tokens.device) if grad is None else cut_scores(self.alpha * grad, tokens, lengths, candidates)
-        return reward, cut_log_probs(scores, lengths, self.temperature, self.floor)
+        return reward, cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
 
 
 def run_chains(
@@ -390,13 +427,16 @@ def run_chains(
     steps: int,
     seeds,
     correct_cut: bool = True,
+    reverse_cuts_fn: GradientCuts | None = None,
 ) -> ChainRun:
     """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
 
     ``seeds(step) -> list[int]`` gives one seed per row for step ``step``: the row's cut,
     its new suffix and its accept test draw from a generator seeded with it, so a chain's
     path does not depend on the other rows of the batch. ``correct_cut=False`` drops the
-    ``q(t | y') / q(t | y)`` factor (a wrong sampler, kept to show the factor matters).
+    ``q(t | y') / q(t | y)`` factor; ``reverse_cuts_fn`` computes ``q(t | y')`` with other cut
+    rules than the forward draw's (e.g. without the forced start's restriction). Both give a
+    wrong sampler, kept to show that the exact ratio matters.
     """
     device = tokens.device
     rows = tokens.shape[0]
@@ -418,7 +458,8 @@ def run_chains(
         new_reward = new_reward.float()
         log_ratio = alpha * (new_reward - state.reward)
         if correct_cut:
-            log_ratio = log_ratio + new_log_q[row_index, cuts] - state.log_q[row_index, cuts]
+            reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new_tokens, new_lengths, new_candidates)[1]
+            log_ratio = log_ratio + reverse[row_index, cuts] - state.log_q[row_index, cuts]
         log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
         accept = draws[:, 1].log() < log_ratio
         proposal = ChainState(new_tokens, new_lengths, new_reward, new_log_q, new_kv, new_candidates)
@@ -466,7 +507,8 @@ class GuidedSuffixMCMC(DecodingMethod):
     Per prompt, ``chains`` chains start from policy samples (or, with ``init_pool``, from the
     best ``chains`` of ``init_pool`` samples, candidate ``c`` being Best-of-N's candidate
     ``c``), run ``steps`` Metropolis steps on ``pi_ref(y|x) exp(alpha r(x, y))``, and the
-    best state any chain visited (discrete reward) is returned.
+    best state any chain visited (discrete reward) is returned. A forced start
+    (``data.response_prefix``) stays in place: the chains start after it and never cut it.
 
     Args:
         alpha: reward weight of the target; ``alpha * (r' - r)`` is the log acceptance ratio's
@@ -569,17 +611,29 @@ class GuidedSuffixMCMC(DecodingMethod):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         started = time.perf_counter()
-        self.refuse_forced(batch)
-        chains, width = self.chains, self.max_new_tokens
+        chains = self.chains
         prompt_ids, prompts, keys = self.expand(batch, chains)
-        pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch)
+        forced = self.forced_rows(batch, chains)  # data.response_prefix: every state starts with it, no cut touches it
+        width = self.response_width(forced)
+        pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch,
+                            forced=self.forced_rows(batch))
         tokens, lengths, candidate = pool.tokens, pool.lengths, pool.candidates
+        starts = limits = None
+        if forced:
+            starts = torch.tensor([len(ids) for ids in forced], device=tokens.device)
+            limits = starts + self.max_new_tokens
+            if bool((lengths < starts).any()):
+                raise ValueError(
+                    "a forced response start contains the policy's end-of-sequence token, so the response ends inside it: "
+                    "remove it from data.response_prefix (or the data.response_prefix_field texts), or shorten it with "
+                    "data.response_prefix_tokens"
+                )
         cache = prompt_cache(self.policy.model, prompt_ids, self.pad_id, width)
         top_k = min(self.cut_top_k, self.policy.vocab_size) if (self.guided and self.cut_top_k is not None) else None
-        proposals = SuffixProposals(self.policy.model, cache, width, self.eos_ids, self.pad_id, top_k)
+        proposals = SuffixProposals(self.policy.model, cache, width, self.eos_ids, self.pad_id, top_k, limits=limits)
         cuts_fn = GradientCuts(
             lambda t, n, need_grad: self.reward_and_grad(prompt_ids, prompts, t, n, need_grad),
-            self.alpha, self.cut_temperature, self.cut_floor,
+            self.alpha, self.cut_temperature, self.cut_floor, starts=starts, limits=limits,
         )
 
         def seeds(step: int) -> list[int]:
