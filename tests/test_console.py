@@ -54,6 +54,35 @@ def test_best_of_n_moves_per_candidate_block(tmp_path, tiny_models, bars):
     assert bar.updates == [(4, 8, "candidates"), (8, 8, "candidates")] * 2  # 2 prompts x 4 candidates per batch
 
 
+def _decoding_run(tmp_path, tiny_models, method: str, **init_args):
+    config = yaml.safe_load(tiny_config(tmp_path, tiny_models).read_text())
+    config["model"] = {"class_path": method, "init_args": {
+        "policy": str(tiny_models["policy"]), "reward": config["model"]["init_args"]["reward"], "max_new_tokens": 6, **init_args,
+    }}
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path), "--trainer.enable_progress_bar", "true"])
+
+
+def test_args_moves_per_decoded_token(tmp_path, tiny_models, bars):
+    made, _ = bars
+    _decoding_run(tmp_path, tiny_models, "ARGS", top_k=3, sample_batch=1)  # 2 prompts per batch, one row per block
+    (bar,) = made
+    per_batch = [u for u in bar.updates if u[1] == 12]
+    assert {unit for *_, unit in bar.updates} == {"token"} and len(per_batch) == len(bar.updates)
+    done = [d for d, _, _ in bar.updates]
+    # each batch counts up over 2 blocks x 6 tokens (a block may end early at EOS, then the next one starts at 6)
+    assert all(1 <= d <= 12 for d in done) and done.count(1) == 2 and done.count(7) == 2
+
+
+def test_cbs_moves_per_round(tmp_path, tiny_models, bars):
+    made, _ = bars
+    _decoding_run(tmp_path, tiny_models, "CBS", beams=2, samples_per_beam=2, chunk_length=2)
+    (bar,) = made
+    assert {unit for *_, unit in bar.updates} == {"round"}  # no per-block candidate counts inside a round
+    assert [d for d, _, _ in bar.updates][:1] == [1] and all(t == 3 for _, t, _ in bar.updates)
+
+
 def test_no_bar_when_the_config_turns_it_off(tmp_path, tiny_models, bars):
     made, _ = bars
     main(["predict", "--config", str(tiny_config(tmp_path, tiny_models))])  # enable_progress_bar: false

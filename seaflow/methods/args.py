@@ -11,6 +11,7 @@ from seaflow import generation
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.record import Record
+from seaflow.progress import report
 
 
 class ARGS(DecodingMethod):
@@ -60,9 +61,12 @@ class ARGS(DecodingMethod):
         forced = self.forced_rows(batch)
         width = self.response_width(forced)
         tokens, lengths = [], []
-        for start in range(0, len(keys), self.sample_batch):
+        blocks = -(-len(keys) // self.sample_batch)
+        for block, start in enumerate(range(0, len(keys), self.sample_batch)):
             rows = slice(start, start + self.sample_batch)
-            t, n = self.decode(prompt_ids[rows], prompts[rows], keys[rows], forced[rows] if forced else None)
+            # the progress bar (seaflow/progress.py) moves per decoded token of every block of rows
+            on_token = lambda step, block=block: report(block * width + step + 1, blocks * width, "token")  # noqa: E731
+            t, n = self.decode(prompt_ids[rows], prompts[rows], keys[rows], forced[rows] if forced else None, on_token)
             tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)
         tokens, lengths = torch.cat(tokens), torch.cat(lengths)
@@ -74,8 +78,10 @@ class ARGS(DecodingMethod):
         extras = [{"top_k": self.top_k, "weight": self.weight}] * len(keys)
         return self.records(batch, prompt_ids, prompts, tokens, lengths, rewards, elapsed, extras)
 
-    def decode(self, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], forced: list[list[int]] | None = None):
-        """Decode ``rows`` prompts; a row's ``forced`` start is emitted as is (no candidate is scored there)."""
+    def decode(self, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], forced: list[list[int]] | None = None,
+               on_token=None):
+        """Decode ``rows`` prompts; a row's ``forced`` start is emitted as is (no candidate is scored there).
+        ``on_token(step)`` is called after every decoded position."""
         forced = forced if forced and any(forced) else None
         rows, width, k = len(prompt_ids), self.response_width(forced), self.top_k
         device = self.device
@@ -109,6 +115,8 @@ class ARGS(DecodingMethod):
             done.logical_or_(torch.isin(token, eos))
             if limit is not None:
                 done.logical_or_(step + 1 >= limit)  # the row's free budget is spent
+            if on_token is not None:
+                on_token(step)
             return token
 
         return generation.sample(self.policy.model, prompt_ids, width, self.eos_ids, self.pad_id, [], choose=choose, forced=forced)

@@ -10,6 +10,7 @@ import torch
 from seaflow.layout import pad_rows
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.record import Record
+from seaflow.progress import report
 
 
 @dataclass
@@ -60,6 +61,7 @@ class CBS(DecodingMethod):
         forced = self.forced_rows(batch)  # a forced start is every beam's first tokens: chunks grow after it
         beams = [[Beam(list(forced[p]) if forced else [], float("-inf"), False)] for p in range(n_prompts)]
         rounds = scored = 0
+        total_rounds = -(-self.max_new_tokens // self.chunk_length)  # a round grows every live beam by one chunk
         while any(not b.finished for group in beams for b in group):
             done_tokens = rounds * self.chunk_length
             chunk = min(self.chunk_length, self.max_new_tokens - done_tokens)
@@ -71,6 +73,7 @@ class CBS(DecodingMethod):
                 [b * per_beam + j for _, b, j in parents],
                 purpose="sample" if rounds == 0 else f"cbs-round{rounds}",
                 max_new_tokens=chunk,
+                progress=False,
             )
             grown = [beams[p][b].tokens + tokens[i, : int(lengths[i])].tolist() for i, (p, b, _) in enumerate(parents)]
             padded, grown_lengths = pad_rows(grown, self.pad_id, device=self.device)
@@ -83,6 +86,7 @@ class CBS(DecodingMethod):
             # stable sort: ties keep the carried beams and the earlier chunks first
             beams = [sorted(group, key=lambda beam: -beam.reward)[: self.beams] for group in candidates]
             rounds += 1
+            report(rounds, max(total_rounds, rounds), "round")  # the progress bar (seaflow/progress.py); beams may all end early
         best = [group[0] for group in beams]
         tokens, lengths = pad_rows([b.tokens for b in best], self.pad_id, width=self.response_width(forced), device=self.device)
         elapsed = time.perf_counter() - started

@@ -55,6 +55,7 @@ class DecodingMethod(AlignmentMethod):
         purpose: str = "sample",
         max_new_tokens: int | None = None,
         forced: list[list[int]] | None = None,
+        progress: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy samples for explicit (prompt key, candidate index) rows, ``sample_batch`` at a time.
 
@@ -62,6 +63,8 @@ class DecodingMethod(AlignmentMethod):
         ``purpose="sample"`` candidate ``c`` is the same draw as SEA's initial chain ``c``
         and as ``AlignmentMethod.sample_responses``. ``forced[i]`` is row ``i``'s forced start
         (``data.response_prefix``): the rows hold it and ``max_new_tokens`` free tokens after it.
+        ``progress`` reports each block of rows to the progress bar (a caller with its own unit
+        of progress turns it off).
         """
         budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         width = budget + (max(map(len, forced)) if forced else 0)
@@ -77,7 +80,8 @@ class DecodingMethod(AlignmentMethod):
             )
             tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)
-            report(min(stop, len(prompt_ids)), len(prompt_ids), "candidates")  # the progress bar (seaflow/progress.py)
+            if progress:
+                report(min(stop, len(prompt_ids)), len(prompt_ids), "candidates")  # the progress bar (seaflow/progress.py)
         return torch.cat(tokens), torch.cat(lengths)
 
     # -- scoring -----------------------------------------------------------------------
