@@ -123,6 +123,7 @@ class EnergyFunction:
         self.candidate_evaluations = 0
         self.best_energy: torch.Tensor | None = None
         self.best_tokens: torch.Tensor | None = None
+        self.best_reward: torch.Tensor | None = None  # the reward term at each row's best state (with a reward term)
 
     def parts(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """The energy at ``y``, its terms, and the relaxed tokens the models saw."""
@@ -147,14 +148,14 @@ class EnergyFunction:
             (grad,) = torch.autograd.grad(energy.sum(), leaf)
         self.evaluations += 1
         energy = energy.detach()
-        self._track_best(energy, probs.detach())
+        self._track_best(energy, probs.detach(), parts.get("reward"))
         return Evaluation(y, energy, grad, {name: value.detach() for name, value in parts.items()})
 
     @torch.no_grad()
     def track(self, y: torch.Tensor) -> None:
         """Count ``y`` as a visited state for best-state tracking, without a gradient (e.g. the final iterate)."""
-        energy, _, probs = self.parts(y)
-        self._track_best(energy, probs)
+        energy, parts, probs = self.parts(y)
+        self._track_best(energy, probs, parts.get("reward"))
 
     # -- forward-only evaluation of candidate token sequences -----------------------------------
 
@@ -176,8 +177,10 @@ class EnergyFunction:
         flat = candidates.reshape(rows * k, width)
         owner = torch.arange(rows, device=flat.device).repeat_interleave(k)
         energy = torch.zeros(rows * k, device=flat.device)
+        reward = None
         if self.reward is not None:
-            energy -= self.alpha * self._full_rows(self.reward, self.reward_state, flat, owner)
+            reward = self._full_rows(self.reward, self.reward_state, flat, owner)
+            energy -= self.alpha * reward
         if self.reference is not None:
             if base is not None and isinstance(self.reference_state, PrefixLayout):
                 value = self._reference_after_base(flat, owner, base)
@@ -188,7 +191,8 @@ class EnergyFunction:
         energy = energy.view(rows, k)
         finite = torch.where(torch.isfinite(energy), energy, float("inf"))
         best = finite.argmin(1)
-        self._track_tokens(finite.gather(1, best.unsqueeze(1)).squeeze(1), candidates[torch.arange(rows), best])
+        self._track_tokens(finite.gather(1, best.unsqueeze(1)).squeeze(1), candidates[torch.arange(rows), best],
+                           None if reward is None else reward.view(rows, k).gather(1, best.unsqueeze(1)).squeeze(1))
         return energy
 
     def select(self, rows: torch.Tensor | None) -> None:
@@ -265,9 +269,10 @@ class EnergyFunction:
             value[chunk] += self.reference.value(rows, window).float()
         return value
 
-    def _track_tokens(self, energy: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Best-state tracking for token ids (see :meth:`_track_best`)."""
+    def _track_tokens(self, energy: torch.Tensor, tokens: torch.Tensor, reward: torch.Tensor | None = None) -> None:
+        """Best-state tracking for token ids (see :meth:`_track_best`); ``reward``: the reward term at ``tokens``."""
         energy = torch.where(torch.isfinite(energy), energy, float("inf"))
+        reward = None if reward is None else reward.detach().float().to(energy.device)
         if self.rows is not None:  # a subset of the rows: update their entries only
             rows = self.rows.to(energy.device)
             if self.best_energy is None:  # (the start point is always tracked with every row)
@@ -275,15 +280,20 @@ class EnergyFunction:
             better = energy < self.best_energy[rows]
             self.best_energy[rows] = torch.where(better, energy, self.best_energy[rows])
             self.best_tokens[rows] = torch.where(better.unsqueeze(1), tokens, self.best_tokens[rows])
+            if reward is not None and self.best_reward is not None:
+                self.best_reward[rows] = torch.where(better, reward, self.best_reward[rows])
             return
         if self.best_energy is None:
             self.best_energy, self.best_tokens = energy.clone(), tokens.clone()
+            self.best_reward = None if reward is None else reward.clone()
             return
         better = energy < self.best_energy
         self.best_energy = torch.where(better, energy, self.best_energy)
         self.best_tokens = torch.where(better.unsqueeze(1), tokens, self.best_tokens)
+        if reward is not None and self.best_reward is not None:
+            self.best_reward = torch.where(better, reward, self.best_reward)
 
-    def _track_best(self, energy: torch.Tensor, probs: torch.Tensor) -> None:
+    def _track_best(self, energy: torch.Tensor, probs: torch.Tensor, reward: torch.Tensor | None = None) -> None:
         """Keep, per row, the tokens of the lowest-energy state seen so far.
 
         Exact when the models saw one-hot tokens (straight-through, hard Gumbel-softmax):
@@ -294,7 +304,7 @@ class EnergyFunction:
         if not bool((values == 1).all()):
             return
         # a non-finite energy (a numerical fault, see ChainHealth) never counts as the best
-        self._track_tokens(energy, tokens)
+        self._track_tokens(energy, tokens, reward)
 
 
 @dataclass
@@ -390,18 +400,32 @@ class ChainHealth:
 
 class Patience:
     """Which chains have settled: their lowest energy has not improved for ``patience`` steps, or
-    (samplers with an ``accept`` diagnostic) they rejected ``patience`` proposals in a row."""
+    (samplers with an ``accept`` diagnostic) they rejected ``patience`` proposals in a row.
 
-    def __init__(self, rows: int, patience: int, device):
+    With ``group_size`` the rows form groups of that many consecutive chains (SEA: the chains of
+    one prompt, of which one is returned), and a group's *leader* never leaves: the chain whose
+    best state so far has the highest score (``scores``: the reward term of each row's best
+    state; without it the lowest energy seen), i.e. the chain that would be returned if the run
+    stopped now. A chain that left keeps its score, so the leader may be one that left.
+    """
+
+    def __init__(self, rows: int, patience: int, device, group_size: int | None = None):
         if not (isinstance(patience, int) and patience >= 1):
             raise ValueError(f"patience must be an integer >= 1 or null (model.init_args.patience), got {patience!r}")
+        if group_size is not None and (group_size < 1 or rows % group_size):
+            raise ValueError(f"group_size must divide the {rows} rows, got {group_size}")
         self.patience = patience
+        self.group_size = group_size
         self.lowest = torch.full((rows,), float("inf"), device=device)
         self.stale = torch.zeros(rows, dtype=torch.long, device=device)
         self.rejected = torch.zeros(rows, dtype=torch.long, device=device)
 
-    def update(self, rows: torch.Tensor, energy: torch.Tensor, accept: torch.Tensor | None) -> torch.Tensor:
-        """Record one step of the chains ``rows``; return which of them have settled."""
+    def update(self, rows: torch.Tensor, energy: torch.Tensor, accept: torch.Tensor | None,
+               scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Record one step of the chains ``rows``; return which of them have settled (and may leave).
+
+        ``scores``: one per batch row (higher = returned first), for the leader rule."""
+        rows = rows.to(self.lowest.device)
         energy = energy.to(self.lowest.device)
         improved = energy < self.lowest[rows]
         self.lowest[rows] = torch.where(improved, energy, self.lowest[rows])
@@ -411,7 +435,18 @@ class Patience:
             accept = accept.to(self.lowest.device) > 0
             self.rejected[rows] = torch.where(accept, 0, self.rejected[rows] + 1)
             settled |= self.rejected[rows] >= self.patience
+        if self.group_size is not None and bool(settled.any()):
+            settled &= ~self.leaders(scores)[rows]
         return settled
+
+    def leaders(self, scores: torch.Tensor | None) -> torch.Tensor:
+        """``(rows,)`` bool: each group's leader (highest score, the first on ties, as SEA's selection)."""
+        score = -self.lowest if scores is None else scores.to(self.lowest.device).float()
+        score = torch.nan_to_num(score, nan=float("-inf"))
+        groups = score.view(-1, self.group_size)
+        leader = torch.zeros_like(groups, dtype=torch.bool)
+        leader.scatter_(1, groups.argmax(1, keepdim=True), True)
+        return leader.flatten()
 
 
 def _compact_state(state: SamplerState, keep: torch.Tensor, rows: int, x: torch.Tensor) -> torch.Tensor:
@@ -446,6 +481,7 @@ def refine(
     progress=None,
     max_faults: int = 3,
     patience: int | None = None,
+    group_size: int | None = None,
 ) -> tuple[torch.Tensor, Trace]:
     """Run ``num_steps`` sampler steps from ``y``; return the final logits and the trace.
 
@@ -463,11 +499,14 @@ def refine(
     patience. A chain that settles after step ``t`` stays at the point step ``t`` started from
     (the last point whose energy was evaluated; ``decode: best`` loses nothing), its later trace
     entries repeat that point's energy, gradient norm and parts, its sampler diagnostics are 0,
-    and ``settled`` (1.0 from step ``t + 1``) marks them.
+    and ``settled`` (1.0 from step ``t + 1``) marks them. With ``group_size`` (rows in groups of that
+    many consecutive chains, one of which the caller returns) a group's leader never leaves: the
+    chain whose best state so far has the highest reward term (``energy_fn.best_reward``; without
+    best-state tracking, the lowest energy), see :meth:`Patience.leaders`.
     """
     rows = y.shape[0]
     active = torch.arange(rows, device=y.device)
-    watch = Patience(rows, patience, y.device) if patience is not None else None
+    watch = Patience(rows, patience, y.device, group_size) if patience is not None else None
     final = None  # with patience: every row's latest point once some chain settled
     state = sampler.init_state(y, num_steps)
     trace, health = Trace(), ChainHealth(y, max_faults)
@@ -491,7 +530,10 @@ def refine(
         if watch is None:
             trace.add(**values)
         else:
-            settled_now = watch.update(active, values["energy"], values.get("accept"))
+            scores = energy_fn.best_reward
+            if scores is None and energy_fn.best_energy is not None:
+                scores = -energy_fn.best_energy
+            settled_now = watch.update(active, values["energy"], values.get("accept"), scores)
             trace.add(**_full_rows(values, active, rows, last, set(out.diagnostics)), settled=_settled(active, rows, y.device))
             if bool(settled_now.any()) and step + 1 < num_steps:
                 # a settling chain stays at the point this step started from: the last one evaluated,

@@ -6,7 +6,7 @@ import torch
 from seaflow import SEA
 from seaflow.energies import LexiconReward, ReferenceLogLikelihood
 from seaflow.energies.base import ResponseBatch
-from seaflow.refine import EnergyFunction, refine
+from seaflow.refine import EnergyFunction, Patience, refine
 from seaflow.relaxations import OneHot
 from seaflow.rng import RowGenerators
 from seaflow.samplers import DiscreteLangevin, MultipleTryDiscreteLangevin
@@ -27,21 +27,22 @@ def _setup(policy, chains=4, width=6):
     allowed.scatter_(-1, tokens.unsqueeze(-1), True)
     y = torch.nn.functional.one_hot(tokens, policy.vocab_size).float() * 10
 
-    def run(sampler, patience, steps=10):
+    def run(sampler, patience, steps=10, group_size=None):
         generator = RowGenerators([torch.Generator().manual_seed(100 + i) for i in range(len(prompts))])
         energy_fn = EnergyFunction(batch, OneHot(), reward, reference, alpha=20.0, reference_weight=1.0, allowed=allowed)
-        out, trace = refine(y, energy_fn, sampler, steps, generator, patience=patience)
+        out, trace = refine(y, energy_fn, sampler, steps, generator, patience=patience, group_size=group_size)
         return out, trace.stacked(), energy_fn
 
     return run
 
 
+@pytest.mark.parametrize("group_size", [None, 4], ids=["any-chain", "leader-stays"])
 @pytest.mark.parametrize("sampler", [DiscreteLangevin(step_size=0.5), MultipleTryDiscreteLangevin(tries=2, step_size=0.5)],
                          ids=["dmala", "multiple-try"])
-def test_remaining_chains_move_as_without_patience(tiny_policy, sampler):
+def test_remaining_chains_move_as_without_patience(tiny_policy, sampler, group_size):
     run = _setup(tiny_policy)
     y_plain, plain, energy_plain = run(sampler, None)
-    y_early, early, energy_early = run(sampler, 2)
+    y_early, early, energy_early = run(sampler, 2, group_size=group_size)
     assert "settled" not in plain
     settled = early.pop("settled")
     steps, rows = settled.shape
@@ -91,3 +92,32 @@ def test_sea_patience(tiny_policy):
         assert b["energy_evaluations"] <= a["energy_evaluations"]  # calls (none once every chain settled), each on the remaining rows
     with pytest.raises(ValueError, match="model.init_args.patience"):
         SEA(reward=LexiconReward(), patience=0)
+
+
+def test_best_reward_is_the_reward_at_the_best_state(tiny_policy):
+    run = _setup(tiny_policy)
+    _, _, energy_fn = run(DiscreteLangevin(step_size=0.5), 2, group_size=4)
+    tokens = energy_fn.best_tokens
+    with torch.no_grad():
+        energy, parts, _ = energy_fn.parts(torch.nn.functional.one_hot(tokens, tiny_policy.vocab_size).float() * 10)
+    torch.testing.assert_close(energy, energy_fn.best_energy, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(parts["reward"], energy_fn.best_reward, rtol=1e-5, atol=1e-5)
+
+
+def test_a_groups_leader_never_leaves():
+    watch = Patience(rows=6, patience=1, device="cpu", group_size=3)
+    rows = torch.arange(6)
+    scores = torch.tensor([0.1, 0.5, 0.5, float("nan"), -1.0, -2.0])
+    watch.update(rows, torch.zeros(6), None, scores)  # first step: every energy improves on inf
+    settled = watch.update(rows, torch.zeros(6), None, scores)  # no improvement: all stale for 1 step
+    # leaders: row 1 (ties go to the first, as SEA's selection) and row 4 (NaN never leads)
+    assert settled.tolist() == [True, False, True, True, False, True]
+    # a chain that left keeps its score: here row 1 leads while only rows 0 and 2 still run
+    settled = watch.update(torch.tensor([0, 2]), torch.zeros(2), None, scores)
+    assert settled.tolist() == [True, True]
+    # without scores the lowest energy seen leads
+    watch = Patience(rows=4, patience=1, device="cpu", group_size=2)
+    watch.update(torch.arange(4), torch.tensor([3.0, 1.0, 0.0, 2.0]), None)
+    assert watch.update(torch.arange(4), torch.full((4,), 9.0), None).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="group_size"):
+        Patience(rows=6, patience=1, device="cpu", group_size=4)

@@ -63,7 +63,9 @@ class SEA(AlignmentMethod):
             ``initial_*`` fields stay the plain sample (candidate 0); ``pool_rewards`` lists all.
         patience: a chain whose lowest energy has not improved for this many steps (or that rejected
             this many proposals in a row) leaves the batch, and later steps run only the other rows
-            (seaflow.refine.refine); null = every chain runs every step.
+            (seaflow.refine.refine), unless it is its prompt's leader: the chain whose best state so far
+            has the highest reward term, the one that would be returned now; null = every chain runs
+            every step.
         compile: ``torch.compile`` the energy evaluation (relaxation + energy terms, their backward
             with them) with dynamic shapes: true (inductor) or a backend name; false = eager.
     """
@@ -209,7 +211,8 @@ class SEA(AlignmentMethod):
             ResponseBatch(prompt_ids, prompts, lengths.cpu(), width), self.relaxation, self.reward,
             self.reference, self.alpha, self.reference_weight, generator=generator, allowed=allowed, compile=self.compile,
         )
-        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults, patience=self.patience)
+        y, trace = refine(y, energy_fn, self.sampler, self.steps, generator, max_faults=self.max_faults,
+                          patience=self.patience, group_size=self.chains)
 
         # 3. decode and 4. score the discrete tokens
         if allowed is not None:
