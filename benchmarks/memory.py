@@ -70,17 +70,23 @@ def build_policy(dtype: torch.dtype, layers: int | None, device: str = "cpu") ->
 
 
 def profile_peak(fn):
-    """``(peak bytes, live tensors at the peak as [(bytes, category)])`` of the tensors ``fn`` creates."""
+    """``(peak bytes, live tensors at the peak as [(bytes, category, creating op)], the operator running at the
+    peak)`` of the tensors ``fn`` creates."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
     memory = prof._memory_profile()
+    creators: dict = {}  # tensor -> the top-level operator (or autograd node) that created it
+    for node in memory._data_flow_graph.flow_nodes:
+        for key in (*node.outputs, *node.intermediates):
+            creators.setdefault(key, node._event.name.replace("autograd::engine::evaluate_function: ", ""))
     live: dict = {}
     total = peak = 0
     snapshot: dict = {}
-    for _, action, (key, version), size in memory.timeline:
+    peak_time = None
+    for time_ns, action, (key, version), size in memory.timeline:
         if action == Action.CREATE:
             live[key] = (size, version)
             total += size
@@ -90,22 +96,24 @@ def profile_peak(fn):
         elif action == Action.INCREMENT_VERSION and key in live:
             live[key] = (live[key][0], version)
         if total > peak:
-            peak, snapshot = total, dict(live)
+            peak, snapshot, peak_time = total, dict(live), time_ns
     tensors = []
     for key, (size, version) in snapshot.items():
         category = memory._categories.get(key, version)
-        tensors.append((size, category.name.lower() if category is not None else "unknown"))
-    return peak, tensors
+        tensors.append((size, category.name.lower() if category is not None else "unknown", creators.get(key, "?")))
+    during = [node._event.name for node in memory._data_flow_graph.flow_nodes
+              if peak_time is not None and node._event.start_time_ns <= peak_time <= node._event.end_time_ns]
+    return peak, tensors, (during[-1].replace("autograd::engine::evaluate_function: ", "") if during else "?")
 
 
 def cuda_peak(fn):
-    """``(peak bytes above what was allocated before, [])``: CUDA's allocator statistics (no breakdown)."""
+    """``(peak bytes above what was allocated before, [], None)``: CUDA's allocator statistics (no breakdown)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base, []
+    return torch.cuda.max_memory_allocated() - base, [], None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,28 +158,29 @@ def main(argv: list[str] | None = None) -> None:
                 energy_fn = EnergyFunction(batch, StraightThrough(), reward, reference, alpha=1.0, reference_weight=1.0)
             y = torch.randn(chains, args.length, vocab, generator=g).to(device)
             started = time.perf_counter()
-            peak, tensors = (cuda_peak if device.startswith("cuda") else profile_peak)(lambda: energy_fn(y))
+            peak, tensors, during = (cuda_peak if device.startswith("cuda") else profile_peak)(lambda: energy_fn(y))
             seconds = time.perf_counter() - started
             increment = "-" if previous is None else f"{(peak - previous[1]) / (chains - previous[0]) / 2**30:.3f} GiB"
             print(f"| {variant} | {chains} | {peak / 2**30:.3f} GiB | {increment} | {seconds:.0f} |", flush=True)
             if variant == args.variants[0]:
-                last = (chains, tensors)
+                last = (chains, tensors, during)
             previous = (chains, peak, variant)
             del energy_fn, y
-        chains, tensors = last
+        chains, tensors, during = last
         if not tensors:
             continue
         by_category = Counter()
-        for size, category in tensors:
+        for size, category, _ in tensors:
             by_category[category] += size
-        print(f"\nlive at the peak of {chains} chains, by category: " + ", ".join(
+        print(f"\nthe peak of {chains} chains is reached in {during}; live then, by category: " + ", ".join(
             f"{name} {size / 2**30:.3f} GiB" for name, size in by_category.most_common()))
         unit = unit_bytes * chains
-        big = sorted(((size, category) for size, category in tensors if size >= unit // 4), reverse=True)
-        print(f"tensors of at least a quarter of one (chains, L, V) float32 tensor ({unit / 2**20:.0f} MiB), in those units: " + ", ".join(
-            f"{size / unit:.2f} ({category})" for size, category in big))
-        small = sum(size for size, _ in tensors if size < unit // 4)
-        print(f"the rest: {small / 2**30:.3f} GiB in {sum(1 for s, _ in tensors if s < unit // 4)} tensors\n", flush=True)
+        big = sorted((t for t in tensors if t[0] >= unit // 4), reverse=True)
+        print(f"tensors of at least a quarter of one (chains, L, V) float32 tensor ({unit / 2**20:.0f} MiB), in those units "
+              "(profiler category, operator or autograd node that created it): " + ", ".join(
+                  f"{size / unit:.2f} ({category}, {creator})" for size, category, creator in big))
+        small = sum(t[0] for t in tensors if t[0] < unit // 4)
+        print(f"the rest: {small / 2**30:.3f} GiB in {sum(1 for t in tensors if t[0] < unit // 4)} tensors\n", flush=True)
         del policy, reference
 
 
