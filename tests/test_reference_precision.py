@@ -71,6 +71,33 @@ def test_blocks_equal_the_whole_tensor_float32_expression(monkeypatch, block_ele
         _token_logprobs([z[:, :8]], p)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reused_logits_same_gradients_and_a_second_backward_fails(dtype):
+    """``reuse_logits`` writes dz over the (non-leaf) logits: the same values and gradients; a second
+    backward pass through them raises autograd's in-place error instead of reading dz as z; logits
+    that belong to the caller (a leaf or a view of one) are never overwritten."""
+    g = torch.Generator().manual_seed(4)
+    z = (torch.randn(2, 9, 50, generator=g) * 5).to(dtype)
+    p = torch.softmax(torch.randn(2, 9, 50, generator=g) * 2, -1)
+    weights = torch.randn(2, 9, generator=g)
+    results = []
+    for reuse in (False, True):
+        z_leaf, p_leaf = z.clone().requires_grad_(True), p.clone().requires_grad_(True)
+        logits = z_leaf * 1.0  # a model output: not a leaf
+        value = _token_logprobs([logits[:, :4], logits[:, 4:]], p_leaf, reuse_logits=reuse)
+        loss = (value * weights).sum()
+        results.append((value.detach(), *torch.autograd.grad(loss, (z_leaf, p_leaf), retain_graph=True)))
+        if reuse:
+            with pytest.raises(RuntimeError, match="inplace operation"):
+                torch.autograd.grad(loss, (z_leaf, p_leaf))
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+    z_leaf = z.clone().requires_grad_(True)
+    value = _token_logprobs([z_leaf[:, :4], z_leaf[:, 4:]], p, reuse_logits=True)
+    value.sum().backward()
+    assert torch.equal(z_leaf.detach(), z)
+
+
 def _bfloat16_copy(policy):
     model = copy.deepcopy(policy.model).to(torch.bfloat16)
     return LoadedModel(model, policy.tokenizer, policy.name + "-bf16")

@@ -45,7 +45,8 @@ class ReferenceLogLikelihood(EnergyTerm):
 
     def token_logprobs(self, layout: Layout | PrefixLayout, response: torch.Tensor) -> torch.Tensor:
         """Per-position log-likelihood ``(B, L)``, zero at inactive positions."""
-        per_token = _token_logprobs(layout.next_token_logit_blocks(self.policy.model, response), response)
+        blocks = layout.next_token_logit_blocks(self.policy.model, response)
+        per_token = _token_logprobs(blocks, response, reuse_logits=True)  # the blocks are this call's own
         mask = active_mask(layout.lengths.to(per_token.device), response.shape[1])
         return per_token * mask
 
@@ -53,7 +54,7 @@ class ReferenceLogLikelihood(EnergyTerm):
         return self.token_logprobs(prepared, response).sum(-1)
 
 
-def _token_logprobs(logits: torch.Tensor | list[torch.Tensor], response: torch.Tensor) -> torch.Tensor:
+def _token_logprobs(logits: torch.Tensor | list[torch.Tensor], response: torch.Tensor, reuse_logits: bool = False) -> torch.Tensor:
     """``sum_v p_v log_softmax(logits)_v`` per position (or the log-probability of token ids), float32
     (float64 for float64 inputs).
 
@@ -62,13 +63,17 @@ def _token_logprobs(logits: torch.Tensor | list[torch.Tensor], response: torch.T
     and no joined copy of the blocks is made: the arithmetic is float32, a few positions at a time
     (:func:`_position_blocks`), and the gradient to a distribution ``response`` is built in one
     buffer of its shape (no slice of it is taken, whose gradient would be another full tensor).
+    ``reuse_logits``: the backward pass writes each block's gradient over the block itself (which
+    it no longer needs), for logits that nothing else reads afterwards (a second backward pass
+    through them, or another autograd node that saved them, then fails with autograd's
+    in-place modification error instead of reading wrong values).
     """
     blocks = [logits] if isinstance(logits, torch.Tensor) else list(logits)
     width = sum(block.shape[-2] for block in blocks)
     if width != response.shape[-1 if response.dtype == torch.long else -2]:
         raise ValueError(f"the logit blocks cover {width} positions, the response has {tuple(response.shape)}")
     if response.dtype != torch.long:
-        return _ExpectedLogSoftmax.apply(response, *blocks)
+        return _ExpectedLogSoftmax.apply(response, reuse_logits, *blocks)
     pieces, start = [], 0
     for block in blocks:
         ids = response[..., start : start + block.shape[-2]]
@@ -132,11 +137,12 @@ class _ExpectedLogSoftmax(torch.autograd.Function):
     input's dtype and shape (``dz = g (p - softmax(z) sum p)``, ``dp = g (z - logsumexp z)``).
     The arithmetic is float32, a few positions at a time: for float32 inputs the results are those
     of the whole-tensor float32 expression, and a bfloat16 ``z`` is never copied to float32 (its
-    gradient is rounded to bfloat16 once, as autograd rounds the gradient of an upcast).
+    gradient is rounded to bfloat16 once, as autograd rounds the gradient of an upcast). With
+    ``reuse_logits`` each ``dz`` is written over its ``z`` (see :func:`_token_logprobs`).
     """
 
     @staticmethod
-    def forward(ctx, probs: torch.Tensor, *blocks: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, probs: torch.Tensor, reuse_logits: bool, *blocks: torch.Tensor) -> torch.Tensor:
         dtype = _arithmetic_dtype(probs, *blocks)
         normaliser = torch.empty(probs.shape[:-1], dtype=dtype, device=probs.device)
         mass = torch.empty_like(normaliser)
@@ -147,6 +153,7 @@ class _ExpectedLogSoftmax(torch.autograd.Function):
             normaliser[target[:-1]], mass[target[:-1]] = lse, total
             value[target[:-1]] = (p * z).sum(-1) - lse * total
         ctx.save_for_backward(probs, normaliser, mass, *blocks)
+        ctx.reuse_logits = reuse_logits and not torch.compiler.is_compiling()
         return value
 
     @staticmethod
@@ -155,13 +162,21 @@ class _ExpectedLogSoftmax(torch.autograd.Function):
         grad = grad.to(normaliser.dtype)
         needs = ctx.needs_input_grad
         grad_probs = torch.empty_like(probs) if needs[0] else None
-        grad_blocks = [torch.empty_like(block) if wanted else None for block, wanted in zip(blocks, needs[1:])]
+        grad_blocks = [
+            None if not wanted else block.detach() if ctx.reuse_logits and not _leaf_memory(block) else torch.empty_like(block)
+            for block, wanted in zip(blocks, needs[2:])
+        ]
         for number, index, target in _spans(probs, blocks):
-            z = blocks[number][index].to(normaliser.dtype)
+            z = blocks[number][index].to(normaliser.dtype)  # (read before its gradient may overwrite it)
             g, lse = grad[target[:-1]].unsqueeze(-1), normaliser[target[:-1]].unsqueeze(-1)
+            if grad_probs is not None:
+                grad_probs[target] = (z - lse).mul_(g)
             if grad_blocks[number] is not None:
                 soft = (z - lse).exp_()  # softmax(z)
                 grad_blocks[number][index] = soft.mul_(-mass[target[:-1]].unsqueeze(-1)).add_(probs[target]).mul_(g)
-            if grad_probs is not None:
-                grad_probs[target] = (z - lse).mul_(g)
-        return (grad_probs, *grad_blocks)
+        return (grad_probs, None, *grad_blocks)
+
+
+def _leaf_memory(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a leaf or a view of one (memory that belongs to the caller)."""
+    return tensor.is_leaf or (tensor._base is not None and tensor._base.is_leaf)
