@@ -168,7 +168,7 @@ def test_bfloat16_policy_against_float64_direct_computation(tiny_policy):
     measured here (bfloat16 forward against float64); the term adds float32 rounding only.
     Gradient to ``y``: every operation of the bfloat16 forward and backward rounds to 8 bits
     (2^-8 = 0.4 %); through two layers, attention and the softmax's gradient the relative error
-    of the whole gradient stays below a few percent, checked at 5 %.
+    of the whole gradient is 0.6-0.7 % on these rows, checked at 2 % (three times that).
     """
     policy = _bfloat16_copy(tiny_policy)
     model64 = copy.deepcopy(policy.model).to(torch.float64)
@@ -198,4 +198,4 @@ def test_bfloat16_policy_against_float64_direct_computation(tiny_policy):
         logit_error = (z16 - z64).abs().amax(-1)  # per position
         assert abs(float(value[row]) - float(value64)) <= 2 * float(logit_error.sum()) + 1e-4
         relative = float((grad[row].double() - grad64).norm() / grad64.norm())
-        assert relative <= 0.05, relative
+        assert relative <= 0.02, relative
