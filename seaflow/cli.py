@@ -355,7 +355,8 @@ def offline_wandb(trainer) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and not logger._offline and "mode" not in logger._wandb_init and "WANDB_MODE" not in os.environ:
+        # the parser passes every wandb.init argument the config leaves out as None (mode too)
+        if isinstance(logger, WandbLogger) and not logger._offline and logger._wandb_init.get("mode") is None and "WANDB_MODE" not in os.environ:
             logger._wandb_init["mode"] = "offline"
         # save_dir's default is "." (the working directory): the run goes next to the records instead
         if isinstance(logger, WandbLogger) and str(logger._wandb_init.get("dir") or ".") == "." and trainer.default_root_dir:

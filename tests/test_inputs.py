@@ -5,6 +5,7 @@ docs/reliability.md lists each case with its outcome; each has a test here.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -291,11 +292,15 @@ def test_a_reward_model_with_another_tokenizer_of_the_same_size_is_refused(tiny_
 
 
 def _capture_wandb_init(monkeypatch):
+    """Record every ``wandb.init`` call, run disabled. The stand-in keeps ``wandb.init``'s signature: the CLI's
+    parser expands WandbLogger's ``**kwargs`` into it (every argument the config leaves out arrives as None),
+    so a plain ``(*args, **kwargs)`` stand-in would hide what a real run passes."""
     wandb = pytest.importorskip("wandb")
     wandb.finish()  # a run left open by an earlier test would be reused without wandb.init
     calls = []
     real_init = wandb.init
 
+    @functools.wraps(real_init)
     def init(*args, **kwargs):
         calls.append({"mode": kwargs.get("mode"), "env": os.environ.get("WANDB_MODE"), "dir": kwargs.get("dir")})
         kwargs["mode"] = "disabled"  # never reach the network from a test, whatever was asked
