@@ -1,6 +1,6 @@
 """The prefilling attack table: attack success per method and forced-prefix length.
 
-    for m in sample best_of_n args cbs sea; do for k in 0 3 7; do
+    for m in sample best_of_n args cbs sea suffix_mcmc; do for k in 0 3 7; do
       seaflow predict --config configs/advbench/prefill/$m.yaml --data.response_prefix_tokens $k --output.output_dir runs/prefill/${m}_k$k
     done; done
     python benchmarks/prefill.py [--runs runs/prefill] [--ks 0,3,7]
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from seaflow.refusal import is_harmful  # noqa: E402
 from seaflow.report import bootstrap, load_run  # noqa: E402
 
-METHODS = ("sample", "best_of_n", "args", "cbs", "sea")
+METHODS = ("sample", "best_of_n", "args", "cbs", "sea", "suffix_mcmc")
 
 
 def cell(values: list[float | None], percent: bool = False, digits: int = 2, scale: float = 1.0) -> str:
