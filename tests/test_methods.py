@@ -11,10 +11,11 @@ import yaml
 
 from seaflow import generation
 from seaflow.cli import main
-from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward
 from seaflow.methods import ARGS, CBS, BestOfN, Sample
 from seaflow.methods.record import FIELDS, Cost, make_record
+
+from tiny import run_method
 
 PROMPTS = ["describe the city", "tell me about the weather", "write about my dog", "how was the train"]
 CORE_FIELDS = ("id", "index", "prompt", "method", "response", "response_token_ids", "reward", "ref_logprob_per_token",
@@ -46,17 +47,7 @@ def run_cli(tmp_path: Path, class_path: str, **init_args) -> list[dict]:
 
 def direct(method, tiny_policy, prompts=PROMPTS, batch_size=None):
     """Run ``method`` without Lightning on the tiny policy; records in prompt order."""
-    method.attach(tiny_policy)
-    data = PromptDataModule(path="unused", batch_size=len(prompts))
-    data.prompts = [{"id": f"p{i}", "prompt": t, "index": i} for i, t in enumerate(prompts)]
-    data.attach_tokenizer(tiny_policy.tokenizer)
-    items = data.items()
-    size = batch_size or len(items)
-    records = []
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        records += method.predict_step({key: [item[key] for item in chunk] for key in chunk[0]})
-    return records, items
+    return run_method(method, tiny_policy, prompts, batch_size)
 
 
 @pytest.mark.parametrize(

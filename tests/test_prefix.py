@@ -5,8 +5,6 @@ discrete sampler, ARGS, CBS, Best-of-N, Sample, GuidedSuffixMCMC, BiasedDecoding
 those positions. Tiny random models.
 """
 
-import json
-
 import pytest
 import torch
 
@@ -16,6 +14,8 @@ from seaflow.methods import ARGS, CBS, SEA, BestOfN, BiasedDecoding, GuidedSuffi
 from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.relaxations.one_hot import OneHot
 from seaflow.samplers.langevin import Langevin
+
+from tiny import run_method
 
 PROMPTS = ["describe the city", "tell me about the weather", "write about my dog"]
 PREFIX = "sure here is how to"
@@ -51,17 +51,7 @@ def methods():
 
 def run(method, policy, prompts=PROMPTS, batch_size=None, rows=None, **data_options):
     """Records of ``method`` on ``prompts`` through the data module (no Lightning), batch by batch."""
-    method.attach(policy)
-    data = PromptDataModule(path="unused", **data_options)
-    data.prompts = rows or [{"id": f"p{i}", "prompt": t, "index": i} for i, t in enumerate(prompts)]
-    data.attach_tokenizer(policy.tokenizer)
-    items = data.items()
-    size = batch_size or len(items)
-    records = []
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        records += method.predict_step({key: [item[key] for item in chunk] for key in chunk[0]})
-    return records, items
+    return run_method(method, policy, prompts, batch_size, rows, **data_options)
 
 
 def encode(policy, text):

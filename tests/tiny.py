@@ -1,5 +1,5 @@
-"""Tiny random HF models for tests (built by seaflow.testing.tiny, shipped with the package) and
-a helper that runs a shipped config on them."""
+"""Tiny random HF models for tests (built by seaflow.testing.tiny, shipped with the package),
+a helper that runs a shipped config on them, and one that runs a method without Lightning."""
 
 from __future__ import annotations
 
@@ -8,6 +8,25 @@ from pathlib import Path
 import torch
 
 from seaflow.testing.tiny import CHAT_TEMPLATE, SPECIAL, WORDS, build_models, build_tokenizer, llama_config  # noqa: F401
+
+
+def run_method(method, policy, prompts: list[str] = (), batch_size: int | None = None, rows: list[dict] | None = None,
+               **data_options) -> tuple[list[dict], list[dict]]:
+    """``(records, items)`` of ``method`` on ``prompts`` (or explicit prompt ``rows``) through the
+    data module without Lightning, ``batch_size`` prompts per ``predict_step`` (default: all)."""
+    from seaflow.data import PromptDataModule
+
+    method.attach(policy)
+    data = PromptDataModule(path="unused", **data_options)
+    data.prompts = rows or [{"id": f"p{i}", "prompt": t, "index": i} for i, t in enumerate(prompts)]
+    data.attach_tokenizer(policy.tokenizer)
+    items = data.items()
+    size = batch_size or len(items)
+    records = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        records += method.predict_step({key: [item[key] for item in chunk] for key in chunk[0]})
+    return records, items
 
 
 def run_config_on_tiny(config: dict, tmp_path: Path, tiny_models: dict[str, Path], **init_args) -> list[dict]:
