@@ -81,10 +81,10 @@ class CachedResponsesData(L.LightningDataModule):
     train_rows: list[dict] | None
     val_rows: list[dict]
 
-    def sample_missing(self, planned: list[dict], policy, encode, record) -> None:
+    def sample_missing(self, planned: list[dict], load_policy, encode, record) -> None:
         """Sample a response for each planned item not yet in the cache.
 
-        ``policy()`` loads the policy (only when something is missing); ``encode(tokenizer, item)
+        ``load_policy()`` loads the policy (only when something is missing); ``encode(tokenizer, item)
         -> (prompt ids, forced response start ids)``; ``record(tokenizer, item, forced start ids,
         sampled ids) -> dict`` of fields written beside the item's own.
         """
@@ -94,7 +94,7 @@ class CachedResponsesData(L.LightningDataModule):
         if not todo:
             return
         log.warning("sampling %d policy responses into %s (cached; later runs reuse them)", len(todo), path)
-        policy = policy()
+        policy = load_policy()
         tok = policy.tokenizer
         eos = policy.model.generation_config.eos_token_id
         eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None] or [tok.eos_token_id]
