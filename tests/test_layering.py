@@ -63,9 +63,10 @@ def test_energies_and_relaxations_import_no_lightning(module):
     assert not bad, f"{module} imports {bad}"
 
 
-def test_the_refinement_loop_imports_no_cli_and_no_lightning():
-    bad = offending("seaflow.refine", ("seaflow.cli", "lightning", "seaflow.methods", "seaflow.writer", "seaflow.data"))
-    assert not bad, f"seaflow.refine imports {bad}"
+@pytest.mark.parametrize("module", ["seaflow.refine", "seaflow.chains"])
+def test_the_loops_import_no_cli_and_no_lightning(module):
+    bad = offending(module, ("seaflow.cli", "lightning", "seaflow.methods", "seaflow.writer", "seaflow.data"))
+    assert not bad, f"{module} imports {bad}"
 
 
 def test_the_check_sees_imports():

@@ -151,19 +151,19 @@ FIELD_ROWS = [
 def test_suffix_chains_never_cut_or_change_the_forced_start(tiny_policy, monkeypatch, cached):
     """Per-prompt starts of 1, 5 and 0 tokens in one batch: every proposal of every chain at every
     step keeps its row's start, every cut is after it, and each row holds at most its start + NEW."""
-    from seaflow.methods import suffix_mcmc
+    from seaflow import chains
 
     if not cached:
-        monkeypatch.setattr(suffix_mcmc, "supports_prefix_cache", lambda model: False)
+        monkeypatch.setattr(chains, "supports_prefix_cache", lambda model: False)
     proposed = []
-    propose = suffix_mcmc.SuffixProposals.propose
+    propose = chains.SuffixProposals.propose
 
     def spy(self, tokens, lengths, kv, candidates, cuts, generators):
         out = propose(self, tokens, lengths, kv, candidates, cuts, generators)
         proposed.append((cuts.clone(), out[0].clone(), out[1].clone()))
         return out
 
-    monkeypatch.setattr(suffix_mcmc.SuffixProposals, "propose", spy)
+    monkeypatch.setattr(chains.SuffixProposals, "propose", spy)
     method = GuidedSuffixMCMC(alpha=20.0, chains=3, steps=5, cut_top_k=5, max_new_tokens=NEW, reward=reward())
     records, _ = run(method, tiny_policy, rows=FIELD_ROWS, response_prefix_field="target")
     starts = [encode(tiny_policy, row.get("target", "")) if row.get("target") else [] for row in FIELD_ROWS]

@@ -13,7 +13,7 @@ from tiny import run_config_on_tiny
 from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.methods import BestOfN, GuidedSuffixMCMC
-from seaflow.methods.suffix_mcmc import (
+from seaflow.chains import (
     GradientCuts, PromptCache, SuffixProposals, cut_log_probs, cut_scores, prompt_cache, resample_suffixes, run_chains,
 )
 from test_methods import direct

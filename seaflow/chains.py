@@ -1,0 +1,533 @@
+"""The engine of GuidedSuffixMCMC: the policy rewrites a suffix, a Metropolis test on the reward accepts.
+
+Target: ``pi(y) ∝ pi_ref(y | x) exp(alpha r(x, y))``, the optimum of the KL-regularised
+reward objective (the distribution SEA aims at), over the responses the policy can write
+within ``max_new_tokens`` tokens.
+
+One step, for every chain of every prompt at once:
+
+1. **cut**: draw a slot ``t`` from ``q(t | y)``. The slots of a response of ``n`` tokens
+   are its tokens ``0 .. n-1`` plus the EOS slot ``n`` when ``n < L`` (cutting there lets the
+   response grow). ``q`` is a softmax over per-slot scores from the gradient of
+   ``alpha r`` with respect to the one-hot response (:func:`cut_scores`: the first-order
+   gain of the best replacement token at that slot, among the policy's ``cut_top_k`` next
+   tokens), at temperature ``cut_temperature``, mixed with a uniform floor ``cut_floor`` so
+   every slot keeps a positive probability;
+2. **resample**: keep ``y_<t`` and let the policy (temperature 1, no top-p) write a new
+   suffix from slot ``t`` until EOS or ``L`` tokens in all (:func:`resample_suffixes`; the
+   prompt's keys and values are computed once per batch, each step runs only the kept
+   prefix and the new tokens);
+3. **accept** with probability ``min(1, exp(alpha (r(y') - r(y))) q(t | y') / q(t | y))``.
+
+Why that ratio is exact (docs/method.md derives it in full): for a fixed cut ``t`` the
+move draws ``y' = y_<t + s`` with probability ``q(t | y) pi_ref(s | x, y_<t)``; the reverse
+move from ``y'`` with the same ``t`` draws ``y``'s suffix with ``q(t | y') pi_ref(y_>=t | x, y_<t)``;
+``pi_ref(y) = pi_ref(y_<t) pi_ref(y_>=t | y_<t)`` (EOS included, a length-L response has no
+EOS factor, exactly as the capped sampler writes it), so every ``pi_ref`` factor cancels
+and each cut's kernel satisfies detailed balance on its own; the mixture over cuts does too.
+``t`` is a valid cut of ``y'`` whenever it is one of ``y`` (``y'`` keeps ``y_<t`` and
+fills at least slot ``t``). A proposal at another temperature or top-p would leave the
+reference and proposal log-probabilities in the ratio: those settings are refused.
+
+``q(t | y')`` needs the gradient at the proposal: it is computed there for every proposal,
+and is the gradient the next step needs when the proposal is accepted, so each step costs
+one suffix generation and one reward forward and backward pass per chain. The policy's
+top-k at the proposal's slots comes from the generation itself (the kept prefix's logits and
+the sampling logits). Each prompt returns the best state (discrete reward) any of its
+chains visited; the record keeps every chain's acceptance rate and its trace.
+
+A forced start (``data.response_prefix``, the prefilling attack) of ``k`` tokens is the
+first ``k`` tokens of every state: the initial samples continue after it, the cut slots of
+that row are ``t >= k`` only, in the forward ``q(t | y)`` and the reverse ``q(t | y')``
+alike, so no proposal changes it, and the chain is exact for
+``pi_ref(y_>=k | x, y_<k) exp(alpha r(x, y))`` over the responses that start with it (the
+reward, and the records' reference statistics, score the whole response, the start
+included). Each row holds its own start plus ``max_new_tokens`` free tokens.
+
+This module knows no Lightning: :func:`run_chains` takes the proposals, the cut rule (with
+the reward and its gradient, :class:`OneHotRewardGradient`) and per-step seeds;
+:class:`seaflow.methods.GuidedSuffixMCMC` is the LightningModule that wires them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from seaflow import generation
+from seaflow.energies.base import ResponseBatch
+from seaflow.layout import PrefixLayout, active_mask, build_layout, build_prefix_layout, cache_argument, output_cache, supports_prefix_cache, with_prefix_cache
+from seaflow.progress import report
+
+
+# -- the cut distribution ------------------------------------------------------------------
+
+
+def cut_slots(lengths: torch.Tensor, width: int, starts: torch.Tensor | None = None, limits: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, width)`` mask of the slots a response may be cut at: its tokens and, if ``n < width``, its EOS slot.
+
+    With a forced start (``data.response_prefix``) row ``b``'s slots are ``starts[b] ..``: its
+    first ``starts[b]`` tokens are never cut; ``limits[b]`` (default ``width``) is the most
+    tokens row ``b`` may hold, so its EOS slot exists only when ``n < limits[b]``.
+    """
+    slots = torch.arange(width, device=lengths.device).unsqueeze(0)
+    if limits is None:
+        valid = slots <= lengths.clamp(max=width - 1).unsqueeze(1)
+    else:
+        valid = slots <= torch.minimum(lengths, limits.to(lengths.device) - 1).unsqueeze(1)
+    if starts is not None:
+        valid = valid & (slots >= starts.to(lengths.device).unsqueeze(1))
+    return valid
+
+
+def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slot score ``(B, L)``: the first-order gain of the best replacement token.
+
+    ``grad[b, u, v]`` is the derivative of ``alpha r`` with respect to the one-hot entry
+    ``(u, v)`` of response ``b``; the score of token slot ``u`` is
+    ``max_{v in C_u} grad[b, u, v] - grad[b, u, y_u]``, the predicted change of
+    ``log pi`` when slot ``u`` takes the best token of ``C_u`` (the policy's top-k next
+    tokens at ``u`` given ``candidates``, else the whole vocabulary). The EOS slot and
+    slots past it score 0.
+    """
+    current = grad.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    best = grad.amax(-1) if candidates is None else grad.gather(-1, candidates).amax(-1)
+    scores = (best - current).float()
+    active = active_mask(lengths.to(scores.device), tokens.shape[1])
+    return torch.where(active, scores, torch.zeros_like(scores))
+
+
+def cut_log_probs(scores: torch.Tensor, lengths: torch.Tensor, temperature: float | None, floor: float,
+                  starts: torch.Tensor | None = None, limits: torch.Tensor | None = None) -> torch.Tensor:
+    """``log q(t | y)`` ``(B, L)``: ``(1 - floor) softmax(scores / temperature) + floor / slots``, -inf off the slots
+    (:func:`cut_slots`: with ``starts``, a row's forced tokens are no slots, and the softmax and the
+    uniform share are over its free slots only).
+
+    ``temperature`` None (or ``floor`` 1) gives uniform cuts.
+    """
+    valid = cut_slots(lengths, scores.shape[1], starts, limits)
+    count = valid.sum(1, keepdim=True).float()
+    uniform = valid.float() / count
+    if temperature is None or floor >= 1:
+        probs = uniform
+    else:
+        logits = torch.where(valid, scores.float() / temperature, torch.full_like(scores, float("-inf"), dtype=torch.float))
+        probs = (1 - floor) * torch.softmax(logits, dim=-1) + floor * uniform
+    return torch.where(valid, probs.log(), torch.full_like(probs, float("-inf")))
+
+
+# -- one batch of suffix proposals -----------------------------------------------------------
+
+
+@dataclass
+class PromptCache:
+    """The prompts' keys and values for all rows (prompts x chains), computed once per batch."""
+
+    layout: PrefixLayout | None  # with key_values; None when the model's cache cannot be re-wrapped
+    prompt_ids: list[list[int]]
+
+
+def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, width: int) -> PromptCache:
+    """Key/value cache of the distinct prompts, expanded to one row per entry of ``prompt_ids``."""
+    device = model.get_input_embeddings().weight.device
+    if not (supports_prefix_cache(model) and all(prompt_ids)):
+        return PromptCache(None, prompt_ids)
+    distinct: dict[tuple[int, ...], int] = {}
+    for ids in prompt_ids:
+        distinct.setdefault(tuple(ids), len(distinct))
+    index = torch.tensor([distinct[tuple(ids)] for ids in prompt_ids], device=device)
+    unique = [list(ids) for ids in distinct]
+    base = build_prefix_layout(unique, torch.zeros(len(unique), dtype=torch.long), pad_id).to(device)
+    base = with_prefix_cache(model, base)
+    rows = PrefixLayout(
+        ids=base.ids[index], attention_mask=base.attention_mask[index], position_ids=base.position_ids[index],
+        prompt_lengths=base.prompt_lengths[index], lengths=torch.zeros(len(prompt_ids), dtype=torch.long),
+        after_ids=base.after_ids[index], after_mask=base.after_mask[index],
+        key_values=tuple((k[index], v[index]) for k, v in base.key_values), last_logits=base.last_logits[index],
+        owner=base.owner,
+    )
+    return PromptCache(rows, prompt_ids)
+
+
+class SuffixProposals:
+    """Suffix proposals for a batch of chains: the policy rewrites ``y_>=t`` given ``x`` and ``y_<t``.
+
+    With a re-wrappable prompt cache each chain state carries the keys and values of its
+    response slots (``kv``, per layer ``(B, heads, L, head_dim)``): a proposal then runs one
+    token (``y_{t-1}``, whose output predicts slot ``t``) on top of prompt + kept prefix, and
+    the new tokens; rows leave the batch as they finish (the batch is narrowed whenever half
+    of its rows are done), so a step costs about ``L - t + 1`` token passes per chain.
+    Without such a cache every proposal runs prompt + kept prefix as whole rows.
+
+    ``limits[b]`` (default ``width``) is the most tokens row ``b``'s response may hold: with
+    forced starts of different lengths each row holds its own start plus the same number of
+    free tokens (as :func:`seaflow.generation.sample` writes them).
+    """
+
+    def __init__(self, model: torch.nn.Module, cache: PromptCache, width: int, eos_ids: list[int], pad_id: int, top_k: int | None = None,
+                 limits: torch.Tensor | None = None):
+        self.model, self.cache, self.width = model, cache, width
+        self.eos_ids, self.pad_id, self.top_k = eos_ids, pad_id, top_k
+        self.limits = limits
+
+    @property
+    def cached(self) -> bool:
+        return self.cache.layout is not None
+
+    @torch.no_grad()
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """``(kv, candidates)`` of given responses: one pass over them (nothing without a cache or top-k)."""
+        rows, width = tokens.shape
+        if self.cached:
+            layout = replace(self.cache.layout, lengths=lengths.cpu())
+            keep = {} if self.top_k is not None else {"logits_to_keep": 1}
+            out = layout.run(self.model, tokens, slots=width, **keep)
+            prompt_width = layout.ids.shape[1]
+            kv = tuple((layer.keys[:, :, prompt_width:], layer.values[:, :, prompt_width:]) for layer in output_cache(out).layers)
+            candidates = None
+            if self.top_k is not None:
+                logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits[:, : width - 1].float()], dim=1)
+                candidates = logits.topk(self.top_k, dim=-1).indices
+            return kv, candidates
+        if self.top_k is None:
+            return None, None
+        batch = build_layout(self.cache.prompt_ids, lengths.cpu(), self.pad_id).to(tokens.device)
+        return None, batch.next_token_logits(self.model, tokens).topk(self.top_k, dim=-1).indices
+
+    @torch.no_grad()
+    def propose(self, tokens, lengths, kv, candidates, cuts: torch.Tensor, generators: list[torch.Generator]):
+        """New responses ``y_<t + s``: ``(tokens, lengths, kv, candidates)`` (see :func:`resample_suffixes`)."""
+        rows, width = tokens.shape
+        device = tokens.device
+        cuts = cuts.to(device)
+        slots = torch.arange(width, device=device).unsqueeze(0)
+        kept = slots < cuts.unsqueeze(1)
+        out_tokens = torch.where(kept, tokens, torch.full_like(tokens, self.pad_id))
+        out_candidates = None
+        if self.top_k is not None:
+            out_candidates = torch.where(kept.unsqueeze(-1), candidates, 0) if candidates is not None else torch.zeros(
+                rows, width, self.top_k, dtype=torch.long, device=device)
+        if self.cached:
+            past, mask, logits, positions = self._refeed(tokens, kv, cuts)
+            out_kv = tuple((torch.empty_like(k), torch.empty_like(v)) for k, v in kv)
+            prompt_width = self.cache.layout.ids.shape[1]
+
+            def harvest(rows_global, rows_local, cache):
+                # physical layout of the cache: [prompt | L state slots | y_{t-1} | new tokens ...]
+                c = cuts[rows_global].unsqueeze(1)
+                u = slots.expand(len(rows_global), -1)
+                index = torch.where(u < c - 1, prompt_width + u, torch.where(u == c - 1, prompt_width + width, prompt_width + width + 1 + u - c))
+                for (k_out, v_out), layer in zip(out_kv, cache.layers):
+                    size = layer.keys.shape
+                    gather = index.clamp(max=size[2] - 1)[:, None, :, None].expand(-1, size[1], -1, size[3])
+                    k_out[rows_global] = layer.keys[rows_local].gather(2, gather)
+                    v_out[rows_global] = layer.values[rows_local].gather(2, gather)
+        else:
+            past, mask, logits, positions = self._whole_rows(tokens, cuts)
+            out_kv, harvest = None, None
+        lengths = _generate(
+            self.model, past, mask, positions, logits, cuts, width, self.eos_ids, generators,
+            out_tokens, out_candidates, harvest, None if self.limits is None else self.limits.to(device),
+        )
+        return out_tokens, lengths, out_kv, out_candidates
+
+    def _refeed(self, tokens, kv, cuts):
+        """Cache of prompt + state slots, then one pass of ``y_{t-1}``: ``(cache, mask, logits of slot t, positions)``."""
+        from transformers import DynamicCache
+
+        layout = self.cache.layout
+        device = tokens.device
+        width = tokens.shape[1]
+        data = tuple((torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(layout.key_values, kv))
+        past = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        previous = (cuts - 1).clamp(min=0)
+        has_previous = cuts >= 1
+        slot_mask = (torch.arange(width, device=device).unsqueeze(0) < previous.unsqueeze(1)) & has_previous.unsqueeze(1)
+        mask = torch.cat([layout.attention_mask, slot_mask.long(), has_previous.long().unsqueeze(1)], dim=1)
+        token = torch.where(has_previous, tokens.gather(1, previous.unsqueeze(1)).squeeze(1), torch.full_like(cuts, self.pad_id))
+        out = self.model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(layout.prompt_lengths + previous).unsqueeze(1),
+            use_cache=True, **{cache_argument(self.model): past},
+        )
+        logits = torch.where(has_previous.unsqueeze(1), out.logits[:, -1].float(), layout.last_logits)
+        return output_cache(out), mask, logits, layout.prompt_lengths + cuts
+
+    def _whole_rows(self, tokens, cuts):
+        """Prompt + kept prefix as whole left-padded rows: ``(cache, mask, logits of slot t, positions)``."""
+        before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(self.cache.prompt_ids)]
+        layout = build_layout(before, torch.zeros(len(before), dtype=torch.long), self.pad_id).to(tokens.device)
+        out = self.model(
+            input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+            use_cache=True, logits_to_keep=1,
+        )
+        return output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
+
+
+def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest, limits=None):
+    """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot
+    ``limits[b] - 1`` (default ``width - 1``).
+
+    Rows leave the batch once half of it is done; ``harvest(global rows, local rows, cache)``
+    sees each row's cache before it leaves (and the rest at the end). Returns the lengths.
+    """
+    device = tokens.device
+    eos = torch.tensor(eos_ids, device=device)
+    if limits is None:
+        budget = width - cuts
+        lengths = torch.full_like(cuts, width)  # a row that never writes EOS fills all L slots
+    else:
+        budget = limits - cuts
+        lengths = limits.clone()  # a row that never writes EOS fills its slots
+    ids = torch.arange(len(cuts), device=device)  # the batch's rows, as rows of the full batch
+    finished = budget <= 0
+    step = 0
+    while True:
+        slot = cuts[ids] + step
+        live = ~finished & (step < budget[ids])
+        target = slot.clamp(max=width - 1)
+        if candidates is not None:
+            top = logits.topk(candidates.shape[-1], dim=-1).indices
+            candidates[ids[live], target[live]] = top[live]
+        token = (logits + generation.gumbel_noise(logits.shape, generators, device)).argmax(-1)
+        is_eos = torch.isin(token, eos) & live
+        lengths[ids[is_eos]] = slot[is_eos]
+        write = live & ~is_eos
+        tokens[ids[write], target[write]] = token[write]
+        finished = finished | is_eos | (step + 1 >= budget[ids])
+        if bool(finished.all()):
+            break
+        if 2 * int(finished.sum()) >= len(ids):  # narrow the batch to its unfinished rows
+            if harvest is not None:
+                harvest(ids[finished], finished.nonzero().squeeze(1), past)
+            keep = (~finished).nonzero().squeeze(1)
+            past.batch_select_indices(keep)
+            mask, token, ids, finished = mask[keep], token[keep], ids[keep], finished[keep]
+            generators = [generators[int(i)] for i in keep]
+        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions[ids] + step).unsqueeze(1),
+            use_cache=True, **{cache_argument(model): past},
+        )
+        past = output_cache(out)
+        logits = out.logits[:, -1].float()
+        step += 1
+    if harvest is not None:
+        harvest(ids, torch.arange(len(ids), device=device), past)
+    return lengths
+
+
+@torch.no_grad()
+def resample_suffixes(
+    model: torch.nn.Module,
+    cache: PromptCache,
+    tokens: torch.Tensor,
+    cuts: torch.Tensor,
+    eos_ids: list[int],
+    pad_id: int,
+    generators: list[torch.Generator],
+    top_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keep ``tokens[b, :cuts[b]]`` and sample the rest from the policy at temperature 1.
+
+    Every row writes at most ``L - cuts[b]`` new tokens (``L = tokens.shape[1]``) and stops
+    at EOS, which is not part of the response. Returns ``(tokens (B, L), lengths (B,),
+    candidates (B, L, top_k) | None)``: ``candidates[b, u]`` are the policy's ``top_k`` most
+    likely tokens at slot ``u`` given the new response's prefix ``y'_<u`` (slots ``< length``).
+    (:class:`SuffixProposals` without a chain state: the kept prefixes are encoded first.)
+    """
+    proposals = SuffixProposals(model, cache, tokens.shape[1], eos_ids, pad_id, top_k)
+    kv, candidates = proposals.encode(tokens, cuts.to(tokens.device))
+    new_tokens, lengths, _, new_candidates = proposals.propose(tokens, cuts, kv, candidates, cuts, generators)
+    return new_tokens, lengths, new_candidates
+
+
+# -- the reward and its gradient -------------------------------------------------------------
+
+
+class OneHotRewardGradient:
+    """``(tokens, lengths) -> (reward (B,), grad (B, L, V) | None)`` for the rows of one batch.
+
+    ``grad`` is the gradient of the ``reward`` term with respect to the one-hot response. With
+    a ``selection_reward`` the returned reward (the Metropolis test's target) is its value and
+    the gradient is still the ``reward`` term's: the cut distribution may depend on the state
+    in any way, so the chain stays exact for ``pi_ref exp(alpha r_selection)``.
+    """
+
+    def __init__(self, reward, selection_reward, vocab_size: int, prompt_ids: list[list[int]], prompts: list[str]):
+        self.reward, self.selection_reward = reward, selection_reward
+        self.vocab_size = vocab_size
+        self.prompt_ids, self.prompts = prompt_ids, prompts
+
+    def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, need_grad: bool = True):
+        batch = ResponseBatch(self.prompt_ids, self.prompts, lengths.cpu(), tokens.shape[1])
+        selected = None
+        if self.selection_reward is not None:
+            with torch.no_grad():
+                selected = self.selection_reward.value(self.selection_reward.prepare(batch), tokens).float()
+            if not need_grad:
+                return selected, None
+        prepared = self.reward.prepare(batch)
+        if not need_grad:
+            with torch.no_grad():
+                return self.reward.value(prepared, tokens).float(), None
+        with torch.enable_grad():
+            one_hot = torch.nn.functional.one_hot(tokens, self.vocab_size).float().requires_grad_(True)
+            value = self.reward.value(prepared, one_hot)
+            (grad,) = torch.autograd.grad(value.sum(), one_hot)
+        return (value.detach().float() if selected is None else selected), grad
+
+
+# -- the chains ----------------------------------------------------------------------------
+
+
+@dataclass
+class ChainState:
+    """The chains' current responses and what the next step needs about them."""
+
+    tokens: torch.Tensor  # (B, L)
+    lengths: torch.Tensor  # (B,)
+    reward: torch.Tensor  # (B,)
+    log_q: torch.Tensor  # (B, L) log q(. | y)
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # per layer (B, heads, L, dim) of the response slots
+    candidates: torch.Tensor | None = None  # (B, L, k) the policy's top-k at each slot given y_<u
+
+    def where(self, accept: torch.Tensor, other: "ChainState") -> "ChainState":
+        """``other``'s rows where ``accept``, this state's elsewhere."""
+        def pick(new, old):
+            mask = accept.view(-1, *([1] * (old.dim() - 1)))
+            return torch.where(mask, new, old)
+
+        return ChainState(
+            tokens=pick(other.tokens, self.tokens), lengths=pick(other.lengths, self.lengths),
+            reward=pick(other.reward, self.reward), log_q=pick(other.log_q, self.log_q),
+            kv=None if self.kv is None else tuple((pick(nk, k), pick(nv, v)) for (nk, nv), (k, v) in zip(other.kv, self.kv)),
+            candidates=None if self.candidates is None else pick(other.candidates, self.candidates),
+        )
+
+
+@dataclass
+class ChainRun:
+    """Result of :func:`run_chains`: final states, best visited states, per-step diagnostics."""
+
+    final: ChainState
+    best_tokens: torch.Tensor
+    best_lengths: torch.Tensor
+    best_reward: torch.Tensor
+    accepted: torch.Tensor  # (steps, B) bool
+    cuts: torch.Tensor  # (steps, B)
+    rewards: torch.Tensor  # (steps + 1, B) reward of the state before each step, and the final one
+    proposal_rewards: torch.Tensor  # (steps, B)
+    log_ratio: torch.Tensor  # (steps, B) log of the acceptance ratio
+
+    @property
+    def acceptance(self) -> torch.Tensor:
+        """Acceptance rate per chain ``(B,)`` (NaN without steps)."""
+        if self.accepted.shape[0] == 0:
+            return torch.full((self.accepted.shape[1],), float("nan"))
+        return self.accepted.float().mean(0)
+
+
+class GradientCuts:
+    """``y -> (reward, log q(. | y))``: the reward and the gradient-guided cut distribution of responses.
+
+    ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V))`` gives the reward and its
+    gradient with respect to the one-hot response; ``alpha`` scales the gradient into
+    log-target units before :func:`cut_scores`. ``starts`` and ``limits`` (per row, see
+    :func:`cut_slots`) keep the cuts off each row's forced start, for every state alike: the
+    forward draw ``q(t | y)`` and the reverse ``q(t | y')`` of the acceptance ratio.
+    """
+
+    def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float,
+                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None):
+        self.score_fn = score_fn
+        self.alpha = alpha
+        self.temperature = temperature
+        self.floor = floor
+        self.uniform = temperature is None or floor >= 1
+        self.starts, self.limits = starts, limits
+
+    def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
+        reward, grad = self.score_fn(tokens, lengths, need_grad=not self.uniform)
+        scores = torch.zeros(tokens.shape, device=tokens.device) if grad is None else cut_scores(self.alpha * grad, tokens, lengths, candidates)
+        return reward, cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
+
+
+def run_chains(
+    proposals: SuffixProposals,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    cuts_fn: GradientCuts,
+    alpha: float,
+    steps: int,
+    seeds,
+    correct_cut: bool = True,
+    reverse_cuts_fn: GradientCuts | None = None,
+) -> ChainRun:
+    """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
+
+    ``seeds(step) -> list[int]`` gives one seed per row for step ``step``: the row's cut,
+    its new suffix and its accept test draw from a generator seeded with it, so a chain's
+    path does not depend on the other rows of the batch. ``correct_cut=False`` drops the
+    ``q(t | y') / q(t | y)`` factor; ``reverse_cuts_fn`` computes ``q(t | y')`` with other cut
+    rules than the forward draw's (e.g. without the forced start's restriction). Both give a
+    wrong sampler, kept to show that the exact ratio matters.
+    """
+    device = tokens.device
+    rows = tokens.shape[0]
+    kv, candidates = proposals.encode(tokens, lengths)
+    reward, log_q = cuts_fn(tokens, lengths, candidates)
+    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates)
+    best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
+    accepted, cut_log, reward_log, proposal_log, ratio_log = [], [], [state.reward.cpu()], [], []
+    row_index = torch.arange(rows, device=device)
+    for step in range(steps):
+        gens = generation.row_generators(seeds(step), device=device)
+        # cut and accept draws come first from each row's generator, then the suffix's Gumbel noise
+        draws = torch.stack([torch.rand(2, generator=g, device=g.device) for g in gens]).to(device)
+        cuts = _categorical(state.log_q, draws[:, 0])
+        new_tokens, new_lengths, new_kv, new_candidates = proposals.propose(
+            state.tokens, state.lengths, state.kv, state.candidates, cuts, gens
+        )
+        new_reward, new_log_q = cuts_fn(new_tokens, new_lengths, new_candidates)
+        new_reward = new_reward.float()
+        log_ratio = alpha * (new_reward - state.reward)
+        if correct_cut:
+            reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new_tokens, new_lengths, new_candidates)[1]
+            log_ratio = log_ratio + reverse[row_index, cuts] - state.log_q[row_index, cuts]
+        log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
+        accept = draws[:, 1].log() < log_ratio
+        proposal = ChainState(new_tokens, new_lengths, new_reward, new_log_q, new_kv, new_candidates)
+        state = state.where(accept, proposal)
+        better = accept & (_finite(new_reward) > best_reward)
+        best_tokens = torch.where(better.unsqueeze(1), new_tokens, best_tokens)
+        best_lengths = torch.where(better, new_lengths, best_lengths)
+        best_reward = torch.where(better, new_reward, best_reward)
+        accepted.append(accept.cpu())
+        cut_log.append(cuts.cpu())
+        reward_log.append(state.reward.cpu())
+        proposal_log.append(new_reward.cpu())
+        ratio_log.append(log_ratio.cpu())
+        report(step + 1, steps, "step")  # the progress bar (seaflow/progress.py)
+
+    def stack(values, dtype):
+        return torch.stack(values) if values else torch.zeros(0, rows, dtype=dtype)
+
+    return ChainRun(
+        final=state, best_tokens=best_tokens, best_lengths=best_lengths, best_reward=best_reward,
+        accepted=stack(accepted, torch.bool), cuts=stack(cut_log, torch.long), rewards=torch.stack(reward_log),
+        proposal_rewards=stack(proposal_log, torch.float), log_ratio=stack(ratio_log, torch.float),
+    )
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
+
+
+def _categorical(log_probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One index per row from ``exp(log_probs)`` by inverting the CDF at ``uniform``."""
+    cdf = log_probs.exp().cumsum(-1)
+    index = (cdf < (uniform * cdf[:, -1]).unsqueeze(1)).sum(-1)
+    # never land past the last valid slot (float rounding at the top of the CDF)
+    last = torch.isfinite(log_probs).long().cumsum(-1).argmax(-1)
+    return torch.minimum(index, last)
