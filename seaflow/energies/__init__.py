@@ -1,6 +1,7 @@
 """Energy terms (see :mod:`seaflow.energies.base` for the contract)."""
 
 from seaflow.energies.base import EnergyTerm, ResponseBatch, Reward
+from seaflow.energies.bridge import BridgedRewardModel, TokenBridge
 from seaflow.energies.judge import PromptedJudge
 from seaflow.energies.keywords import KeywordReward
 from seaflow.energies.lexicon import LexiconReward
@@ -11,5 +12,5 @@ from seaflow.energies.text import CallableReward, TextClassifierReward, TextRewa
 __all__ = [
     "EnergyTerm", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
     "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
-    "TextReward", "TextClassifierReward", "CallableReward",
+    "TextReward", "TextClassifierReward", "CallableReward", "BridgedRewardModel", "TokenBridge",
 ]
