@@ -138,7 +138,7 @@ def _offline_hint(err: Exception) -> str:
     return ""
 
 
-def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool, needs_head: bool = False) -> LoadedModel:
+def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool, role: str) -> LoadedModel:
     from transformers import AutoTokenizer
 
     location = resolve_location(name)
@@ -155,20 +155,50 @@ def _load(auto_cls, name: str, dtype, device, trust_remote_code: bool, needs_hea
         model, info = auto_cls.from_pretrained(location, **kwargs)
     except OSError as err:
         raise ModelLoadError(f"could not load model {name!r}: {err}.{_offline_hint(err)}") from err
-    # a classifier built from a checkpoint without its head gets a random one (HF only warns)
-    missing = [key for key in info.get("missing_keys", []) if needs_head and key.split(".")[0] in ("score", "classifier")]
-    if missing:
-        raise ModelLoadError(
-            f"{name!r} has no trained score head (the checkpoint lacks {', '.join(sorted(missing))}; it would be "
-            "random): it is not a reward model. Use a sequence-classification checkpoint with a trained head, "
-            "e.g. one made by `seaflow fit --config configs/reward_head.yaml`, or LexiconReward"
-        )
+    causal = auto_cls.__name__ == "AutoModelForCausalLM"
+    check_weights(name, role, causal, getattr(model.config, "architectures", None), list(info.get("missing_keys") or []))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False).eval()
     if device is not None:
         model.to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+# what each loader's class is for, and what to give instead of a checkpoint that lacks its weights
+_EXPECTED = {
+    True: ("a causal LM", f"give a causal-LM checkpoint (config.json architectures ...ForCausalLM), e.g. {EMBEDDED_DEFAULT!r}"),
+    False: ("a reward model", "give a sequence-classification checkpoint with a trained head, e.g. one made by "
+                              "`seaflow fit --config configs/reward_head.yaml` (a causal LM can judge: PromptedJudge)"),
+}
+
+
+def checkpoint_kind(architectures: list[str] | None) -> tuple[bool | None, str]:
+    """``(is a causal LM, description)`` of a checkpoint from its config.json ``architectures``
+    (None: neither a causal LM nor a sequence classifier)."""
+    name = str((architectures or [None])[0] or "")
+    if not name:
+        return None, "a checkpoint whose config.json names no architecture"
+    if name.endswith("ForSequenceClassification"):
+        return False, f"a sequence-classification checkpoint ({name}, a reward model)"
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return True, f"a causal LM checkpoint ({name})"
+    if name.endswith("Model"):
+        return None, f"a bare backbone without a head ({name})"
+    return None, f"a {name} checkpoint"
+
+
+def check_weights(name: str, role: str, causal: bool, architectures: list[str] | None, missing: list[str]) -> None:
+    """Refuse a checkpoint that lacks weights the loaded class needs: HF would start them from random
+    values with only a warning (a classifier's checkpoint loaded as the policy writes random text)."""
+    if not missing:
+        return
+    missing = sorted(missing)
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    is_causal, kind = checkpoint_kind(architectures)
+    what, remedy = _EXPECTED[causal]
+    mix_up = f"is {kind}, not {what}" if is_causal is not causal else f"is {kind} with weights missing (a partial save?)"
+    raise ModelLoadError(f"{role} {name!r} {mix_up}: it lacks {shown} (random if loaded); {remedy}")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> tuple[object, int | None]:
@@ -186,18 +216,25 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> tuple[object, 
     return tokenizer, getattr(config, "max_position_embeddings", None)
 
 
-def load_causal_lm(name: str, dtype=None, device=None, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer (see the module docstring for accepted names)."""
+def load_causal_lm(name: str, dtype=None, device=None, trust_remote_code: bool = False, role: str = "the policy") -> LoadedModel:
+    """Load a causal LM and its tokenizer (see the module docstring for accepted names).
+
+    ``role`` names the model in errors (``the policy``, ``the judge model``): a checkpoint that lacks
+    weights the causal LM needs (a classifier's, a bare backbone) is refused rather than completed
+    with random weights.
+    """
     from transformers import AutoModelForCausalLM
 
-    return _load(AutoModelForCausalLM, name, dtype, device, trust_remote_code)
+    return _load(AutoModelForCausalLM, name, dtype, device, trust_remote_code, role)
 
 
-def load_sequence_classifier(name: str, dtype=None, device=None, trust_remote_code: bool = False) -> LoadedModel:
-    """Load an ``AutoModelForSequenceClassification`` reward model and its tokenizer."""
+def load_sequence_classifier(name: str, dtype=None, device=None, trust_remote_code: bool = False,
+                             role: str = "the reward model") -> LoadedModel:
+    """Load an ``AutoModelForSequenceClassification`` reward model and its tokenizer (refused, like
+    :func:`load_causal_lm`, when the checkpoint lacks weights the classifier needs, e.g. its score head)."""
     from transformers import AutoModelForSequenceClassification
 
-    loaded = _load(AutoModelForSequenceClassification, name, dtype, device, trust_remote_code, needs_head=True)
+    loaded = _load(AutoModelForSequenceClassification, name, dtype, device, trust_remote_code, role)
     if getattr(loaded.model.config, "pad_token_id", None) is None:
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
     return loaded

@@ -252,8 +252,58 @@ def test_hub_id_without_network_says_so(monkeypatch):
 
 
 def test_reward_model_without_a_score_head(tiny_models):
-    with pytest.raises(ModelLoadError, match=r"has no trained score head \(the checkpoint lacks score.weight"):
+    with pytest.raises(ModelLoadError, match=r"is a causal LM checkpoint \(LlamaForCausalLM\), not a reward model: it lacks score.weight"):
         load_sequence_classifier(str(tiny_models["policy"]))
+
+
+def _backbone_and_partial_checkpoints(tiny_models, tmp_path):
+    """A bare LlamaModel (no LM head) and the policy with one layer's weights cut out of its file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    backbone = tmp_path / "backbone"
+    AutoModel.from_pretrained(tiny_models["policy"]).save_pretrained(backbone)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_models["policy"], partial)
+    weights = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, partial / "model.safetensors", metadata={"format": "pt"})
+    for directory in (backbone,):
+        shutil.copy(tiny_models["policy"] / "tokenizer.json", directory)
+        shutil.copy(tiny_models["policy"] / "tokenizer_config.json", directory)
+    return backbone, partial
+
+
+def test_a_checkpoint_without_the_weights_its_class_needs_is_refused(tiny_models, tmp_path):
+    from seaflow.energies import BridgedRewardModel, PromptedJudge, RewardModel
+
+    backbone, partial = _backbone_and_partial_checkpoints(tiny_models, tmp_path)
+    policy = load_causal_lm(str(tiny_models["policy"]))
+    cases = [
+        (lambda: load_causal_lm(str(tiny_models["reward"])),
+         r"the policy '.*reward' is a sequence-classification checkpoint \(LlamaForSequenceClassification, a reward "
+         r"model\), not a causal LM: it lacks lm_head.weight \(random if loaded\); give a causal-LM checkpoint"),
+        (lambda: load_causal_lm(str(backbone)), r"is a bare backbone without a head \(LlamaModel\), not a causal LM: it lacks lm_head.weight"),
+        (lambda: load_causal_lm(str(partial)), r"is a causal LM checkpoint \(LlamaForCausalLM\) with weights missing \(a partial save\?\): "
+                                               r"it lacks model.layers.1.input_layernorm.weight, .* and 5 more"),
+        (lambda: PromptedJudge(model=str(tiny_models["reward"])).setup(policy), r"the judge model \(PromptedJudge model\) .* not a causal LM"),
+        (lambda: RewardModel(model=str(tiny_models["policy"])).setup(policy), r"the reward model \(RewardModel model\) .* not a reward model"),
+        (lambda: BridgedRewardModel(model=str(backbone)).setup(policy), r"the reward model \(BridgedRewardModel model\) .*bare backbone.* score.weight"),
+    ]
+    for load, message in cases:
+        with pytest.raises(ModelLoadError, match=message):
+            load()
+
+
+def test_a_classifier_checkpoint_as_the_policy_stops_the_run_in_one_line(tmp_path, tiny_models, capsys):
+    config = tiny_config(tmp_path, tiny_models, policy=str(tiny_models["reward"]))
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "seaflow: error: the policy (model.init_args.policy)" in err and "lacks lm_head.weight" in err, err
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
 
 
 def test_models_load_safetensors_without_remote_code(tiny_models, monkeypatch):

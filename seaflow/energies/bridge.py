@@ -107,7 +107,8 @@ class BridgedRewardModel(RewardModel):
     def setup(self, policy: LoadedModel) -> None:
         if self.reward_model is not None:
             return
-        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                                          role="the reward model (BridgedRewardModel model)")
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(f"label_index {self.label_index} is out of range for {self.model_name!r} with {labels} labels")

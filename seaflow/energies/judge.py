@@ -77,7 +77,7 @@ class PromptedJudge(Reward):
             self._borrow(self, "judge_model", policy.model)
             self.tokenizer = policy.tokenizer
         elif self.judge_model is None:
-            loaded = load_causal_lm(self.model_name, dtype=self.dtype)
+            loaded = load_causal_lm(self.model_name, dtype=self.dtype, role="the judge model (PromptedJudge model)")
             self.check_vocabulary(policy, loaded, f"judge model {self.model_name!r}")
             if self.device is not None:
                 self._borrow(self, "judge_model", loaded.model.to(self.device))  # out of the module tree

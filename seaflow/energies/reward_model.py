@@ -62,7 +62,8 @@ class RewardModel(Reward):
     def setup(self, policy: LoadedModel) -> None:
         if self.reward_model is not None:
             return
-        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                                          role="the reward model (RewardModel model)")
         self.check_vocabulary(policy, loaded, f"reward model {self.model_name!r}")
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:

@@ -138,7 +138,8 @@ class TextClassifierReward(TextReward):
             return
         from seaflow.models import load_sequence_classifier
 
-        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                                          role="the text classifier (TextClassifierReward model)")
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(

@@ -89,7 +89,8 @@ class AlignmentMethod(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.policy is None:
-            self.attach(load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code))
+            self.attach(load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code,
+                                       role="the policy (model.init_args.policy)"))
 
     def attach(self, policy: LoadedModel) -> None:
         """Use an already loaded policy (``setup`` loads it otherwise) and set up the energy terms."""
