@@ -81,28 +81,41 @@ class Aligner:
         """The resolved config as YAML (what ``seaflow predict --print_config`` prints)."""
         return self.parser.dump(self.config, skip_none=False)
 
-    def align(self, prompts: str | Iterable[str], ids: Iterable[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    def align(self, prompts: str | Iterable[str | Mapping[str, Any]], ids: Iterable[str] | None = None,
+              progress: bool = False) -> list[dict[str, Any]]:
         """One record per prompt, in order: the fields of a ``predictions.jsonl`` line.
 
         Args:
-            prompts: prompt texts (a single string is one prompt).
-            ids: an id per prompt (default ``"0"``, ``"1"``, ...). A prompt's randomness derives from
-                (seed, id, chain), so the same id and text give the same record as ``seaflow predict``.
+            prompts: prompt texts (a single string is one prompt), or rows as a prompts file has
+                them: dicts with the prompt text (``data.prompt_field``), optionally an id
+                (``data.id_field``) and the fields the rewards read (``keywords``, ``target``,
+                ``data.fields``).
+            ids: an id per prompt (default: a row's own id, else ``"0"``, ``"1"``, ...). A prompt's
+                randomness derives from (seed, id, chain), so the same id and text give the same
+                record as ``seaflow predict``.
             progress: show a progress bar (refinement steps within each batch).
         """
-        texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        keys = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
-        if len(keys) != len(texts):
-            raise ValueError(f"align got {len(texts)} prompts but {len(keys)} ids")
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"align got duplicate ids: {sorted({k for k in keys if keys.count(k) > 1})}")
-        for key, text in zip(keys, texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"prompt {key!r} is empty or not a string: {text!r}")
-        if not texts:
-            return []
+        given = [prompts] if isinstance(prompts, (str, Mapping)) else list(prompts)
+        keys = None if ids is None else [str(i) for i in ids]
+        if keys is not None and len(keys) != len(given):
+            raise ValueError(f"align got {len(given)} prompts but {len(keys)} ids")
         data = self.data
-        prompts = [{"id": key, "prompt": text, "index": i} for i, (key, text) in enumerate(zip(keys, texts))]
+        rows = []
+        for i, prompt in enumerate(given):
+            row = dict(prompt) if isinstance(prompt, Mapping) else {data.prompt_field: prompt}
+            if keys is not None or data.id_field not in row:
+                row[data.id_field] = keys[i] if keys is not None else str(i)
+            rows.append(row)
+        found = [str(row[data.id_field]) for row in rows]
+        if len(set(found)) != len(found):
+            raise ValueError(f"align got duplicate ids: {sorted({k for k in found if found.count(k) > 1})}")
+        for row in rows:
+            text = row.get(data.prompt_field)
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"prompt {row[data.id_field]!r} is empty or not a string: {text!r}")
+        if not rows:
+            return []
+        prompts = data.read_rows(list(enumerate(rows, 1)), "align")
         task = getattr(data, "task", None)  # data.task labels every prompt, as for a prompts file
         data.prompts = [{"task": task, **p} for p in prompts] if task is not None else prompts
         data.run = None

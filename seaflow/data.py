@@ -3,8 +3,9 @@
 Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of objects or of
 strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
 comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent);
-a row's ``task``, ``target`` and ``keywords`` fields are kept and copied into its record
-(the task decides which judges seaflow.metrics applies).
+a row's ``task``, ``target`` and ``keywords`` fields, and those ``data.fields`` declares, are
+kept: they reach every reward and judge with the prompt (``ResponseBatch.fields``), the
+method in its batch, and the record (the task decides which judges seaflow.metrics applies).
 Prompts are tokenised with the policy's tokenizer, which the data module loads itself
 (the CLI links ``model.init_args.policy`` to ``data.policy``), with its chat template
 (``chat_template: true``) or as plain text; special-token strings typed in a prompt stay text.
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seaflow.encoding import encode_chat, encode_text
+from seaflow.energies.base import PromptText
 from seaflow.lines import physical_lines
 from seaflow.resume import RunDirectory
 
@@ -32,8 +34,10 @@ class PromptFileError(ValueError):
     """A prompts file is missing or malformed; the message names the file and the line."""
 
 
-# fields of a prompt file's rows that travel with the prompt into its record
+# fields of a prompt file's rows that travel with the prompt to the rewards and into its record
 METADATA_FIELDS = ("task", "target", "keywords")
+# what the data module itself puts in an item: not a row field a config may declare
+RESERVED_FIELDS = ("id", "prompt", "index", "prompt_ids", "response_prefix", "response_prefix_ids")
 
 
 HF_PREFIX = "hf:"
@@ -212,8 +216,10 @@ class PromptDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, list]:
-    """Keep lists: prompts have ragged lengths; methods pad them (left) themselves."""
-    return {key: [item[key] for item in items] for key in items[0]}
+    """Keep lists: prompts have ragged lengths; methods pad them (left) themselves. A field
+    some rows lack (an optional ``target``, a declared field) is None for them."""
+    keys = dict.fromkeys(key for item in items for key in item)
+    return {key: [item.get(key) for item in items] for key in keys}
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -254,6 +260,10 @@ class PromptDataModule(L.LightningDataModule):
             (instead of ``response_prefix``); a row without it starts freely.
         response_prefix_tokens: keep only the first k policy tokens of the forced start
             (0: none); None keeps it whole.
+        fields: further fields of the prompt rows to keep besides ``task``, ``target`` and
+            ``keywords`` (e.g. ``[concepts, reference]``): each row's values reach every reward
+            and judge with its prompt (``ResponseBatch.fields``), the method in its batch, and
+            the record. A row may lack one; a field no row has is an error (a misspelling).
     """
 
     def __init__(
@@ -276,8 +286,15 @@ class PromptDataModule(L.LightningDataModule):
         response_prefix: str | None = None,
         response_prefix_field: str | None = None,
         response_prefix_tokens: int | None = None,
+        fields: list[str] | None = None,
     ):
         super().__init__()
+        reserved = sorted(set(fields or ()) & set(RESERVED_FIELDS))
+        if reserved:
+            raise ValueError(
+                f"data.fields may not name {', '.join(map(repr, reserved))}: the data module sets those itself "
+                "(data.prompt_field and data.id_field choose where the text and the id come from)"
+            )
         from seaflow.metrics import TASKS
 
         if task is not None and task not in TASKS:
@@ -313,6 +330,7 @@ class PromptDataModule(L.LightningDataModule):
         self.response_prefix = response_prefix
         self.response_prefix_field = response_prefix_field
         self.response_prefix_tokens = response_prefix_tokens
+        self.fields = list(dict.fromkeys(fields or ()))
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
         self.file_skips: list[dict[str, Any]] = []
         self.length_skips: list[dict[str, Any]] = []
@@ -324,9 +342,15 @@ class PromptDataModule(L.LightningDataModule):
         if self.prompts is None:
             self.file_skips = []
             skipped = self.file_skips if self.on_bad_prompt == "skip" else None
-            keep = METADATA_FIELDS + ((self.response_prefix_field,) if self.response_prefix_field else ())
-            prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped, keep=keep,
+            prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped, keep=self.keep,
                                    split=self.split, dataset_config=self.dataset_config)
+            missing = [name for name in self.fields if not any(name in p for p in prompts)]
+            if missing:
+                raise PromptFileError(
+                    f"data.fields names {', '.join(map(repr, missing))} but no row of {self.path} has it "
+                    f"(the rows' fields: {', '.join(sorted({k for p in prompts for k in p} - {'index'}))}); "
+                    "fix the name or remove it from data.fields"
+                )
             if self.task is not None:
                 prompts = [{"task": self.task, **p} for p in prompts]
             self.prompts = prompts[: self.limit] if self.limit is not None else prompts
@@ -337,6 +361,16 @@ class PromptDataModule(L.LightningDataModule):
 
             tokenizer, context_length = load_tokenizer(self.policy, trust_remote_code=self.trust_remote_code)
             self.attach_tokenizer(tokenizer, context_length)
+
+    @property
+    def keep(self) -> tuple[str, ...]:
+        """The row fields kept with each prompt: ``task``, ``target``, ``keywords``, ``data.fields``, the prefix field."""
+        prefix = (self.response_prefix_field,) if self.response_prefix_field else ()
+        return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + prefix))
+
+    def read_rows(self, rows: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
+        """Prompts from numbered rows given in Python (objects or strings), validated as a file's rows are."""
+        return validate(rows, source, self.prompt_field, self.id_field, None, self.keep)
 
     @property
     def done_ids(self) -> set[str]:
@@ -407,15 +441,20 @@ class PromptDataModule(L.LightningDataModule):
                     raise PromptFileError(f"{reason} (or set data.on_bad_prompt: skip)")
                 self.length_skips.append({"id": prompt["id"], "reason": reason})
                 continue
-            items.append({**self.without_field(prompt), **forced, "prompt_ids": ids})
+            items.append(self.item(prompt, ids, forced))
         if self.run is not None:
             self.run.skipped = self.skipped
         return items
 
-    def without_field(self, prompt: dict[str, Any]) -> dict[str, Any]:
-        """The prompt without its prefix field (the record carries ``response_prefix`` instead)."""
+    def item(self, prompt: dict[str, Any], ids: list[int], forced: dict[str, Any]) -> dict[str, Any]:
+        """A batch item: the row's kept fields, its forced start, its tokens, and its text as a
+        :class:`~seaflow.energies.base.PromptText` carrying the row's fields to the rewards.
+
+        The prefix field is left out (the record carries ``response_prefix`` instead)."""
         field = self.response_prefix_field
-        return prompt if field is None or field in ("id", "prompt", "index") else {k: v for k, v in prompt.items() if k != field}
+        row = {k: v for k, v in prompt.items() if field is None or k != field or k in ("id", "prompt", "index")}
+        fields = {k: v for k, v in row.items() if k not in ("prompt", "index")}
+        return {**row, "prompt": PromptText(prompt["prompt"], fields), **forced, "prompt_ids": ids}
 
     def fill_ranks(self, items: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
         """Give every process at least one prompt when a resume leaves fewer than ``world_size``.
@@ -428,7 +467,7 @@ class PromptDataModule(L.LightningDataModule):
             return items
         done = [p for p in self.prompts if p["id"] in done_ids]
         for prompt in done[: world_size - len(items)]:
-            items.append({**self.without_field(prompt), **self.prefix(prompt), "prompt_ids": self.encode(prompt["prompt"])})
+            items.append(self.item(prompt, self.encode(prompt["prompt"]), self.prefix(prompt)))
         return sorted(items, key=lambda item: item["index"])
 
     def predict_dataloader(self) -> DataLoader:

@@ -53,7 +53,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from seaflow import cost
-from seaflow.energies.keywords import keyword_hits
+from seaflow.energies.keywords import keyword_hits, keyword_list
 from seaflow.refusal import is_harmful
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -128,10 +128,10 @@ def _positive(record: dict[str, Any]) -> float | None:
 
 
 def _keyword_hits(record: dict[str, Any]) -> float | None:
-    keywords = record.get("keywords")
+    keywords = keyword_list(record.get("keywords"))
     if not keywords:
         return None
-    hits = keyword_hits(record["response"], [str(k) for k in keywords])
+    hits = keyword_hits(record["response"], keywords)
     return sum(hits) / len(hits)
 
 

@@ -1,6 +1,6 @@
 """Energy terms (see :mod:`seaflow.energies.base` for the contract)."""
 
-from seaflow.energies.base import EnergyTerm, ResponseBatch, Reward
+from seaflow.energies.base import EnergyTerm, PromptText, ResponseBatch, Reward
 from seaflow.energies.bridge import BridgedRewardModel, TokenBridge
 from seaflow.energies.judge import PromptedJudge
 from seaflow.energies.keywords import KeywordReward
@@ -10,7 +10,7 @@ from seaflow.energies.reward_model import RewardModel
 from seaflow.energies.text import CallableReward, TextClassifierReward, TextReward
 
 __all__ = [
-    "EnergyTerm", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
+    "EnergyTerm", "PromptText", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
     "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
     "TextReward", "TextClassifierReward", "CallableReward", "BridgedRewardModel", "TokenBridge",
 ]

@@ -21,7 +21,8 @@ implements :meth:`EnergyTerm.value`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -29,13 +30,38 @@ from torch import nn
 from seaflow.models import LoadedModel
 
 
+class PromptText(str):
+    """A prompt's text that carries the fields of its row in the prompt file.
+
+    The data module makes every prompt one (:meth:`seaflow.data.PromptDataModule.items`):
+    ``fields`` holds the row's id and the fields it keeps (``task``, ``target``,
+    ``keywords``, the conversation's ``messages`` and whatever ``data.fields`` declares).
+    Everywhere else it is the prompt's text, so the fields travel with it through every
+    method's rows (prompts x chains, pools, subsets of chains) into :class:`ResponseBatch`
+    without another argument, and a reward reads its row's fields from there
+    (:attr:`ResponseBatch.fields`), never from another component.
+    """
+
+    fields: Mapping[str, Any]
+
+    def __new__(cls, text: str, fields: Mapping[str, Any] | None = None):
+        self = super().__new__(cls, text)
+        self.fields = MappingProxyType(dict(fields or {}))
+        return self
+
+    def __reduce__(self):
+        return PromptText, (str(self), dict(self.fields))
+
+
 @dataclass
 class ResponseBatch:
     """What the energy terms know about a batch of rows (prompts x chains).
 
     ``prompt_ids`` are the policy-tokenised prompts (chat template applied when configured),
-    one list per row; ``prompts`` the raw prompt texts; ``lengths`` the active response
-    length of each row and ``max_length`` the width L of the response tensor.
+    one list per row; ``prompts`` the raw prompt texts (the last user turn of a
+    conversation), each a :class:`PromptText` when it comes from the data module;
+    ``lengths`` the active response length of each row and ``max_length`` the width L of the
+    response tensor.
     """
 
     prompt_ids: list[list[int]]
@@ -45,6 +71,25 @@ class ResponseBatch:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def fields(self) -> list[Mapping[str, Any]]:
+        """Each row's fields from its prompt row (``{}`` for a plain string prompt); see :class:`PromptText`."""
+        return [getattr(prompt, "fields", MappingProxyType({})) for prompt in self.prompts]
+
+    def field(self, name: str, owner: str, hint: str = "") -> list[Any]:
+        """Each row's value of the field ``name``; a ValueError naming the first row without it and ``owner``."""
+        values = []
+        for prompt, fields in zip(self.prompts, self.fields):
+            if fields.get(name) is None:
+                where = f"row {fields['id']!r}" if "id" in fields else f"the prompt {str(prompt)[:60]!r}"
+                raise ValueError(
+                    f"{owner} reads the field {name!r} of each prompt row, but {where} has none "
+                    f"(its fields: {', '.join(fields) or 'none'}); add {name!r} to every row of data.path"
+                    f"{hint}"
+                )
+            values.append(fields[name])
+        return values
 
 
 class EnergyTerm(nn.Module):

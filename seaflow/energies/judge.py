@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from seaflow.layout import Layout, PrefixLayout, build_layout, build_prefix_layout, supports_prefix_cache, with_prefix_cache
@@ -10,7 +12,9 @@ from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel, load_causal_lm
 
 _RESPONSE = "\x00RESPONSE\x00"
-_PROMPT = "\x00PROMPT\x00"
+_INSERT = "\x00\x01{}\x00"  # where the prompt or a row field goes: user text, inserted after the template renders
+_INSERTED = re.compile("\x00\x01(\\w+)\x00")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 DEFAULT_QUESTION = (
     "Here is a request and a reply.\nRequest: {prompt}\nReply: {response}\n"
@@ -21,7 +25,8 @@ DEFAULT_QUESTION = (
 class PromptedJudge(Reward):
     """``r = log p(positive answer) - log p(negative answer)`` after a question about the response.
 
-    The judge reads ``question`` (with ``{prompt}`` and ``{response}`` filled in), wrapped
+    The judge reads ``question`` (with ``{prompt}``, ``{response}`` and any ``{field}`` of the
+    prompt's row, e.g. ``{keywords}`` or ``{target}``, filled in; a list is joined with ", "), wrapped
     in its chat template when it has one, and the reward compares the next-token
     probability of the positive answer words against the negative ones (summed over each
     word's first tokens, with and without a leading space and capital). Differentiable
@@ -30,7 +35,8 @@ class PromptedJudge(Reward):
     Mind the calibration (docs/rewards.md): a tiny judge can be worse than chance.
 
     Args:
-        question: template with ``{prompt}`` and ``{response}``.
+        question: template with ``{prompt}``, ``{response}`` and the row fields it needs
+            (``ResponseBatch.fields``: ``task``, ``target``, ``keywords`` and ``data.fields``).
         positive: answer words that mean "good".
         negative: answer words that mean "bad".
         model: the judge model; None borrows the policy (no second copy in memory).
@@ -63,6 +69,7 @@ class PromptedJudge(Reward):
         if "{response}" not in question:
             raise ValueError(f"PromptedJudge question must contain '{{response}}', got {question!r}")
         self.question = question
+        self.row_fields = list(dict.fromkeys(n for n in _PLACEHOLDER.findall(question) if n not in ("prompt", "response")))
         self.positive = positive or ["yes"]
         self.negative = negative or ["no"]
         self.model_name = model
@@ -107,20 +114,22 @@ class PromptedJudge(Reward):
             raise ValueError(f"none of the answer words {words} is a token of the judge's vocabulary")
         return sorted(ids)
 
-    def _split(self, prompt: str) -> tuple[list[int], list[int]]:
+    def _split(self, prompt: str, fields: dict[str, str] | None = None) -> tuple[list[int], list[int]]:
         """Judge tokens before and after the response. The question is the config's own text; the
-        prompt inserted into it is user text, so special-token strings typed in it stay text."""
-        content = self.question.replace("{prompt}", _PROMPT).replace("{response}", _RESPONSE)
+        prompt and the row fields inserted into it are user text, so special-token strings typed
+        in them stay text."""
+        inserted = {"prompt": prompt, **(fields or {})}
+        content = self.question.replace("{response}", _RESPONSE)
+        for name in inserted:
+            content = content.replace("{" + name + "}", _INSERT.format(name))
         if self.use_chat_template:
             segments = chat_segments(self.tokenizer, [{"role": "user", "content": content}])
         else:
             segments = [(content, True)]
         pieces = []
         for text, _ in segments:
-            for i, part in enumerate(text.split(_PROMPT)):
-                if i:
-                    pieces.append((prompt, False))
-                pieces.append((part, True))
+            for i, part in enumerate(_INSERTED.split(text)):
+                pieces.append((inserted[part], False) if i % 2 else (part, True))
         at = next(i for i, (text, markup) in enumerate(pieces) if markup and _RESPONSE in text)
         head, tail = pieces[at][0].split(_RESPONSE)
         before = pieces[:at] + [(head, True)]
@@ -128,13 +137,16 @@ class PromptedJudge(Reward):
         return encode_segments(self.tokenizer, before), encode_segments(self.tokenizer, after)
 
     def prepare(self, batch: ResponseBatch) -> Layout | PrefixLayout:
-        cache: dict[str, tuple[list[int], list[int]]] = {}
+        cache: dict[tuple, tuple[list[int], list[int]]] = {}
         befores, afters = [], []
-        for prompt in batch.prompts:
-            if prompt not in cache:
-                cache[prompt] = self._split(prompt)
-            befores.append(cache[prompt][0])
-            afters.append(cache[prompt][1])
+        columns = [batch.field(name, f"PromptedJudge's question ({{{name}}})") for name in self.row_fields]
+        for row, prompt in enumerate(batch.prompts):
+            fields = {name: _text(values[row]) for name, values in zip(self.row_fields, columns)}
+            key = (str(prompt), *fields.values())
+            if key not in cache:
+                cache[key] = self._split(prompt, fields)
+            befores.append(cache[key][0])
+            afters.append(cache[key][1])
         device = self.judge_model.get_input_embeddings().weight.device
         pad = self.tokenizer.pad_token_id
         if getattr(self, "_cacheable", False) and all(befores) and all(afters):
@@ -152,3 +164,8 @@ class PromptedJudge(Reward):
         pos = torch.logsumexp(logp[:, self.positive_ids], dim=-1)
         neg = torch.logsumexp(logp[:, self.negative_ids], dim=-1)
         return (pos - neg).to(home)
+
+
+def _text(value) -> str:
+    """A row field as the judge reads it: a list joined with ", ", anything else as its string."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

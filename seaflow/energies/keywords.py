@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -16,6 +17,15 @@ from seaflow.lines import physical_lines
 def keyword_hits(text: str, keywords: list[str]) -> list[bool]:
     """Whether each keyword occurs in ``text`` as a whole word (case-insensitive): the exact-match judge."""
     return [re.search(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags=re.IGNORECASE) is not None for k in keywords]
+
+
+def keyword_list(value: Any) -> list[str] | None:
+    """A row's keywords as a list: a list of words, or one comma-separated string; None for another type."""
+    if isinstance(value, str):
+        return [word.strip() for word in value.split(",") if word.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(word, str) for word in value):
+        return [word for word in value if word.strip()]
+    return None
 
 
 def read_keywords(path: str | Path) -> dict[str, list[str]]:
@@ -53,21 +63,24 @@ class KeywordReward(Reward):
     case-insensitive (:func:`keyword_hits`, also the task's judge). It agrees with the relaxed
     value on one-hot tokens whenever a keyword occurs as one of its listed spellings.
 
-    Which keywords a prompt needs: ``keywords`` (the same for every prompt) and/or
-    ``keywords_file``, a JSONL file with ``prompt`` and ``keywords`` per row (the prompt file
-    itself works: the lookup is by the raw prompt text).
+    Which keywords a prompt needs: the row's own ``field`` (``keywords``: a list of words, or
+    one string of comma-separated words) from the prompt file (``ResponseBatch.fields``), so
+    two rows with the same prompt text may ask for different keywords; ``keywords``, added
+    for every prompt; and, for rows without the field, ``keywords_file``: a JSONL file with
+    ``prompt`` and ``keywords`` per row, looked up by the raw prompt text (older configs).
 
     Args:
         keywords: keywords every prompt's response should contain.
-        keywords_file: per-prompt keywords (see above).
+        keywords_file: per-prompt keywords looked up by prompt text, for rows without ``field``.
+        field: the prompt row's field holding its keywords (a field other than ``task``,
+            ``target`` and ``keywords`` must also be listed in ``data.fields``).
     """
 
-    def __init__(self, keywords: list[str] | None = None, keywords_file: str | None = None):
+    def __init__(self, keywords: list[str] | None = None, keywords_file: str | None = None, field: str = "keywords"):
         super().__init__()
-        if not keywords and not keywords_file:
-            raise ValueError("KeywordReward needs keywords or a keywords_file (model.init_args.reward.init_args.keywords_file)")
         self.keywords = [str(k) for k in (keywords or [])]
         self.keywords_file = keywords_file
+        self.field = field
         self.table = read_keywords(keywords_file) if keywords_file else {}
         self.spellings: dict[str, list[list[int]]] = {}
 
@@ -91,17 +104,30 @@ class KeywordReward(Reward):
             self.spellings[word] = found
         return self.spellings[word]
 
-    def keywords_for(self, prompt: str) -> list[str]:
-        words = self.keywords + self.table.get(prompt, [])
-        if not words:
+    def keywords_for(self, prompt: str, fields: Mapping[str, Any] | None = None) -> list[str]:
+        """The keywords of one row: ``keywords``, then the row's ``field`` (else its ``keywords_file`` entry)."""
+        fields = fields or {}
+        own = fields.get(self.field)
+        if own is None or own == "" or own == []:
+            own = self.table.get(prompt, [])
+        elif keyword_list(own) is not None:
+            own = keyword_list(own)
+        else:
             raise ValueError(
-                f"no keywords for the prompt {prompt[:60]!r}: add it to the keywords_file "
-                f"{self.keywords_file!r} or set model.init_args.reward.init_args.keywords"
+                f"KeywordReward: the field {self.field!r} of row {fields.get('id')!r} must be a list of words "
+                f"or a comma-separated string, got {own!r}; fix the prompt file"
+            )
+        words = self.keywords + list(own)
+        if not words:
+            where = f"row {fields['id']!r} ({prompt[:60]!r})" if "id" in fields else f"the prompt {prompt[:60]!r}"
+            raise ValueError(
+                f"no keywords for {where}: give its row a {self.field!r} field (or set "
+                f"model.init_args.reward.init_args.keywords, or a keywords_file that lists its text)"
             )
         return words
 
     def prepare(self, batch: ResponseBatch) -> tuple[list[list[str]], torch.Tensor]:
-        return [self.keywords_for(p) for p in batch.prompts], batch.lengths
+        return [self.keywords_for(p, f) for p, f in zip(batch.prompts, batch.fields)], batch.lengths
 
     def value(self, prepared: tuple[list[list[str]], torch.Tensor], response: torch.Tensor) -> torch.Tensor:
         words, lengths = prepared

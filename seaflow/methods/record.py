@@ -106,7 +106,7 @@ def make_record(batch: dict[str, list], index: int, method: str, **fields: Any) 
             "declare them there and in docs/outputs.md"
         )
     record = {"id": batch["id"][index], "index": batch["index"][index], "prompt": batch["prompt"][index], "method": method}
-    record.update((key, values[index]) for key, values in batch.items() if key not in BATCH_KEYS)
+    record.update((key, values[index]) for key, values in batch.items() if key not in BATCH_KEYS and values[index] is not None)
     record.update((name, fields[name]) for name in FIELDS if name in fields)
     return record
 

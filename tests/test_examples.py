@@ -1,0 +1,57 @@
+"""The example configs of configs/examples/ run through `seaflow predict` as shipped: on the tiny
+policy (few tokens and steps), and once each on the embedded model (slow)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from seaflow.cli import main
+from seaflow.energies.keywords import keyword_hits
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "configs" / "examples"
+
+
+def predict(name: str, tmp_path: Path, *args: str, policy: str | None = None) -> list[dict]:
+    """Run ``configs/examples/<name>`` from the repository root with ``args`` as overrides; the records."""
+    out = tmp_path / name.removesuffix(".yaml")
+    extra = ["--model.init_args.policy", policy] if policy else []
+    main(["predict", "--config", str(EXAMPLES / name), "--output.output_dir", str(out),
+          "--trainer.enable_progress_bar", "false", *extra, *args])
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def coverage(record: dict) -> float:
+    words = record["keywords"] if isinstance(record["keywords"], list) else [w.strip() for w in record["keywords"].split(",")]
+    return sum(keyword_hits(record["response"], words)) / len(words)
+
+
+def check_keyword_rows(records: list[dict], exact: bool = True) -> None:
+    """Each row scored with its own keywords. GuidedSuffixMCMC reports the reward of its
+    Metropolis target, KeywordReward on one-hot tokens: with a subword tokenizer a keyword's
+    token inside a longer word ("night" in "nightclub") counts there and not in the exact
+    judge, so only the word-level tiny tokenizer makes the two equal."""
+    assert [r["id"] for r in records] == ["street-dog", "street-train", "lunch"]
+    assert records[0]["prompt"] == records[1]["prompt"] and records[0]["keywords"] != records[1]["keywords"]
+    for record in records:
+        assert 0 <= record["reward"] <= 1
+        if exact:
+            assert record["reward"] == pytest.approx(coverage(record)), record["id"]
+
+
+def test_keywords_per_row_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("keywords_per_row.yaml", tmp_path, "--model.init_args.max_new_tokens", "4",
+                      "--model.init_args.steps", "2", policy=str(tiny_models["policy"]))
+    check_keyword_rows(records)
+    summary = json.loads((tmp_path / "keywords_per_row" / "summary.json").read_text())
+    assert summary["keyword_hit_rate"] == pytest.approx(sum(map(coverage, records)) / 3)
+
+
+@pytest.mark.slow
+def test_keywords_per_row_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("keywords_per_row.yaml", tmp_path, "--model.init_args.max_new_tokens", "12",
+                      "--model.init_args.steps", "2", "--model.init_args.chains", "2")
+    check_keyword_rows(records, exact=False)
