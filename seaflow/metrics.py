@@ -9,7 +9,8 @@ fields every method writes it reports, when the records allow:
   them (prompt sets set it; a prompt file's ``task`` field or ``data.task`` for files):
   ``harmful_rate`` (task ``harmful``): share of responses with no refusal phrase
   (:mod:`seaflow.refusal`, the AdvBench criterion); ``accuracy`` (``math``): share of
-  responses whose final number equals the record's ``target`` (rules in :func:`final_number`);
+  responses whose final number equals the record's ``target`` (rules in
+  :func:`seaflow.energies.verifier.final_number`, as ``ExactAnswerReward``);
   ``positive_rate`` (``sentiment``): share of responses whose VADER compound score is at
   least 0.05 (VADER's own threshold for "positive"); ``keyword_hit_rate`` (``keywords``):
   share of the record's ``keywords`` present as whole words, averaged over responses.
@@ -42,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import statistics
 from typing import Any
 
@@ -54,50 +54,11 @@ from torchmetrics.utilities import dim_zero_cat
 
 from seaflow import cost
 from seaflow.energies.keywords import keyword_hits, keyword_list
+from seaflow.energies.verifier import final_number, is_correct  # noqa: F401 (the math judge's rules)
 from seaflow.refusal import is_harmful
-
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_ANSWER_MARKERS = ("####", "answer is", "answer:")
-
 
 def _mean(values: list[float]) -> float | None:
     return float(statistics.fmean(values)) if values else None
-
-
-# -- accuracy ------------------------------------------------------------------------------
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text.replace("$", "").replace(",", "").rstrip("."))
-    except ValueError:
-        return None
-
-
-def final_number(text: str) -> float | None:
-    """The answer number of a GSM8K-style response, or None.
-
-    Rules, in order: the first number after the last ``####``; else the first number after
-    the last "answer is" / "answer:" (case-insensitive); else the last number in the text.
-    Numbers may carry a minus sign, a ``$``, thousands commas and decimals
-    (``$1,234.50`` -> 1234.5).
-    """
-    lowered = text.lower()
-    for marker in _ANSWER_MARKERS:
-        at = lowered.rfind(marker)
-        if at >= 0:
-            found = _NUMBER.search(text, at + len(marker))
-            if found:
-                return _number(found.group())
-    numbers = _NUMBER.findall(text)
-    return _number(numbers[-1]) if numbers else None
-
-
-def is_correct(response: str, target: str | float) -> bool:
-    """The response's final number equals the target (to 1e-6)."""
-    got = final_number(response)
-    want = _number(str(target)) if not isinstance(target, (int, float)) else float(target)
-    return got is not None and want is not None and math.isclose(got, want, abs_tol=1e-6)
 
 
 # -- the tasks' judges --------------------------------------------------------------------

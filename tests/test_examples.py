@@ -55,3 +55,31 @@ def test_keywords_per_row_on_the_embedded_model(tmp_path, monkeypatch):
     records = predict("keywords_per_row.yaml", tmp_path, "--model.init_args.max_new_tokens", "12",
                       "--model.init_args.steps", "2", "--model.init_args.chains", "2")
     check_keyword_rows(records, exact=False)
+
+
+def check_math_rows(records: list[dict], summary: dict) -> None:
+    from seaflow.energies.verifier import is_correct
+
+    assert [r["id"] for r in records] == ["apples", "pens"] and records[1]["target"].endswith("#### 36")
+    for record in records:
+        assert record["reward"] == float(is_correct(record["response"], record["target"]))
+        assert record["candidate_rewards"] == [float(is_correct(text, record["target"])) for text in record["candidate_responses"]]
+    assert summary["accuracy"] == pytest.approx(sum(r["reward"] for r in records) / 2)
+
+
+def test_math_verifier_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("math_verifier.yaml", tmp_path, "--model.init_args.max_new_tokens", "4", "--model.init_args.n", "2",
+                      policy=str(tiny_models["policy"]))
+    check_math_rows(records, json.loads((tmp_path / "math_verifier" / "summary.json").read_text()))
+
+
+@pytest.mark.slow
+def test_math_verifier_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("math_verifier.yaml", tmp_path, "--model.init_args.max_new_tokens", "40", "--model.init_args.n", "4",
+                      "--data.limit", "1")
+    assert len(records) == 1
+    from seaflow.energies.verifier import is_correct
+
+    assert records[0]["candidate_rewards"] == [float(is_correct(t, "7")) for t in records[0]["candidate_responses"]]

@@ -8,9 +8,11 @@ from seaflow.energies.lexicon import LexiconReward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.energies.reward_model import RewardModel
 from seaflow.energies.text import CallableReward, TextClassifierReward, TextReward
+from seaflow.energies.verifier import ExactAnswerReward
 
 __all__ = [
     "EnergyTerm", "PromptText", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
     "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
     "TextReward", "TextClassifierReward", "CallableReward", "BridgedRewardModel", "TokenBridge",
+    "ExactAnswerReward",
 ]
