@@ -150,6 +150,38 @@ def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: in
     return PromptCache(rows, prompt_ids)
 
 
+def slot_log_probs(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, eos_ids: list[int],
+                   limits: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, L)``: the log-probability of each slot of the responses, ``logits[b, u]`` being slot ``u``'s next-token logits.
+
+    Slot ``u < n`` holds ``log p(y_u | y_<u)``; the EOS slot ``n`` (when ``n`` is below the
+    row's limit, ``L`` by default) holds ``log P(EOS)``, all EOS ids together (the sampler stops
+    at any of them); later slots hold 0. A row's sum is ``log pi(y)`` exactly as the capped
+    sampler writes ``y``.
+    """
+    width = tokens.shape[1]
+    logp = torch.log_softmax(logits.float(), -1)
+    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    eos_logp = logp[..., eos_ids].logsumexp(-1)
+    slots = torch.arange(width, device=tokens.device).unsqueeze(0)
+    n = lengths.to(tokens.device).unsqueeze(1)
+    limit = torch.full_like(n, width) if limits is None else limits.to(tokens.device).unsqueeze(1)
+    zero = torch.zeros_like(token_logp)
+    return torch.where(slots < n, token_logp, torch.where((slots == n) & (n < limit), eos_logp, zero))
+
+
+@dataclass
+class Proposal:
+    """:meth:`SuffixProposals.propose`'s new responses and what the chain needs about them."""
+
+    tokens: torch.Tensor  # (B, L)
+    lengths: torch.Tensor  # (B,)
+    kv: tuple | None  # per layer (B, heads, L, dim) of the response slots, with a cache
+    candidates: torch.Tensor | None  # (B, L, k) the policy's top-k at each slot
+    log_probs: torch.Tensor | None  # (B, L) slot log-probabilities under the proposing policy
+    cut_logits: torch.Tensor  # (B, V) the policy's next-token logits at the cut slot t (given y_<t)
+
+
 class SuffixProposals:
     """Suffix proposals for a batch of chains: the policy rewrites ``y_>=t`` given ``x`` and ``y_<t``.
 
@@ -176,28 +208,46 @@ class SuffixProposals:
         return self.cache.layout is not None
 
     @torch.no_grad()
-    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor):
-        """``(kv, candidates)`` of given responses: one pass over them (nothing without a cache or top-k)."""
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor, log_probs: bool = False):
+        """``(kv, candidates, slot log-probabilities)`` of given responses: one pass over them.
+
+        ``kv`` needs a re-wrappable cache, ``candidates`` a ``top_k``; the per-slot
+        log-probabilities (:func:`slot_log_probs`, ``(B, L)``) come only with ``log_probs``.
+        Without a cache, a top-k or log-probabilities nothing is run.
+        """
         rows, width = tokens.shape
         if self.cached:
             layout = replace(self.cache.layout, lengths=lengths.cpu())
-            keep = {} if self.top_k is not None else {"logits_to_keep": 1}
+            keep = {} if (self.top_k is not None or log_probs) else {"logits_to_keep": 1}
             out = layout.run(self.model, tokens, slots=width, **keep)
             prompt_width = layout.ids.shape[1]
             kv = tuple((layer.keys[:, :, prompt_width:], layer.values[:, :, prompt_width:]) for layer in output_cache(out).layers)
-            candidates = None
-            if self.top_k is not None:
-                logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits[:, : width - 1].float()], dim=1)
-                candidates = logits.topk(self.top_k, dim=-1).indices
-            return kv, candidates
-        if self.top_k is None:
-            return None, None
-        batch = build_layout(self.cache.prompt_ids, lengths.cpu(), self.pad_id).to(tokens.device)
-        return None, batch.next_token_logits(self.model, tokens).topk(self.top_k, dim=-1).indices
+            if self.top_k is None and not log_probs:
+                return kv, None, None
+            logits = torch.cat([layout.last_logits.unsqueeze(1), out.logits[:, : width - 1].float()], dim=1)
+        elif self.top_k is None and not log_probs:
+            return None, None, None
+        else:
+            kv = None
+            # the EOS slot's log-probability needs the position after the last token
+            run_lengths = (lengths + 1).clamp(max=width) if log_probs else lengths
+            batch = build_layout(self.cache.prompt_ids, run_lengths.cpu(), self.pad_id).to(tokens.device)
+            logits = batch.next_token_logits(self.model, tokens)
+        candidates = logits.topk(self.top_k, dim=-1).indices if self.top_k is not None else None
+        logp = slot_log_probs(logits, tokens, lengths, self.eos_ids, self.limits) if log_probs else None
+        return kv, candidates, logp
 
     @torch.no_grad()
-    def propose(self, tokens, lengths, kv, candidates, cuts: torch.Tensor, generators: list[torch.Generator]):
-        """New responses ``y_<t + s``: ``(tokens, lengths, kv, candidates)`` (see :func:`resample_suffixes`)."""
+    def propose(self, tokens, lengths, kv, candidates, cuts: torch.Tensor, generators: list[torch.Generator],
+                log_probs: torch.Tensor | None = None, first_bias: torch.Tensor | None = None) -> "Proposal":
+        """New responses ``y_<t + s`` (see :func:`resample_suffixes`).
+
+        ``log_probs`` (``(B, L)``, the state's :func:`slot_log_probs`) asks for the proposals'
+        per-slot log-probabilities: the kept slots' are copied, the new ones come from the
+        sampling logits. ``first_bias`` (``(B, V)``) is added to the logits of slot ``t`` for
+        the draw of its token only (the gradient token move); the suffix after it, the
+        candidates and the log-probabilities are the policy's own.
+        """
         rows, width = tokens.shape
         device = tokens.device
         cuts = cuts.to(device)
@@ -208,6 +258,7 @@ class SuffixProposals:
         if self.top_k is not None:
             out_candidates = torch.where(kept.unsqueeze(-1), candidates, 0) if candidates is not None else torch.zeros(
                 rows, width, self.top_k, dtype=torch.long, device=device)
+        out_log_probs = None if log_probs is None else torch.where(kept, log_probs, torch.zeros_like(log_probs))
         if self.cached:
             past, mask, logits, positions = self._refeed(tokens, kv, cuts)
             out_kv = tuple((torch.empty_like(k), torch.empty_like(v)) for k, v in kv)
@@ -229,8 +280,9 @@ class SuffixProposals:
         lengths = _generate(
             self.model, past, mask, positions, logits, cuts, width, self.eos_ids, generators,
             out_tokens, out_candidates, harvest, None if self.limits is None else self.limits.to(device),
+            first_bias=first_bias, log_probs=out_log_probs,
         )
-        return out_tokens, lengths, out_kv, out_candidates
+        return Proposal(out_tokens, lengths, out_kv, out_candidates, out_log_probs, logits)
 
     def _refeed(self, tokens, kv, cuts):
         """Cache of prompt + state slots, then one pass of ``y_{t-1}``: ``(cache, mask, logits of slot t, positions)``."""
@@ -264,12 +316,15 @@ class SuffixProposals:
         return output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
 
 
-def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest, limits=None):
+def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest, limits=None,
+              first_bias=None, log_probs=None):
     """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot
     ``limits[b] - 1`` (default ``width - 1``).
 
     Rows leave the batch once half of it is done; ``harvest(global rows, local rows, cache)``
-    sees each row's cache before it leaves (and the rest at the end). Returns the lengths.
+    sees each row's cache before it leaves (and the rest at the end). ``first_bias`` is added
+    to the first step's logits for its draw; ``log_probs`` (``(B, L)``) receives each written
+    slot's log-probability under the unbiased logits (EOS: all EOS ids together). Returns the lengths.
     """
     device = tokens.device
     eos = torch.tensor(eos_ids, device=device)
@@ -289,11 +344,16 @@ def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, genera
         if candidates is not None:
             top = logits.topk(candidates.shape[-1], dim=-1).indices
             candidates[ids[live], target[live]] = top[live]
-        token = (logits + generation.gumbel_noise(logits.shape, generators, device)).argmax(-1)
+        noise = generation.gumbel_noise(logits.shape, generators, device)
+        token = (logits + noise if step > 0 or first_bias is None else logits + first_bias + noise).argmax(-1)
         is_eos = torch.isin(token, eos) & live
         lengths[ids[is_eos]] = slot[is_eos]
         write = live & ~is_eos
         tokens[ids[write], target[write]] = token[write]
+        if log_probs is not None:
+            logp = torch.log_softmax(logits, -1)
+            value = torch.where(is_eos, logp[:, eos].logsumexp(-1), logp.gather(-1, token.unsqueeze(1)).squeeze(1))
+            log_probs[ids[live], target[live]] = value[live]
         finished = finished | is_eos | (step + 1 >= budget[ids])
         if bool(finished.all()):
             break
@@ -337,9 +397,9 @@ def resample_suffixes(
     (:class:`SuffixProposals` without a chain state: the kept prefixes are encoded first.)
     """
     proposals = SuffixProposals(model, cache, tokens.shape[1], eos_ids, pad_id, top_k)
-    kv, candidates = proposals.encode(tokens, cuts.to(tokens.device))
-    new_tokens, lengths, _, new_candidates = proposals.propose(tokens, cuts, kv, candidates, cuts, generators)
-    return new_tokens, lengths, new_candidates
+    kv, candidates, _ = proposals.encode(tokens, cuts.to(tokens.device))
+    new = proposals.propose(tokens, cuts, kv, candidates, cuts, generators)
+    return new.tokens, new.lengths, new.candidates
 
 
 # -- the reward and its gradient -------------------------------------------------------------
@@ -391,10 +451,15 @@ class ChainState:
     log_q: torch.Tensor  # (B, L) log q(. | y)
     kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # per layer (B, heads, L, dim) of the response slots
     candidates: torch.Tensor | None = None  # (B, L, k) the policy's top-k at each slot given y_<u
+    log_probs: torch.Tensor | None = None  # (B, L) slot log-probabilities under the proposing policy
+    target_log_prob: torch.Tensor | None = None  # (B,) log pi_ref(y | x) under the target's prompt
+    grad: torch.Tensor | None = None  # (B, L, V) the reward's one-hot gradient (token moves)
 
     def where(self, accept: torch.Tensor, other: "ChainState") -> "ChainState":
         """``other``'s rows where ``accept``, this state's elsewhere."""
         def pick(new, old):
+            if old is None:
+                return None
             mask = accept.view(-1, *([1] * (old.dim() - 1)))
             return torch.where(mask, new, old)
 
@@ -402,13 +467,19 @@ class ChainState:
             tokens=pick(other.tokens, self.tokens), lengths=pick(other.lengths, self.lengths),
             reward=pick(other.reward, self.reward), log_q=pick(other.log_q, self.log_q),
             kv=None if self.kv is None else tuple((pick(nk, k), pick(nv, v)) for (nk, nv), (k, v) in zip(other.kv, self.kv)),
-            candidates=None if self.candidates is None else pick(other.candidates, self.candidates),
+            candidates=pick(other.candidates, self.candidates), log_probs=pick(other.log_probs, self.log_probs),
+            target_log_prob=pick(other.target_log_prob, self.target_log_prob), grad=pick(other.grad, self.grad),
         )
 
 
 @dataclass
 class ChainRun:
-    """Result of :func:`run_chains`: final states, best visited states, per-step diagnostics."""
+    """Result of :func:`run_chains`: final states, best visited states, per-step diagnostics.
+
+    ``best_*`` is each chain's visited state of highest reward; with ``track_target``, also
+    ``best_target_*``: its visited state of highest target log-density
+    ``log pi_ref(y | x) + alpha r(y)`` (``best_target_value``), and ``final.target_log_prob``.
+    """
 
     final: ChainState
     best_tokens: torch.Tensor
@@ -419,6 +490,11 @@ class ChainRun:
     rewards: torch.Tensor  # (steps + 1, B) reward of the state before each step, and the final one
     proposal_rewards: torch.Tensor  # (steps, B)
     log_ratio: torch.Tensor  # (steps, B) log of the acceptance ratio
+    token_moves: torch.Tensor | None = None  # (steps, B) bool: the step was a gradient token move
+    best_target_tokens: torch.Tensor | None = None
+    best_target_lengths: torch.Tensor | None = None
+    best_target_reward: torch.Tensor | None = None
+    best_target_value: torch.Tensor | None = None
 
     @property
     def acceptance(self) -> torch.Tensor:
@@ -429,28 +505,84 @@ class ChainRun:
 
 
 class GradientCuts:
-    """``y -> (reward, log q(. | y))``: the reward and the gradient-guided cut distribution of responses.
+    """``y -> (reward, log q(. | y), grad)``: the reward, the gradient-guided cut distribution, the gradient.
 
     ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V))`` gives the reward and its
     gradient with respect to the one-hot response; ``alpha`` scales the gradient into
     log-target units before :func:`cut_scores`. ``starts`` and ``limits`` (per row, see
     :func:`cut_slots`) keep the cuts off each row's forced start, for every state alike: the
     forward draw ``q(t | y)`` and the reverse ``q(t | y')`` of the acceptance ratio.
+    ``keep_grad`` returns the gradient (token moves need it), also with uniform cuts; otherwise
+    the third value is None.
     """
 
     def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float,
-                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None):
+                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None, keep_grad: bool = False):
         self.score_fn = score_fn
         self.alpha = alpha
         self.temperature = temperature
         self.floor = floor
         self.uniform = temperature is None or floor >= 1
         self.starts, self.limits = starts, limits
+        self.keep_grad = keep_grad
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
-        reward, grad = self.score_fn(tokens, lengths, need_grad=not self.uniform)
-        scores = torch.zeros(tokens.shape, device=tokens.device) if grad is None else cut_scores(self.alpha * grad, tokens, lengths, candidates)
-        return reward, cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
+        reward, grad = self.score_fn(tokens, lengths, need_grad=self.keep_grad or not self.uniform)
+        scores = (torch.zeros(tokens.shape, device=tokens.device) if grad is None or self.uniform
+                  else cut_scores(self.alpha * grad, tokens, lengths, candidates))
+        log_q = cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
+        return reward, log_q, (grad if self.keep_grad else None)
+
+
+class TokenMoves:
+    """The gradient token move: slot ``t`` gets a token drawn over the whole vocabulary, the policy writes on.
+
+    At a token slot ``t`` of ``y`` (drawn from ``q(t | y)`` restricted to the slots that hold a
+    token), the new token is drawn from
+
+        q(v | y, t) ∝ p(v | x, y_<t) exp(alpha g_y[t, v] / temperature)      (v not an EOS id)
+
+    where ``p`` is the proposing policy's next-token distribution and ``g_y[t, v]`` the
+    reward's gradient with respect to the one-hot entry ``(t, v)`` at ``y`` (a first-order
+    estimate of ``r`` with ``v`` at ``t``; temperature 2 is the locally balanced choice of
+    Gibbs-with-gradients), and the policy writes the suffix after it. A token the policy would
+    almost never sample (a keyword it does not write unprompted) is proposed when the reward's
+    gradient favours it. The reverse move from ``y'`` at the same ``t`` proposes ``y_t`` with
+    ``q(y_t | y', t)`` (the gradient at ``y'``, the same ``p``, since ``y'_<t = y_<t``) and
+    rewrites ``y``'s suffix; every suffix and every ``p`` factor cancels against ``pi_ref`` in
+    the acceptance ratio, which keeps
+
+        (g_{y'}[t, y_t] - g_y[t, v]) alpha / temperature + log Z_y - log Z_{y'}
+
+    beside ``alpha (r' - r)`` and the restricted cut probabilities (``Z``: the normalisers of
+    ``q(. | y, t)`` and ``q(. | y', t)``). ``rate`` is each step's probability (per chain, drawn
+    independently of the state) of this move instead of a plain suffix move; each move is
+    reversible on its own, so the mixture is exact. ``random_direction`` replaces the gradient
+    by the same values with the vocabulary permuted at random (one permutation per chain and
+    step, used by the forward and the reverse draw alike): the same move without the gradient's
+    information, for ablations.
+    """
+
+    def __init__(self, rate: float, alpha: float, temperature: float, eos_ids: list[int], random_direction: bool = False):
+        self.rate, self.alpha, self.temperature = rate, alpha, temperature
+        self.eos_ids = eos_ids
+        self.random_direction = random_direction
+
+    def bias(self, grad: torch.Tensor, rows: torch.Tensor, cuts: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        """``alpha g[t, .] / temperature`` ``(B, V)`` at each row's cut, EOS ids at -inf (permuted by ``order``)."""
+        values = grad[rows, cuts].float()
+        if order is not None:
+            values = values.gather(-1, order)
+        values = values * (self.alpha / self.temperature)
+        values[:, self.eos_ids] = float("-inf")
+        return values
+
+
+def _token_slot_log_q(log_q: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``log q(t | y)`` restricted to the slots that hold a token (``t < n``) and renormalised."""
+    slots = torch.arange(log_q.shape[1], device=log_q.device).unsqueeze(0)
+    masked = torch.where(slots < lengths.to(log_q.device).unsqueeze(1), log_q, torch.full_like(log_q, float("-inf")))
+    return masked - masked.logsumexp(-1, keepdim=True)
 
 
 def run_chains(
@@ -463,6 +595,9 @@ def run_chains(
     seeds,
     correct_cut: bool = True,
     reverse_cuts_fn: GradientCuts | None = None,
+    token_moves: TokenMoves | None = None,
+    target_log_prob=None,
+    track_target: bool = False,
 ) -> ChainRun:
     """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
 
@@ -472,52 +607,108 @@ def run_chains(
     ``q(t | y') / q(t | y)`` factor; ``reverse_cuts_fn`` computes ``q(t | y')`` with other cut
     rules than the forward draw's (e.g. without the forced start's restriction). Both give a
     wrong sampler, kept to show that the exact ratio matters.
+
+    ``token_moves`` mixes in :class:`TokenMoves` (``cuts_fn`` must keep its gradient).
+    ``target_log_prob(tokens, lengths) -> (B,)`` is ``log pi_ref(y | x)`` under the target's
+    prompt when ``proposals`` proposes from another one (a steered proposal: the policy given
+    an instructed prompt ``x'``): the ratio then carries the importance correction
+    ``[log pi_ref(y' | x) - log pi_ref(y | x)] - [log p(y' | x') - log p(y | x')]`` (the kept
+    prefix cancels in both), so the chains still target ``pi_ref(y | x) exp(alpha r)``.
+    ``track_target`` also tracks each chain's visited state of highest target log-density.
     """
     device = tokens.device
     rows = tokens.shape[0]
-    kv, candidates = proposals.encode(tokens, lengths)
-    reward, log_q = cuts_fn(tokens, lengths, candidates)
-    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates)
+    steered = target_log_prob is not None
+    track = steered or track_target
+    kv, candidates, log_probs = proposals.encode(tokens, lengths, log_probs=track)
+    reward, log_q, grad = cuts_fn(tokens, lengths, candidates)
+    if token_moves is not None and grad is None:
+        raise ValueError("token moves need the reward's gradient: build GradientCuts with keep_grad=True")
+    target = None
+    if track:
+        target = target_log_prob(tokens, lengths).float() if steered else log_probs.sum(1)
+    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates, log_probs, target, grad)
     best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
-    accepted, cut_log, reward_log, proposal_log, ratio_log = [], [], [state.reward.cpu()], [], []
+    if track:
+        best_value = _finite(state.target_log_prob + alpha * state.reward)
+        best_target = (tokens.clone(), lengths.clone(), state.reward.clone(), best_value.clone())
+    accepted, cut_log, reward_log, proposal_log, ratio_log, move_log = [], [], [state.reward.cpu()], [], [], []
     row_index = torch.arange(rows, device=device)
     for step in range(steps):
         gens = generation.row_generators(seeds(step), device=device)
-        # cut and accept draws come first from each row's generator, then the suffix's Gumbel noise
-        draws = torch.stack([torch.rand(2, generator=g, device=g.device) for g in gens]).to(device)
-        cuts = _categorical(state.log_q, draws[:, 0])
-        new_tokens, new_lengths, new_kv, new_candidates = proposals.propose(
-            state.tokens, state.lengths, state.kv, state.candidates, cuts, gens
-        )
-        new_reward, new_log_q = cuts_fn(new_tokens, new_lengths, new_candidates)
+        # cut and accept draws (and the move's) come first from each row's generator, then the suffix's Gumbel noise
+        draws = torch.stack([torch.rand(2 if token_moves is None else 3, generator=g, device=g.device) for g in gens]).to(device)
+        bias = order = None
+        if token_moves is None:
+            moving = torch.zeros(rows, dtype=torch.bool, device=device)
+            forward_log_q = state.log_q
+        else:
+            moving = draws[:, 2] < token_moves.rate
+            forward_log_q = torch.where(moving.unsqueeze(1), _token_slot_log_q(state.log_q, state.lengths), state.log_q)
+            if token_moves.random_direction:
+                order = torch.stack([torch.randperm(state.grad.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
+        cuts = _categorical(forward_log_q, draws[:, 0])
+        if token_moves is not None:
+            bias = token_moves.bias(state.grad, row_index, cuts, order)
+            bias = torch.where(moving.unsqueeze(1), bias, torch.zeros_like(bias))
+        new = proposals.propose(state.tokens, state.lengths, state.kv, state.candidates, cuts, gens,
+                                log_probs=state.log_probs, first_bias=bias)
+        new_reward, new_log_q, new_grad = cuts_fn(new.tokens, new.lengths, new.candidates)
         new_reward = new_reward.float()
         log_ratio = alpha * (new_reward - state.reward)
         if correct_cut:
-            reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new_tokens, new_lengths, new_candidates)[1]
-            log_ratio = log_ratio + reverse[row_index, cuts] - state.log_q[row_index, cuts]
+            reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new.tokens, new.lengths, new.candidates)[1]
+            if token_moves is not None:
+                reverse = torch.where(moving.unsqueeze(1), _token_slot_log_q(reverse, new.lengths), reverse)
+            log_ratio = log_ratio + reverse[row_index, cuts] - forward_log_q[row_index, cuts]
+        if token_moves is not None:
+            policy = torch.log_softmax(new.cut_logits, -1)
+            back = token_moves.bias(new_grad, row_index, cuts, order)
+            placed = new.tokens[row_index, cuts].unsqueeze(1)
+            before = state.tokens[row_index, cuts].unsqueeze(1)
+            gradient_part = (back.gather(1, before) - bias.gather(1, placed)).squeeze(1)
+            normalisers = (policy + bias).logsumexp(-1) - (policy + back).logsumexp(-1)
+            log_ratio = log_ratio + torch.where(moving, gradient_part + normalisers, torch.zeros_like(log_ratio))
+        new_target = None
+        if track:
+            new_target = target_log_prob(new.tokens, new.lengths).float() if steered else new.log_probs.sum(1)
+        if steered:  # importance correction of the steered proposal (the kept prefix cancels in both sums)
+            log_ratio = log_ratio + (new_target - state.target_log_prob) - (new.log_probs.sum(1) - state.log_probs.sum(1))
         log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
         accept = draws[:, 1].log() < log_ratio
-        proposal = ChainState(new_tokens, new_lengths, new_reward, new_log_q, new_kv, new_candidates)
+        proposal = ChainState(new.tokens, new.lengths, new_reward, new_log_q, new.kv, new.candidates, new.log_probs, new_target, new_grad)
         state = state.where(accept, proposal)
         better = accept & (_finite(new_reward) > best_reward)
-        best_tokens = torch.where(better.unsqueeze(1), new_tokens, best_tokens)
-        best_lengths = torch.where(better, new_lengths, best_lengths)
+        best_tokens = torch.where(better.unsqueeze(1), new.tokens, best_tokens)
+        best_lengths = torch.where(better, new.lengths, best_lengths)
         best_reward = torch.where(better, new_reward, best_reward)
+        if track:
+            value = _finite(new_target + alpha * new_reward)
+            higher = accept & (value > best_target[3])
+            best_target = (
+                torch.where(higher.unsqueeze(1), new.tokens, best_target[0]), torch.where(higher, new.lengths, best_target[1]),
+                torch.where(higher, new_reward, best_target[2]), torch.where(higher, value, best_target[3]),
+            )
         accepted.append(accept.cpu())
         cut_log.append(cuts.cpu())
         reward_log.append(state.reward.cpu())
         proposal_log.append(new_reward.cpu())
         ratio_log.append(log_ratio.cpu())
+        move_log.append(moving.cpu())
         report(step + 1, steps, "step")  # the progress bar (seaflow/progress.py)
 
     def stack(values, dtype):
         return torch.stack(values) if values else torch.zeros(0, rows, dtype=dtype)
 
-    return ChainRun(
+    run = ChainRun(
         final=state, best_tokens=best_tokens, best_lengths=best_lengths, best_reward=best_reward,
         accepted=stack(accepted, torch.bool), cuts=stack(cut_log, torch.long), rewards=torch.stack(reward_log),
         proposal_rewards=stack(proposal_log, torch.float), log_ratio=stack(ratio_log, torch.float),
+        token_moves=None if token_moves is None else stack(move_log, torch.bool),
     )
+    if track:
+        run.best_target_tokens, run.best_target_lengths, run.best_target_reward, run.best_target_value = best_target
+    return run
 
 
 def _finite(values: torch.Tensor) -> torch.Tensor:

@@ -264,6 +264,13 @@ class PromptDataModule(L.LightningDataModule):
             ``keywords`` (e.g. ``[concepts, reference]``): each row's values reach every reward
             and judge with its prompt (``ResponseBatch.fields``), the method in its batch, and
             the record. A row may lack one; a field no row has is an error (a misspelling).
+        proposal_prompt_field: field of the prompt file holding another version of each prompt
+            (e.g. one that asks for what the reward wants: "... Use the words X and Y.") for
+            methods that propose from the policy given it while targeting the prompt itself
+            (GuidedSuffixMCMC's steered proposals, importance-corrected); batches then carry
+            ``proposal_prompt_ids``. None: the prompt itself (with ``proposal_system_prompt``).
+        proposal_system_prompt: system message of the proposal prompts (e.g. "Reply in a warm,
+            positive tone."); None: ``system_prompt``. Setting either key turns proposal prompts on.
     """
 
     def __init__(
@@ -287,6 +294,8 @@ class PromptDataModule(L.LightningDataModule):
         response_prefix_field: str | None = None,
         response_prefix_tokens: int | None = None,
         fields: list[str] | None = None,
+        proposal_prompt_field: str | None = None,
+        proposal_system_prompt: str | None = None,
     ):
         super().__init__()
         reserved = sorted(set(fields or ()) & set(RESERVED_FIELDS))
@@ -331,6 +340,8 @@ class PromptDataModule(L.LightningDataModule):
         self.response_prefix_field = response_prefix_field
         self.response_prefix_tokens = response_prefix_tokens
         self.fields = list(dict.fromkeys(fields or ()))
+        self.proposal_prompt_field = proposal_prompt_field
+        self.proposal_system_prompt = proposal_system_prompt
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
         self.file_skips: list[dict[str, Any]] = []
         self.length_skips: list[dict[str, Any]] = []
@@ -364,9 +375,9 @@ class PromptDataModule(L.LightningDataModule):
 
     @property
     def keep(self) -> tuple[str, ...]:
-        """The row fields kept with each prompt: ``task``, ``target``, ``keywords``, ``data.fields``, the prefix field."""
-        prefix = (self.response_prefix_field,) if self.response_prefix_field else ()
-        return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + prefix))
+        """The row fields kept with each prompt: ``task``, ``target``, ``keywords``, ``data.fields``, the prefix and proposal fields."""
+        extra = tuple(f for f in (self.response_prefix_field, self.proposal_prompt_field) if f)
+        return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + extra))
 
     def read_rows(self, rows: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
         """Prompts from numbered rows given in Python (objects or strings), validated as a file's rows are."""
@@ -392,15 +403,35 @@ class PromptDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.context_length = context_length
 
-    def encode(self, prompt: str) -> list[int]:
-        """Policy tokens of a prompt; special-token strings typed in the prompt or the system
-        prompt stay text, only the chat template's own markup is special (seaflow/encoding.py)."""
+    def encode(self, prompt: str, system_prompt: str | None = None) -> list[int]:
+        """Policy tokens of a prompt (with ``system_prompt``, default ``data.system_prompt``); special-token
+        strings typed in the prompt or the system prompt stay text, only the chat template's own
+        markup is special (seaflow/encoding.py)."""
+        system_prompt = self.system_prompt if system_prompt is None else system_prompt
         if self.chat_template:
             messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            if system_prompt:
+                messages.insert(0, {"role": "system", "content": system_prompt})
             return encode_chat(self.tokenizer, messages)
         return encode_text(self.tokenizer, prompt, add_special_tokens=True)
+
+    @property
+    def proposes(self) -> bool:
+        return self.proposal_prompt_field is not None or self.proposal_system_prompt is not None
+
+    def proposal(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """``proposal_prompt_ids``: the policy tokens of the prompt's proposal version; empty when off."""
+        if not self.proposes:
+            return {}
+        text = prompt["prompt"]
+        if self.proposal_prompt_field is not None:
+            text = prompt.get(self.proposal_prompt_field)
+            if not isinstance(text, str) or not text.strip():
+                raise PromptFileError(
+                    f"prompt {prompt['id']!r} has no text in its {self.proposal_prompt_field!r} field "
+                    f"(data.proposal_prompt_field): add it to every row, or set data.proposal_prompt_field: null"
+                )
+        return {"proposal_prompt_ids": self.encode(text, self.proposal_system_prompt)}
 
     @property
     def forces_prefix(self) -> bool:
@@ -454,7 +485,7 @@ class PromptDataModule(L.LightningDataModule):
         field = self.response_prefix_field
         row = {k: v for k, v in prompt.items() if field is None or k != field or k in ("id", "prompt", "index")}
         fields = {k: v for k, v in row.items() if k not in ("prompt", "index")}
-        return {**row, "prompt": PromptText(prompt["prompt"], fields), **forced, "prompt_ids": ids}
+        return {**row, "prompt": PromptText(prompt["prompt"], fields), **forced, **self.proposal(prompt), "prompt_ids": ids}
 
     def fill_ranks(self, items: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
         """Give every process at least one prompt when a resume leaves fewer than ``world_size``.

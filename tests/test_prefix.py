@@ -158,9 +158,9 @@ def test_suffix_chains_never_cut_or_change_the_forced_start(tiny_policy, monkeyp
     proposed = []
     propose = chains.SuffixProposals.propose
 
-    def spy(self, tokens, lengths, kv, candidates, cuts, generators):
-        out = propose(self, tokens, lengths, kv, candidates, cuts, generators)
-        proposed.append((cuts.clone(), out[0].clone(), out[1].clone()))
+    def spy(self, tokens, lengths, kv, candidates, cuts, generators, **options):
+        out = propose(self, tokens, lengths, kv, candidates, cuts, generators, **options)
+        proposed.append((cuts.clone(), out.tokens.clone(), out.lengths.clone()))
         return out
 
     monkeypatch.setattr(chains.SuffixProposals, "propose", spy)

@@ -14,7 +14,8 @@ from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.methods import BestOfN, GuidedSuffixMCMC
 from seaflow.chains import (
-    GradientCuts, PromptCache, SuffixProposals, cut_log_probs, cut_scores, prompt_cache, resample_suffixes, run_chains,
+    GradientCuts, PromptCache, SuffixProposals, TokenMoves, cut_log_probs, cut_scores, prompt_cache, resample_suffixes,
+    run_chains, slot_log_probs,
 )
 from test_methods import direct
 
@@ -192,6 +193,130 @@ def test_without_the_cut_ratio_the_target_is_missed(small_lm, start, steps):
     """Dropping q(t|y')/q(t|y) from the acceptance ratio gives a chain the chi-square test rejects."""
     statistic, limit, _ = chain_chi_square(small_lm, start, steps=steps, correct_cut=False)
     assert statistic > limit, f"a test without the cut ratio went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
+
+
+# -- gradient token moves and steered proposals: the same exact target ----------------------
+
+STEER = [2, 2, 1, 2]  # another prompt: the steered proposals' policy p(. | x') differs from pi_ref(. | x)
+
+
+def moves_chi_square(model, steps, rate=0.0, random_direction=False, steer=False, drop=None, chains=3000, seed=0,
+                     temperature=2.0, cached=True, start="empty"):
+    """Chains from the empty response with gradient token moves (``rate``) and/or proposals from the
+    policy given STEER (``steer``), importance-corrected towards PROMPT's target; ``drop='importance'``
+    scores the target's log-probability under STEER instead, which must break the chain."""
+    states, tokens, lengths, target = enumerate_target(model)
+    if start == "target":
+        index = torch.multinomial(target.float(), chains, replacement=True, generator=torch.Generator().manual_seed(seed))
+    else:  # every chain starts from the empty response
+        index = torch.zeros(chains, dtype=torch.long)
+    proposal_prompt = STEER if steer else PROMPT
+    cache = (prompt_cache(model, [proposal_prompt] * chains, PAD, WIDTH) if cached
+             else PromptCache(None, [proposal_prompt] * chains))
+    proposals = SuffixProposals(model, cache, WIDTH, [EOS], PAD)
+    target_log_prob = None
+    if steer:
+        scorer = SuffixProposals(model, prompt_cache(model, [PROMPT] * chains, PAD, WIDTH), WIDTH, [EOS], PAD)
+        target_log_prob = lambda t, n: scorer.encode(t, n, log_probs=True)[2].sum(1)  # noqa: E731
+        if drop == "importance":
+            target_log_prob = lambda t, n: proposals.encode(t, n, log_probs=True)[2].sum(1)  # noqa: E731
+    moves = TokenMoves(rate, ALPHA, temperature, [EOS], random_direction=random_direction) if rate else None
+    cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05, keep_grad=rate > 0)
+    run = run_chains(
+        proposals, tokens[index], lengths[index], cuts, ALPHA, steps,
+        lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(chains)],
+        token_moves=moves, target_log_prob=target_log_prob, track_target=True,
+    )
+    position = {s: i for i, s in enumerate(states)}
+    counts = torch.zeros(len(states), dtype=torch.float64)
+    for row, n in zip(run.final.tokens, run.final.lengths):
+        counts[position[tuple(row[: int(n)].tolist())]] += 1
+    expected = target * chains
+    statistic = float(((counts - expected) ** 2 / expected).sum())
+    return statistic, chi2_quantile(1 - P_VALUE, len(states) - 1), run
+
+
+@pytest.mark.parametrize("rate, random_direction, steer", [
+    (1.0, False, False), (1.0, True, False), (0.0, False, True), (1.0, False, True),
+])
+def test_token_moves_and_steered_proposals_leave_the_target_invariant(small_lm, rate, random_direction, steer):
+    """Chains started at the target, 3 steps of nothing but gradient token moves (also with a permuted
+    gradient), or of suffixes proposed by the policy given another prompt, importance-corrected: still
+    pi_ref(y|x) exp(alpha r) (chi-square), so each move is exact on its own."""
+    statistic, limit, run = moves_chi_square(small_lm, steps=3, rate=rate, random_direction=random_direction, steer=steer,
+                                             start="target")
+    assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+    if rate:
+        assert bool(run.token_moves.all())
+        assert float(run.accepted.float().mean()) > 0.1  # the token moves do move
+    assert torch.allclose(run.final.reward, small_reward(run.final.tokens, run.final.lengths))
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_mixed_moves_reach_the_exact_target(small_lm, cached):
+    """From the empty response, 60 steps mixing token moves (half) and steered suffix proposals: the target."""
+    statistic, limit, run = moves_chi_square(small_lm, steps=60, rate=0.5, steer=True, cached=cached, chains=2000)
+    assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+    assert 0.4 < float(run.token_moves.float().mean()) < 0.6
+
+
+def test_a_steered_proposal_without_its_importance_correction_misses_the_target(small_lm):
+    """Proposals from the policy given STEER, scored as if STEER were the target's prompt: the test sees it."""
+    statistic, limit, _ = moves_chi_square(small_lm, steps=20, steer=True, drop="importance", start="target")
+    assert statistic > limit, f"a missing importance correction went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
+
+
+def test_a_token_move_without_its_proposal_ratio_misses_the_target(small_lm):
+    """The token move's draw follows the gradient but its reverse is scored as a plain policy draw
+    (the q(y_t | y', t) / q(v | y, t) factor left out): the chi-square test sees it."""
+
+    class Biased(TokenMoves):
+        calls = 0
+
+        def bias(self, grad, rows, cuts, order):
+            # run_chains asks for the forward bias, then for the reverse one: flatten the reverse
+            Biased.calls += 1
+            values = super().bias(grad, rows, cuts, order)
+            if Biased.calls % 2 == 0:
+                return torch.where(torch.isfinite(values), torch.zeros_like(values), values)
+            return values
+
+    states, tokens, lengths, target = enumerate_target(small_lm)
+    chains = 3000
+    index = torch.multinomial(target.float(), chains, replacement=True, generator=torch.Generator().manual_seed(0))
+    proposals = SuffixProposals(small_lm, prompt_cache(small_lm, [PROMPT] * chains, PAD, WIDTH), WIDTH, [EOS], PAD)
+    cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05, keep_grad=True)
+    run = run_chains(proposals, tokens[index], lengths[index], cuts, ALPHA, 20,
+                     lambda step: [step * 7919 + row for row in range(chains)],
+                     token_moves=Biased(1.0, ALPHA, 0.5, [EOS]))
+    position = {s: i for i, s in enumerate(states)}
+    counts = torch.zeros(len(states), dtype=torch.float64)
+    for row, n in zip(run.final.tokens, run.final.lengths):
+        counts[position[tuple(row[: int(n)].tolist())]] += 1
+    statistic = float(((counts - target * chains) ** 2 / (target * chains)).sum())
+    assert statistic > chi2_quantile(1 - P_VALUE, len(states) - 1), f"a wrong token-move ratio went unnoticed: chi2 {statistic:.1f}"
+
+
+def test_best_target_state_is_the_highest_target_density_visited(small_lm):
+    states, tokens, lengths, target = enumerate_target(small_lm)
+    log_target = dict(zip(states, (target.log()).tolist()))
+    _, _, run = moves_chi_square(small_lm, steps=6, rate=0.5, chains=64)
+    # best_target_value is log pi_ref(y|x) + alpha r(y): the enumerated log target up to one constant per run
+    values = run.best_target_value.double()
+    exact = torch.tensor([log_target[tuple(r[: int(n)].tolist())] for r, n in zip(run.best_target_tokens, run.best_target_lengths)])
+    assert torch.allclose(values - exact, (values - exact)[0].expand_as(values), atol=1e-4)
+    final = torch.tensor([log_target[tuple(r[: int(n)].tolist())] for r, n in zip(run.final.tokens, run.final.lengths)])
+    assert bool((exact >= final - 1e-9).all())  # the best visited is at least the final state
+
+
+def test_slot_log_probs_sum_to_the_sequence_log_probability(small_lm):
+    states, tokens, lengths, _ = enumerate_target(small_lm)
+    cache = prompt_cache(small_lm, [PROMPT] * len(states), PAD, WIDTH)
+    proposals = SuffixProposals(small_lm, cache, WIDTH, [EOS], PAD)
+    total = proposals.encode(tokens, lengths, log_probs=True)[2].sum(1).double()
+    assert math.isclose(float(total.exp().sum()), 1.0, abs_tol=1e-4)  # a distribution over all 40 responses
+    uncached = SuffixProposals(small_lm, PromptCache(None, [PROMPT] * len(states)), WIDTH, [EOS], PAD)
+    assert torch.allclose(uncached.encode(tokens, lengths, log_probs=True)[2].sum(1).double(), total, atol=1e-4)
 
 
 # -- the pieces ------------------------------------------------------------------------------
@@ -420,3 +545,36 @@ def test_every_key_of_the_config_is_commented():
     keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
     uncommented = [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]
     assert not uncommented, uncommented
+
+
+@pytest.mark.parametrize("returns", ["best_target", "final"])
+def test_demo_config_with_token_moves_steering_and_return_rules(tmp_path, tiny_models, returns):
+    """configs/demo.yaml with gradient token moves, proposals from the policy given a system prompt and
+    another return rule: every rule's reply is recorded and the record's reply is the chosen rule's."""
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["data"]["proposal_system_prompt"] = "Reply in a warm, positive tone."
+    records = run_config_on_tiny(config, tmp_path, tiny_models, steps=4, chains=2, token_moves=0.5, returns=returns,
+                                 init_from="proposal_prompt", max_new_tokens=6)
+    for record in records:
+        assert record["returns"] == returns
+        assert set(record["alternatives"]) == {"best_reward", "best_target", "final"}
+        chosen = record["alternatives"][returns]
+        assert record["response"] == chosen["response"] and math.isclose(record["reward"], chosen["reward"], abs_tol=1e-6)
+        assert record["alternatives"]["best_reward"]["reward"] >= max(a["reward"] for a in record["alternatives"].values()) - 1e-6
+        moves = record["trace"]["token_move"]
+        assert len(moves) == 2 and all(len(m) == 4 for m in moves)
+        assert len(record["token_move_acceptance"]) == 2
+        assert "proposal_prompt_ids" not in record
+
+
+def test_a_row_without_its_proposal_prompt_is_named(tmp_path, tiny_models):
+    from seaflow.data import PromptDataModule, PromptFileError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "a", "prompt": "hello", "asked": "hello, kindly"}\n{"id": "b", "prompt": "bye"}\n')
+    data = PromptDataModule(str(path), policy=str(tiny_models["policy"]), proposal_prompt_field="asked")
+    with pytest.raises(PromptFileError, match="'b' has no text in its 'asked' field"):
+        data.items()
+    data = PromptDataModule(str(path), policy=str(tiny_models["policy"]), proposal_prompt_field="asked", limit=1)
+    (item,) = data.items()
+    assert item["proposal_prompt_ids"] == data.encode("hello, kindly") != item["prompt_ids"]

@@ -159,6 +159,15 @@ class AlignmentMethod(L.LightningModule):
             return None
         return [list(ids) for ids in prefixes for _ in range(copies)]
 
+    @staticmethod
+    def proposal_rows(batch: dict[str, list], copies: int = 1) -> list[list[int]] | None:
+        """Each row's proposal prompt (``data.proposal_prompt_field`` / ``data.proposal_system_prompt``),
+        ``copies`` rows per prompt, prompt-major; None when the batch has none."""
+        prompts = batch.get("proposal_prompt_ids")
+        if not prompts:
+            return None
+        return [list(ids) for ids in prompts for _ in range(copies)]
+
     def response_width(self, forced: list[list[int]] | None) -> int:
         """Response tokens a row holds: the longest forced start plus ``max_new_tokens`` free ones."""
         return self.max_new_tokens + (max(map(len, forced)) if forced else 0)

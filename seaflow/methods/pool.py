@@ -31,7 +31,7 @@ class Pool:
 
 @torch.no_grad()
 def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: list[str], pool: int, keep: int, batch_rows: int = 64,
-                 forced: list[list[int]] | None = None) -> Pool:
+                 forced: list[list[int]] | None = None, sample_ids: list[list[int]] | None = None) -> Pool:
     """The best ``keep`` of ``pool`` samples for each prompt (``prompt_ids``/``prompts``/``keys``: one entry per prompt).
 
     ``method`` is an :class:`~seaflow.methods.base.AlignmentMethod` with a reward (its
@@ -40,6 +40,8 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
     goes first; a non-finite reward ranks last. ``forced[p]`` is prompt ``p``'s forced response
     start (``data.response_prefix``): every sample begins with it. With ``keep == pool`` every sample is kept in
     candidate order and nothing is scored (the plain start from the first samples).
+    ``sample_ids[p]`` (default ``prompt_ids[p]``) is the prompt the samples are drawn after (a
+    proposal prompt); the reward always scores them as replies to ``prompt_ids[p]``.
     """
     if not 1 <= keep <= pool:
         raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
@@ -51,10 +53,11 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         ids = [prompt_ids[p] for p, _ in chunk]
+        drawn_after = ids if sample_ids is None else [sample_ids[p] for p, _ in chunk]
         gens = generation.row_generators([prompt_seed(method.seed, keys[p], c, "sample") for p, c in chunk], device=method.device)
         starts = [forced[p] for p, _ in chunk] if forced else None
         t, n = generation.sample(
-            method.policy.model, ids, method.response_width(starts if starts and any(starts) else None),
+            method.policy.model, drawn_after, method.response_width(starts if starts and any(starts) else None),
             method.eos_ids, method.pad_id, gens, temperature=method.temperature, top_p=method.top_p, forced=starts,
         )
         t = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=method.pad_id)

@@ -86,6 +86,9 @@ class Record(TypedDict, total=False):
     chain_acceptance: list[float]
     init_pool: int | None
     pool_rewards: list[float]
+    returns: str
+    alternatives: dict[str, dict[str, Any]]
+    token_move_acceptance: list[float | None]
     # every method (output.wall_time: false leaves wall_time_s out, also cost's)
     wall_time_s: float
     cost: Cost
@@ -93,7 +96,7 @@ class Record(TypedDict, total=False):
 
 FIELDS: tuple[str, ...] = tuple(Record.__annotations__)
 # batch keys that are not per-prompt metadata worth copying into records
-BATCH_KEYS = {"id", "index", "prompt", "prompt_ids", "response_prefix_ids"}
+BATCH_KEYS = {"id", "index", "prompt", "prompt_ids", "response_prefix_ids", "proposal_prompt_ids"}
 
 
 def make_record(batch: dict[str, list], index: int, method: str, **fields: Any) -> Record:

@@ -12,7 +12,9 @@ import time
 
 import torch
 
-from seaflow.chains import GradientCuts, OneHotRewardGradient, SuffixProposals, prompt_cache, run_chains
+from typing import Literal
+
+from seaflow.chains import GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.pool import best_of_pool
@@ -24,8 +26,16 @@ class GuidedSuffixMCMC(DecodingMethod):
     Per prompt, ``chains`` chains start from policy samples (or, with ``init_pool``, from the
     best ``chains`` of ``init_pool`` samples, candidate ``c`` being Best-of-N's candidate
     ``c``), run ``steps`` Metropolis steps on ``pi_ref(y|x) exp(alpha r(x, y))``, and the
-    best state any chain visited (discrete reward) is returned. A forced start
+    state chosen by ``returns`` is returned. A forced start
     (``data.response_prefix``) stays in place: the chains start after it and never cut it.
+
+    Two more moves reach what the policy does not write by itself, each exact
+    (:mod:`seaflow.chains`): gradient token moves (``token_moves``: at a token slot the reward's
+    gradient proposes a token over the whole vocabulary, the policy writes on after it), and
+    steered proposals (the data module's ``data.proposal_prompt_field`` or
+    ``data.proposal_system_prompt``: the policy given an instructed version ``x'`` of the prompt
+    writes the suffixes, and the ratio corrects for it, so the target stays the one of the
+    prompt ``x`` itself).
 
     Args:
         alpha: reward weight of the target; ``alpha * (r' - r)`` is the log acceptance ratio's
@@ -39,6 +49,19 @@ class GuidedSuffixMCMC(DecodingMethod):
             there; null = the whole vocabulary.
         init_pool: start from the best ``chains`` of this many policy samples per prompt
             (null = the first ``chains`` samples); its cost is part of the method's.
+        token_moves: share of the steps (drawn per chain and step) that are gradient token
+            moves instead of plain suffix moves; 0 = none.
+        token_temperature: temperature of the token move's gradient term (2: locally balanced).
+        token_direction: ``gradient``, or ``random`` (the same move with the gradient's values
+            over the vocabulary permuted at random: an ablation of what the gradient adds).
+        returns: which visited state a prompt returns: ``best_reward`` (the highest reward any
+            chain visited), ``best_target`` (the highest ``log pi_ref(y|x) + alpha r``) or
+            ``final`` (the chains' final states, samples of the target after ``steps`` steps: the
+            one of highest reward). With ``best_target`` or ``final`` the record also keeps the
+            other rules' replies (``alternatives``).
+        init_from: ``prompt``: the initial samples follow the prompt; ``proposal_prompt``: they
+            follow the proposal prompt (needs ``data.proposal_prompt_field`` or
+            ``data.proposal_system_prompt``).
         (others: see :class:`DecodingMethod`; ``temperature`` and ``top_p`` must stay 1.0)
     """
 
@@ -51,6 +74,11 @@ class GuidedSuffixMCMC(DecodingMethod):
         cut_floor: float = 0.1,
         cut_top_k: int | None = 50,
         init_pool: int | None = None,
+        token_moves: float = 0.0,
+        token_temperature: float = 2.0,
+        token_direction: Literal["gradient", "random"] = "gradient",
+        returns: Literal["best_reward", "best_target", "final"] = "best_reward",
+        init_from: Literal["prompt", "proposal_prompt"] = "prompt",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +114,23 @@ class GuidedSuffixMCMC(DecodingMethod):
                     "selection_reward is the target); set one, or model.init_args.cut_temperature: null for uniform cuts"
                 )
             self.require_gradient("GuidedSuffixMCMC's gradient-guided cut (model.init_args.cut_temperature)")
+        if not 0 <= token_moves <= 1:
+            raise ValueError(f"model.init_args.token_moves must be in [0, 1] (the share of token moves), got {token_moves}")
+        if not token_temperature > 0:
+            raise ValueError(f"model.init_args.token_temperature must be > 0, got {token_temperature}")
+        if token_direction not in ("gradient", "random"):
+            raise ValueError(f"model.init_args.token_direction must be 'gradient' or 'random', got {token_direction!r}")
+        if returns not in ("best_reward", "best_target", "final"):
+            raise ValueError(f"model.init_args.returns must be 'best_reward', 'best_target' or 'final', got {returns!r}")
+        if init_from not in ("prompt", "proposal_prompt"):
+            raise ValueError(f"model.init_args.init_from must be 'prompt' or 'proposal_prompt', got {init_from!r}")
+        if token_moves > 0:
+            if self.reward is None:
+                raise ValueError(
+                    "GuidedSuffixMCMC's token moves follow the gradient of a differentiable model.init_args.reward; "
+                    "set one, or model.init_args.token_moves: 0"
+                )
+            self.require_gradient("GuidedSuffixMCMC's token moves (model.init_args.token_moves)")
         self.alpha = alpha
         self.chains = chains
         self.steps = steps
@@ -93,6 +138,11 @@ class GuidedSuffixMCMC(DecodingMethod):
         self.cut_floor = cut_floor
         self.cut_top_k = cut_top_k
         self.init_pool = init_pool
+        self.token_moves = token_moves
+        self.token_temperature = token_temperature
+        self.token_direction = token_direction
+        self.returns = returns
+        self.init_from = init_from
 
     def method_name(self) -> str:
         return "GuidedSuffixMCMC"
@@ -108,8 +158,16 @@ class GuidedSuffixMCMC(DecodingMethod):
         prompt_ids, prompts, keys = self.expand(batch, chains)
         forced = self.forced_rows(batch, chains)  # data.response_prefix: every state starts with it, no cut touches it
         width = self.response_width(forced)
+        proposal_ids = self.proposal_rows(batch, chains)  # data.proposal_prompt_field / proposal_system_prompt: steered proposals
+        if proposal_ids is not None and forced:
+            raise ValueError("steered proposals (data.proposal_prompt_field / data.proposal_system_prompt) with a forced "
+                             "response start (data.response_prefix) are not supported: set one of them to null")
+        if self.init_from == "proposal_prompt" and proposal_ids is None:
+            raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field "
+                             "or data.proposal_system_prompt, or model.init_args.init_from: prompt")
         pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch,
-                            forced=self.forced_rows(batch))
+                            forced=self.forced_rows(batch),
+                            sample_ids=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
         tokens, lengths, candidate = pool.tokens, pool.lengths, pool.candidates
         starts = limits = None
         if forced:
@@ -121,22 +179,45 @@ class GuidedSuffixMCMC(DecodingMethod):
                     "remove it from data.response_prefix (or the data.response_prefix_field texts), or shorten it with "
                     "data.response_prefix_tokens"
                 )
-        cache = prompt_cache(self.policy.model, prompt_ids, self.pad_id, width)
+        model = self.policy.model
+        cache = prompt_cache(model, prompt_ids if proposal_ids is None else proposal_ids, self.pad_id, width)
         top_k = min(self.cut_top_k, self.policy.vocab_size) if (self.guided and self.cut_top_k is not None) else None
-        proposals = SuffixProposals(self.policy.model, cache, width, self.eos_ids, self.pad_id, top_k, limits=limits)
+        proposals = SuffixProposals(model, cache, width, self.eos_ids, self.pad_id, top_k, limits=limits)
         score = OneHotRewardGradient(self.reward, self.selection_reward, self.policy.vocab_size, prompt_ids, prompts)
         cuts_fn = GradientCuts(
-            score, self.alpha, self.cut_temperature, self.cut_floor, starts=starts, limits=limits,
+            score, self.alpha, self.cut_temperature, self.cut_floor, starts=starts, limits=limits, keep_grad=self.token_moves > 0,
         )
+        token_moves = None
+        if self.token_moves > 0:
+            token_moves = TokenMoves(self.token_moves, self.alpha, self.token_temperature, self.eos_ids,
+                                     random_direction=self.token_direction == "random")
+        target_log_prob = None
+        if proposal_ids is not None:  # log pi_ref(y | x) under the prompt itself: the importance correction
+            scorer = SuffixProposals(model, prompt_cache(model, prompt_ids, self.pad_id, width), width, self.eos_ids, self.pad_id)
+
+            def target_log_prob(t, n):
+                return scorer.encode(t, n, log_probs=True)[2].sum(1)
 
         def seeds(step: int) -> list[int]:
             return [prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}") for row, key in enumerate(keys)]
 
-        run = run_chains(proposals, tokens, lengths, cuts_fn, self.alpha, self.steps, seeds)
+        run = run_chains(proposals, tokens, lengths, cuts_fn, self.alpha, self.steps, seeds, token_moves=token_moves,
+                         target_log_prob=target_log_prob, track_target=self.returns != "best_reward")
         n_prompts = len(batch["id"])
         best = run.best_reward.cpu().view(n_prompts, chains)
-        chosen_chain = best.argmax(-1)  # ties: the earlier chain
-        rows = torch.arange(n_prompts) * chains + chosen_chain
+        candidates = {  # each return rule's state per row: (tokens, lengths, reward, ranking value)
+            "best_reward": (run.best_tokens, run.best_lengths, run.best_reward, run.best_reward),
+        }
+        if self.returns != "best_reward":
+            candidates["best_target"] = (run.best_target_tokens, run.best_target_lengths, run.best_target_reward,
+                                         run.best_target_value)
+            candidates["final"] = (run.final.tokens, run.final.lengths, run.final.reward, run.final.reward)
+        chosen = {
+            rule: (torch.arange(n_prompts) * chains + _finite_rank(value).cpu().view(n_prompts, chains).argmax(-1))  # ties: the earlier chain
+            for rule, (_, _, _, value) in candidates.items()
+        }
+        rows = chosen[self.returns]
+        chosen_chain = rows - torch.arange(n_prompts) * chains
         elapsed = time.perf_counter() - started  # the method's own work; what follows is for metrics
         device_rows = rows.to(tokens.device)
         final_texts = self.decode_text(run.final.tokens, run.final.lengths)
@@ -163,13 +244,33 @@ class GuidedSuffixMCMC(DecodingMethod):
                 },
                 "steps": self.steps,
                 "init_pool": self.init_pool,
+                "returns": self.returns,
             }
+            if run.token_moves is not None:
+                moved = run.token_moves[:, span]
+                extra["trace"]["token_move"] = moved.T.int().tolist()
+                extra["token_move_acceptance"] = [
+                    float(run.accepted[:, c][moved[:, i]].float().mean()) if bool(moved[:, i].any()) else None
+                    for i, c in enumerate(range(span.start, span.stop))
+                ]
+            if len(candidates) > 1:
+                extra["alternatives"] = {
+                    rule: {"response": self.decode_text(tokens_[rule_rows[p]].unsqueeze(0), lengths_[rule_rows[p]].unsqueeze(0))[0],
+                           "reward": float(reward_[rule_rows[p]]), "chain": int(rule_rows[p]) - p * chains}
+                    for rule, (tokens_, lengths_, reward_, _) in candidates.items()
+                    for rule_rows in [chosen[rule].to(tokens_.device)]
+                }
             if pool.rewards is not None:
                 extra["pool_rewards"] = pool.rewards[p].tolist()
             extras.append(extra)
         chosen_ids = [prompt_ids[int(r)] for r in rows]
         chosen_prompts = [prompts[int(r)] for r in rows]
+        out_tokens, out_lengths, out_rewards, _ = candidates[self.returns]
         return self.records(
-            batch, chosen_ids, chosen_prompts, run.best_tokens[device_rows], run.best_lengths[device_rows],
-            best.max(-1).values, elapsed, extras,
+            batch, chosen_ids, chosen_prompts, out_tokens[device_rows], out_lengths[device_rows],
+            out_rewards.cpu()[rows], elapsed, extras,
         )
+
+
+def _finite_rank(values: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
