@@ -39,6 +39,20 @@ FLOP estimate (multiply-add = 2 FLOPs):
 - soft embedding: ``2 * V * H`` per position forward, the same again backward when the
   distribution needs a gradient.
 
+Sequential depth (``sequential_depth``): model calls one after another on the critical path
+of a batch: every forward call of a watched model's body counts one (a prefill, a KV-cached
+decoding step, a reward model's pass), every backward through a body one more. Calls over
+chunks of rows that a loop makes one after another only to bound memory (``sample_batch``,
+``score_batch``) could run side by side: such loops iterate through :func:`side_by_side` and
+count as their longest chunk. A reward that runs no model (a lexicon) adds nothing. Every
+prompt of a batch waits for the whole batch, so each record carries its batch's depth (not a
+share of it). It is what bounds the latency on hardware that runs a call's rows in parallel:
+Best-of-N's 64 rows are one call per token, a Metropolis chain's steps are not.
+
+Each record also says where it ran: ``device`` (the policy's device, e.g. ``cpu (2 threads)``
+or the GPU's name) and ``load_average`` (the machine's 1-minute load average when the batch
+ended), so wall times are read with the load they were measured under.
+
 ``tests/test_cost.py`` checks the estimate against ``torch.utils.flop_counter`` on a tiny
 model and the token counts of Best-of-N and SEA against a direct calculation. Work a method
 does only for the record's metrics (the reference log-likelihood of the returned response,
@@ -49,6 +63,7 @@ FLOPs and from the wall time alike.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -57,6 +72,8 @@ import torch
 from torch import nn
 
 COUNTERS = ("forward_tokens", "backward_tokens", "head_tokens", "soft_embedding_tokens", "flops")
+# a batch's values that every one of its records carries whole (not divided over its prompts, not summed over records)
+PER_BATCH = ("sequential_depth", "load_average")
 
 _STACK: list["CostMeter"] = []
 
@@ -87,6 +104,7 @@ class CostMeter:
         self.started: float | None = None
         self.elapsed = 0.0
         self.excluded = 0.0
+        self.depth = 0  # model calls one after another (see the module docstring)
 
     def __enter__(self) -> "CostMeter":
         self.started = time.perf_counter()
@@ -97,9 +115,11 @@ class CostMeter:
         _STACK.remove(self)
         self.elapsed += time.perf_counter() - self.started
 
-    def add(self, role: str, **values: int) -> None:
+    def add(self, role: str, calls: int = 0, **values: int) -> None:
+        """Count ``values`` for ``role``; ``calls``: sequential model calls they took (the depth)."""
         if self.paused:
             return
+        self.depth += calls
         entry = self.counts.setdefault(role, dict.fromkeys(COUNTERS, 0))
         for name, value in values.items():
             entry[name] += int(value)
@@ -107,13 +127,17 @@ class CostMeter:
     def totals(self) -> dict[str, Any]:
         models = {role: dict(values) for role, values in sorted(self.counts.items())}
         out: dict[str, Any] = {name: sum(v[name] for v in models.values()) for name in ("flops", "forward_tokens", "backward_tokens")}
+        out["sequential_depth"] = self.depth
         out["wall_time_s"] = max(self.elapsed - self.excluded, 0.0)
         out["models"] = models
         return out
 
     def split(self, parts: int) -> dict[str, Any]:
-        """The totals divided evenly over ``parts`` records (the prompts of a batch)."""
-        return scale(self.totals(), 1.0 / max(parts, 1))
+        """The totals divided evenly over ``parts`` records (the prompts of a batch); the
+        :data:`PER_BATCH` values stay whole."""
+        totals = self.totals()
+        shared = scale({k: v for k, v in totals.items() if k not in PER_BATCH}, 1.0 / max(parts, 1))
+        return {k: totals[k] if k in PER_BATCH else shared[k] for k in totals}
 
 
 def active() -> CostMeter | None:
@@ -137,11 +161,29 @@ class uncounted:
                 self.meter.excluded += time.perf_counter() - self.started
 
 
-def _on_backward(shape: ModelShape, meter: CostMeter, values: dict[str, int]):
+def _on_backward(shape: ModelShape, meter: CostMeter, values: dict[str, int], calls: int = 0):
     def hook(grad):
-        meter.add(shape.role, **values)
+        meter.add(shape.role, calls=calls, **values)
         return None
     return hook
+
+
+def side_by_side(chunks):
+    """Iterate ``chunks`` (a loop over chunks of rows that run one after another only to bound
+    memory): the model calls inside count in the sequential depth as the longest chunk's, as if
+    the chunks ran side by side. Used like ``for start in side_by_side(range(0, rows, size)):``."""
+    meter = active()
+    if meter is None:
+        yield from chunks
+        return
+    start = longest = meter.depth
+    try:
+        for chunk in chunks:
+            meter.depth = start
+            yield chunk
+            longest = max(longest, meter.depth)
+    finally:
+        meter.depth = max(longest, meter.depth)
 
 
 # -- watching models ---------------------------------------------------------------------------
@@ -190,11 +232,11 @@ def watch(model: nn.Module, role: str) -> None:
         keys = _key_length(kwargs, positions)
         tokens = rows * positions
         attention = shape.attention_flops(tokens, keys)
-        meter.add(role, forward_tokens=tokens, flops=2 * shape.body_params * tokens + attention)
+        meter.add(role, calls=1, forward_tokens=tokens, flops=2 * shape.body_params * tokens + attention)
         if x.is_floating_point() and x.requires_grad and torch.is_grad_enabled():
             x.register_hook(_on_backward(shape, meter, {
                 "backward_tokens": tokens, "flops": 2 * shape.body_params * tokens + 2 * attention,
-            }))
+            }, calls=1))
         return None
 
     body.register_forward_pre_hook(body_hook, with_kwargs=True)
@@ -274,14 +316,17 @@ def models_of(term: nn.Module | None, skip: nn.Module | None = None) -> Iterator
 
 
 def scale(cost: dict[str, Any], factor: float) -> dict[str, Any]:
-    """Every number in a cost dict times ``factor`` (nested)."""
-    return {k: scale(v, factor) if isinstance(v, dict) else v * factor for k, v in cost.items()}
+    """Every number in a cost dict times ``factor`` (nested; text is kept)."""
+    return {k: scale(v, factor) if isinstance(v, dict) else v * factor if isinstance(v, (int, float)) else v
+            for k, v in cost.items()}
 
 
 def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """The sum of two cost dicts (nested; keys of either)."""
-    out = dict(a)
+    """The sum of two cost dicts (nested; keys of either; the :data:`PER_BATCH` values and text are left out)."""
+    out = {k: v for k, v in a.items() if k not in PER_BATCH and not isinstance(v, str)}
     for key, value in b.items():
+        if key in PER_BATCH:
+            continue
         if isinstance(value, dict):
             out[key] = add(out.get(key) or {}, value)
         elif isinstance(value, (int, float)):
@@ -290,11 +335,30 @@ def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def total(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Summed ``cost`` of the records that have one (None when none has)."""
+    """Summed ``cost`` of the records that have one (None when none has); the :data:`PER_BATCH`
+    values and the device are not sums (see :func:`seaflow.metrics.summarize` for their means)."""
     costs = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
     if not costs:
         return None
     return functools.reduce(add, costs, {})
+
+
+def describe_device(device: torch.device | str) -> str:
+    """``cpu (N threads)`` or the accelerator's name: where a record's wall time was measured."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def metered(predict_step):
@@ -318,8 +382,10 @@ def metered(predict_step):
             records = predict_step(self, batch, *args, **kwargs)
         if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
             share = meter.split(len(records))
+            share["device"] = describe_device(getattr(self, "device", "cpu"))
+            share["load_average"] = load_average()
             for record in records:
-                record["cost"] = share
+                record["cost"] = dict(share)
         return records
 
     wrapper._seaflow_metered = True

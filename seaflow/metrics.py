@@ -31,7 +31,9 @@ fields every method writes it reports, when the records allow:
   estimated from one response per prompt, since the methods have no per-token
   distribution of their own. ``mean_kl_per_token`` averages it over all active positions;
 * ``cost``: the records' ``cost`` fields summed (FLOPs, token passes per model, wall time;
-  :mod:`seaflow.cost`), and ``mean_flops`` per prompt.
+  :mod:`seaflow.cost`), and ``mean_flops`` per prompt; ``mean_sequential_depth`` (model calls one
+  after another on a batch's critical path, which each of its records carries whole),
+  ``mean_load_average`` and ``device`` (where the wall times were measured).
 
 :class:`PredictionMetrics` is a callback that keeps running means in torchmetrics
 (synchronised across processes) during predict and logs them to the trainer's loggers and,
@@ -209,6 +211,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if spent is not None:
         summary["cost"] = spent
         summary["mean_flops"] = spent["flops"] / len(records)
+        costs = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
+        for field in cost.PER_BATCH:
+            values = [float(c[field]) for c in costs if c.get(field) is not None]
+            if values:
+                summary[f"mean_{field}"] = _mean(values)
+        devices = sorted({c["device"] for c in costs if c.get("device")})
+        if devices:
+            summary["device"] = devices[0] if len(devices) == 1 else devices
     skipped = [r["id"] for r in records if r.get("skipped")]
     if skipped:
         summary["skipped"] = skipped

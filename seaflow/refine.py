@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from seaflow import rng
+from seaflow import cost, rng
 from seaflow.progress import report
 from seaflow.energies.base import Reward, ResponseBatch
 from seaflow.energies.reference import ReferenceLogLikelihood
@@ -231,7 +231,7 @@ class EnergyFunction:
 
     def _full_rows(self, term, state, flat: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         out = []
-        for start in range(0, flat.shape[0], self.candidate_rows):
+        for start in cost.side_by_side(range(0, flat.shape[0], self.candidate_rows)):
             chunk = slice(start, start + self.candidate_rows)
             out.append(term.value(self._prepared_rows(term, state, owner[chunk]), flat[chunk]).float())
         return torch.cat(out)
@@ -257,7 +257,7 @@ class EnergyFunction:
         count = order.numel()
         passes = max(math.ceil(count / self.candidate_rows), min(4, math.ceil(count / 8)))
         size = math.ceil(count / passes)
-        for begin in range(0, count, size):
+        for begin in cost.side_by_side(range(0, count, size)):
             chunk = order[begin : begin + size]
             first = int(starts[chunk].min())
             if first >= width:

@@ -46,7 +46,7 @@ def strict_json(value: Any) -> Any:
 def _without_wall_time(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in record.items() if k != "wall_time_s"}
     if isinstance(out.get("cost"), dict):
-        out["cost"] = {k: v for k, v in out["cost"].items() if k != "wall_time_s"}
+        out["cost"] = {k: v for k, v in out["cost"].items() if k not in ("wall_time_s", "load_average")}
     return out
 
 
@@ -56,7 +56,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
     Args:
         output_dir: run directory (created if missing).
         overwrite: start afresh, deleting earlier predictions in ``output_dir``, instead of resuming.
-        wall_time: keep each record's ``wall_time_s`` (and its ``cost``'s); false makes reruns byte-identical.
+        wall_time: keep each record's ``wall_time_s`` (and its ``cost``'s wall time and load average);
+            false makes reruns byte-identical.
     """
 
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

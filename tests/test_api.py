@@ -19,7 +19,7 @@ TEXTS = ["describe the city", "tell me about the weather", "write about my dog",
 def without_wall_time(record):
     out = {k: v for k, v in record.items() if k != "wall_time_s"}
     if isinstance(out.get("cost"), dict):
-        out["cost"] = {k: v for k, v in out["cost"].items() if k != "wall_time_s"}
+        out["cost"] = {k: v for k, v in out["cost"].items() if k not in ("wall_time_s", "load_average")}
     return out
 
 

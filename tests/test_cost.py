@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from seaflow import cost
 from seaflow.layout import build_layout
-from seaflow.energies import RewardModel
+from seaflow.energies import LexiconReward, RewardModel
 from seaflow.methods import BestOfN, Sample
 from seaflow.metrics import summarize
 from seaflow.models import load_causal_lm
@@ -154,3 +154,26 @@ def test_uncounted_work_is_excluded(eager_policy):
     with torch.no_grad():  # no meter: nothing is counted, nothing fails
         model(input_ids=torch.tensor([[5, 6]]))
     assert meter.totals()["forward_tokens"] == 3
+
+
+def test_sequential_depth_counts_model_calls_one_after_another(tiny_policy):
+    """A prefill and the cached steps for sampling; 2 more per Langevin step (a forward and a backward
+    through the policy; the lexicon reward runs no model); chunks of rows generated one after
+    another for memory count once."""
+    never_eos = lambda method: type("NoEos", (type(method),), {"eos_ids": property(lambda self: [10**6])})  # noqa: E731
+    width = 6
+    depth = {}
+    for rows in (2, 64):
+        method = BestOfN(policy="tiny", reward=LexiconReward(), n=6, sample_batch=rows, max_new_tokens=width)
+        method.__class__ = never_eos(method)
+        records, _ = direct(method, tiny_policy, prompts=PROMPTS[:2])
+        depth[rows] = [r["cost"]["sequential_depth"] for r in records]
+    assert depth[2] == depth[64] == [width, width]  # the batch's depth on every record, not a share
+    for steps in (1, 3):
+        method = SEA(policy="tiny", reward=LexiconReward(), sampler=Langevin(step_size=0.1), chains=2, steps=steps,
+                     max_new_tokens=width, alpha=1.0, decode="best")
+        depth[f"sea{steps}"] = direct(method, tiny_policy, prompts=PROMPTS[:2])[0][0]["cost"]["sequential_depth"]
+    assert depth["sea3"] - depth["sea1"] == 2 * 2
+    summary = summarize(records)
+    assert summary["mean_sequential_depth"] == width and "sequential_depth" not in summary["cost"]
+    assert summary["device"].startswith("cpu") and records[0]["cost"]["device"] == summary["device"]

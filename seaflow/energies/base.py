@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from seaflow import cost
 from seaflow.models import LoadedModel
 
 
@@ -183,7 +184,7 @@ class Reward(EnergyTerm):
         """Discrete reward ``(B,)`` of responses given as ids ``(B, L)``, ``batch_size`` rows per
         pass, each pass cut to its longest response."""
         out = []
-        for start in range(0, tokens.shape[0], batch_size):
+        for start in cost.side_by_side(range(0, tokens.shape[0], batch_size)):
             rows = slice(start, start + batch_size)
             n = lengths[rows]
             width = max(int(n.max()), 1)

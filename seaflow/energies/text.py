@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from seaflow import cost
 from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel
 
@@ -161,7 +162,7 @@ class TextClassifierReward(TextReward):
     def score_texts(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         out = []
         device = self.classifier_model.get_input_embeddings().weight.device
-        for start in range(0, len(responses), self.batch_size):
+        for start in cost.side_by_side(range(0, len(responses), self.batch_size)):
             texts = responses[start : start + self.batch_size]
             pair = (prompts[start : start + self.batch_size], texts) if self.include_prompt else (texts,)
             encoded = self.tokenizer(

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from seaflow import generation
+from seaflow import cost, generation
 from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.record import Record
@@ -62,7 +62,7 @@ class ARGS(DecodingMethod):
         width = self.response_width(forced)
         tokens, lengths = [], []
         blocks = -(-len(keys) // self.sample_batch)
-        for block, start in enumerate(range(0, len(keys), self.sample_batch)):
+        for block, start in enumerate(cost.side_by_side(range(0, len(keys), self.sample_batch))):
             rows = slice(start, start + self.sample_batch)
             # the progress bar (seaflow/progress.py) moves per decoded token of every block of rows
             on_token = lambda step, block=block: report(block * width + step + 1, blocks * width, "token")  # noqa: E731

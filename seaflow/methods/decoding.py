@@ -70,7 +70,7 @@ class DecodingMethod(AlignmentMethod):
         width = budget + (max(map(len, forced)) if forced else 0)
         seeds = [prompt_seed(self.seed, key, c, purpose) for key, c in zip(keys, candidates)]
         tokens, lengths = [], []
-        for start in range(0, len(prompt_ids), self.sample_batch):
+        for start in cost.side_by_side(range(0, len(prompt_ids), self.sample_batch)):
             stop = start + self.sample_batch
             chunk = forced[start:stop] if forced else None
             gens = generation.row_generators(seeds[start:stop], device=self.device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seaflow import generation
+from seaflow import cost, generation
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.base import prompt_seed
 
@@ -50,7 +50,7 @@ def best_of_pool(method, prompt_ids: list[list[int]], prompts: list[str], keys: 
     rows = [(p, c) for p in range(len(prompt_ids)) for c in range(pool)]
     width = method.response_width(forced)
     tokens, lengths, rewards = [], [], []
-    for start in range(0, len(rows), batch_rows):
+    for start in cost.side_by_side(range(0, len(rows), batch_rows)):
         chunk = rows[start : start + batch_rows]
         ids = [prompt_ids[p] for p, _ in chunk]
         drawn_after = ids if sample_ids is None else [sample_ids[p] for p, _ in chunk]

@@ -28,8 +28,11 @@ class Cost(TypedDict, total=False):
     flops: float
     forward_tokens: float
     backward_tokens: float
+    sequential_depth: int
     wall_time_s: float
     models: dict[str, ModelCost]
+    device: str
+    load_average: float | None
 
 
 class Record(TypedDict, total=False):
