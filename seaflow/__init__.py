@@ -4,7 +4,8 @@ from seaflow import energies, relaxations, samplers, schedules  # noqa: F401  (e
 from seaflow.api import Aligner, load
 from seaflow.data import PromptDataModule
 from seaflow.energies import LexiconReward, PromptedJudge, ReferenceLogLikelihood, RewardModel
-from seaflow.methods import ARGS, CBS, SEA, AlignmentMethod, BestOfN, BiasedDecoding, GuidedSuffixMCMC, Sample
+from seaflow.methods import (ARGS, CBS, SEA, AlignmentMethod, BestOfN, BiasedDecoding, GuidedSuffixMCMC, ParticleFilter, Sample,
+                             SoftBestOfN, SpeculativeRejection)
 from seaflow.relaxations import GumbelSoftmax, Softmax, StraightThrough
 from seaflow.samplers import HMC, MALA, AdaptiveLangevin, Langevin
 from seaflow.writer import JsonlPredictionWriter
@@ -16,5 +17,6 @@ __all__ = [
     "SEA", "AlignmentMethod", "PromptDataModule", "JsonlPredictionWriter",
     "ReferenceLogLikelihood", "RewardModel", "PromptedJudge", "LexiconReward",
     "StraightThrough", "Softmax", "GumbelSoftmax", "Langevin", "MALA", "HMC", "AdaptiveLangevin",
-    "Sample", "BestOfN", "ARGS", "CBS", "GuidedSuffixMCMC", "BiasedDecoding",
+    "Sample", "BestOfN", "SoftBestOfN", "SpeculativeRejection", "ParticleFilter", "ARGS", "CBS", "GuidedSuffixMCMC",
+    "BiasedDecoding",
 ]

@@ -60,6 +60,17 @@ def best_of_first(record: dict[str, Any], n: int) -> tuple[int, float]:
     return best, rewards[best]
 
 
+def soft_best_of_first(record: dict[str, Any], n: int, reward_temperature: float, seed: int) -> tuple[int, float]:
+    """``(candidate, reward)`` Soft Best-of-``n`` (``seaflow.methods.SoftBestOfN``) returns on a
+    Best-of-N record's first ``n`` candidates: the same draw from ``softmax(r / lambda)`` with the
+    prompt's stream of the run ``seed``, so a Best-of-N run gives Soft Best-of-N at no extra cost."""
+    from seaflow.methods.soft_best_of_n import soft_choice
+
+    rewards = record["candidate_rewards"][:n]
+    candidate, _ = soft_choice(rewards, reward_temperature, seed, record["id"])
+    return candidate, rewards[candidate]
+
+
 class ReportError(ValueError):
     """A run directory cannot be read; the message names it and what is missing."""
 

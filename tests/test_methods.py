@@ -57,6 +57,9 @@ def direct(method, tiny_policy, prompts=PROMPTS, batch_size=None):
         ("seaflow.methods.BestOfN", {"n": 3, "sample_batch": 4}),
         ("ARGS", {"top_k": 3, "weight": 1.0}),
         ("seaflow.methods.CBS", {"beams": 2, "samples_per_beam": 2, "chunk_length": 2}),
+        ("SoftBestOfN", {"n": 3, "reward_temperature": 0.1}),
+        ("SpeculativeRejection", {"n": 4, "decision_points": [2], "keep_fraction": 0.5}),
+        ("ParticleFilter", {"particles": 3, "block": 2, "sample_batch": 4}),
     ],
 )
 def test_cli_writes_core_fields(tmp_path, tiny_models, class_path, init_args):
@@ -178,7 +181,7 @@ def test_shipped_baseline_configs_parse(config, capsys):
 
 
 def test_shipped_configs_exist():
-    assert len(SHIPPED) == 9
+    assert len(SHIPPED) == 12
 
 
 def test_response_token_ids_are_the_response(tiny_policy):

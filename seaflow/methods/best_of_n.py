@@ -45,7 +45,7 @@ class BestOfN(DecodingMethod):
         tokens, lengths = self.sample_rows(prompt_ids, keys, [row % n for row in range(len(keys))], forced=self.forced_rows(batch, n))
         rewards = self.rewards(prompt_ids, prompts, tokens, lengths).cpu()
         grouped = rewards.view(-1, n)
-        best = grouped.argmax(-1)  # first maximum: ties go to the earlier candidate
+        best, chosen = self.choose(grouped, batch["id"])
         rows = torch.arange(len(batch["id"])) * n + best
         elapsed = time.perf_counter() - started  # the method's own work; what follows is for metrics
         first = torch.arange(len(batch["id"])) * n
@@ -61,10 +61,17 @@ class BestOfN(DecodingMethod):
                 "initial_reward": float(grouped[p, 0]),
                 "initial_ref_logprob_per_token": float(initial_ll[p].sum()) / max(int(lengths[first[p]]), 1),
                 "n": n,
+                **chosen[p],
             }
             if texts is not None:
                 extra["candidate_responses"] = texts[p * n : (p + 1) * n]
             extras.append(extra)
         chosen_ids = [prompt_ids[int(r)] for r in rows]
         chosen_prompts = [prompts[int(r)] for r in rows]
-        return self.records(batch, chosen_ids, chosen_prompts, tokens[rows], lengths[rows], grouped.max(-1).values, elapsed, extras)
+        returned = grouped.gather(1, best.unsqueeze(1)).squeeze(1)
+        return self.records(batch, chosen_ids, chosen_prompts, tokens[rows], lengths[rows], returned, elapsed, extras)
+
+    def choose(self, rewards: torch.Tensor, ids: list[str]) -> tuple[torch.Tensor, list[dict]]:
+        """The returned candidate of each prompt from the ``(prompts, n)`` rewards, and fields for
+        its record: the first maximum (ties go to the earlier candidate)."""
+        return rewards.argmax(-1), [{} for _ in ids]

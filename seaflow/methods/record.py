@@ -81,6 +81,18 @@ class Record(TypedDict, total=False):
     beam_rewards: list[float]
     rounds: int
     candidates_scored: int
+    # SoftBestOfN (also candidate, candidate_rewards, candidate_responses and n above) and ParticleFilter
+    candidate_probability: float
+    reward_temperature: float
+    # SpeculativeRejection (also candidate and n above)
+    survivors: list[int]
+    survivor_rewards: list[float]
+    kept: list[int]
+    # ParticleFilter
+    particle: int
+    particle_rewards: list[float]
+    ess: list[float]
+    resampled_at: list[int]
     # GuidedSuffixMCMC (also chain, chain_initial_rewards, chain_rewards, chain_responses,
     # initial_reward, initial_best_reward, trace and steps above; SEA with init_pool writes
     # chain_initial_candidates, init_pool and pool_rewards)
