@@ -35,7 +35,7 @@ import seaflow  # noqa: F401  (imports every built-in component)
 from seaflow.data import PromptDataModule
 from seaflow.methods.base import AlignmentMethod
 from seaflow.models import ModelLoadError
-from seaflow.resume import RunMismatchError, config_differences, ways_out
+from seaflow.resume import RunInUseError, RunMismatchError, config_differences, ways_out
 from seaflow.writer import JsonlPredictionWriter
 
 
@@ -548,7 +548,7 @@ def overview() -> str:
 DEBUG_ENV = "SEAFLOW_DEBUG"
 
 # exceptions that describe a mistake in the user's files, values, models or disk: one message, no traceback
-USER_ERRORS = (ValueError, OSError, ImportError, ModelLoadError, torch.cuda.OutOfMemoryError)
+USER_ERRORS = (ValueError, OSError, ImportError, ModelLoadError, RunInUseError, torch.cuda.OutOfMemoryError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

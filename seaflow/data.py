@@ -350,6 +350,8 @@ class PromptDataModule(L.LightningDataModule):
         self.context_length: int | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        if self.run is not None:  # one run writes a directory at a time: claimed before its records are read
+            self.run.claim(self.trainer.global_rank if self.trainer is not None else 0)
         if self.prompts is None:
             self.file_skips = []
             skipped = self.file_skips if self.on_bad_prompt == "skip" else None

@@ -16,15 +16,25 @@ compares two of them for the CLI's :class:`~seaflow.cli.SaveRunConfig`.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+log = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+LOCK = ".seaflow.lock"  # held by the run writing the directory; names it (pid, host, start, command)
 
 # Keys of the resolved config that do not change what a record holds: where and how the
 # run is written, how it is spread over devices and shown, and which prompts it takes.
@@ -37,6 +47,49 @@ FINGERPRINT_EXCEPTIONS = ("trainer.precision",)
 
 class RunMismatchError(ValueError):
     """``output_dir`` holds records of a different run; the message names what differs and the ways out."""
+
+
+class RunInUseError(RuntimeError):
+    """Another run is writing ``output_dir`` now; the message names it."""
+
+
+def lock_directory(directory: Path):
+    """An open file holding an exclusive ``flock`` on ``directory/.seaflow.lock``, with this process
+    written into it; RunInUseError naming the holder when another process has it.
+
+    The kernel releases the lock when its process ends, however it ends (SIGKILL, a power cut on a
+    local disk), so a dead run never blocks the next. Where ``flock`` does not exist (Windows) or
+    the filesystem refuses it, the run goes on unlocked, with a warning.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / LOCK, "a+", encoding="utf-8")  # never truncated by a process that waits
+    except OSError as err:
+        raise OSError(f"output_dir {str(directory)!r} is not writable ({err.strerror or err}): choose another output.output_dir") from None
+    try:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        log.warning("no flock on this platform: nothing stops a second run from writing %s at the same time", directory)
+        return handle
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            log.warning("cannot lock %s (%s): nothing stops a second run from writing it at the same time", directory, err)
+            return handle
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that has not named itself yet"
+        handle.close()
+        raise RunInUseError(
+            f"output_dir '{directory}' is being written by another run ({holder}): wait for it to end "
+            "(rerunning then resumes), stop it, or choose another output.output_dir"
+        ) from None
+    command = " ".join([Path(sys.argv[0]).name] + [shlex.quote(a) for a in sys.argv[1:]]) if sys.argv else "python"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+    handle.flush()
+    return handle
 
 
 def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -79,6 +132,22 @@ class RunDirectory:
         self.overwrite = overwrite
         self.skipped: list[dict[str, Any]] = []  # filled by the data module: {"line"?, "id", "reason"}
         self._done: dict[str, str | None] | None = None
+        self._lock = None
+
+    def claim(self, rank: int = 0) -> None:
+        """Make this run the directory's one writer before anything in it is read or written
+        (RunInUseError when another run writes it). Rank 0 holds the lock for the whole run: the
+        other ranks of a DDP run are started by it and write their shards under its lock."""
+        if rank != 0 or self._lock is not None:
+            return
+        self._lock = lock_directory(self.output_dir)
+        self._done = None  # what the directory holds now that no other run writes it
+
+    def release(self) -> None:
+        """Let the next run write the directory (the end of a run, in this process)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def record_files(self) -> list[Path]:
         return sorted(self.output_dir.glob("predictions*.jsonl"))

@@ -90,6 +90,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._rank, self._world = trainer.global_rank, trainer.world_size
+        self.run.claim(self._rank)  # no other run writes here until this one ends (the data module claims first)
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             probe = self.output_dir / f".write-test-{self._rank}"
@@ -139,6 +140,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
+        self.run.release()
         if self._rank == 0 and (isinstance(exception, KeyboardInterrupt) or self.written):
             print(self.resume_hint(exception), file=sys.stderr, flush=True)
 
@@ -153,6 +155,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
+        self.run.release()
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def test_ddp_every_prompt_once_in_order_same_as_one_process(two_ranks, single_pr
     got = records(run_dir)
     assert [r["id"] for r in got] == [f"p{i}" for i in range(len(PROMPTS))]
     assert sorted(p.name for p in run_dir.glob("predictions*.jsonl")) == ["predictions.jsonl"]
+    assert (run_dir / ".seaflow.lock").read_text().startswith("pid ")  # rank 0 held the directory for both ranks
     assert json.loads((run_dir / "summary.json").read_text())["prompts"] == len(PROMPTS)
     assert_same_results(got, single_process)
 

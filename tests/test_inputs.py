@@ -139,6 +139,42 @@ def test_rerun_with_another_config_fails_before_loading_models(tmp_path, tiny_mo
     assert ((run / "predictions.jsonl").read_bytes(), (run / "config.yaml").read_bytes()) == before
 
 
+def test_a_second_run_into_a_directory_being_written_is_refused_naming_the_first(tmp_path, tiny_models):
+    """The same command started twice: two real ``seaflow predict`` processes. The first pauses after
+    its first batch (holding the directory); the second is refused in one line naming the first's
+    pid; the first then finishes and every prompt is in predictions.jsonl once."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_cli import read_jsonl, tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, steps=1)
+    run = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), tests, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "seaflow.cli", "predict", "--config", str(config), "--data.batch_size", "1",
+               "--trainer.callbacks+", "tiny.PauseAfterFirstBatch"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "paused").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (run / "paused").exists(), first.stderr.read()[-2000:] if first.poll() is not None else "no first batch"
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        (run / "go").touch()
+        _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err[-2000:]
+    assert second.returncode == 1, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("seaflow: error:")]
+    assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"output_dir '{run}' is being written by another run (pid {first.pid} on " in errors[0], errors[0]
+    assert "output.output_dir" in errors[0]
+    assert [r["id"] for r in read_jsonl(run / "predictions.jsonl")] == ["p0", "p1", "p2", "p3"]
+
+
 def test_rerun_with_changed_prompt_text_fails_and_names_the_id(tmp_path, tiny_models, monkeypatch, capsys):
     from seaflow.cli import main
     from seaflow.methods.base import AlignmentMethod

@@ -394,7 +394,7 @@ def test_sigkill_then_rerun_gives_every_prompt_once(tmp_path, tiny_models):
     _, err = process.communicate()
     killed = read_jsonl(path)  # parses: each record is written whole and fsync'ed
     assert 1 <= len(killed) < 6, err[-2000:]
-    main(["predict", "--config", str(config)])  # the same command again
+    main(["predict", "--config", str(config)])  # the same command again: the killed run's lock died with it
     records = read_jsonl(path)
     assert [r["id"] for r in records] == [f"p{i}" for i in range(6)]
     assert records[: len(killed)] == killed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from seaflow.testing.tiny import CHAT_TEMPLATE, SPECIAL, WORDS, build_models, build_tokenizer, llama_config  # noqa: F401
@@ -77,3 +78,20 @@ def build_text_classifier(directory: Path, seed: int = 1) -> Path:
     )
     BertForSequenceClassification(config).eval().save_pretrained(directory)
     return directory
+
+
+
+class PauseAfterFirstBatch(L.Callback):
+    """A callback for a ``seaflow predict`` process a test starts (``--trainer.callbacks+
+    tiny.PauseAfterFirstBatch``): after the first batch rank 0 creates ``<output_dir>/paused``
+    and waits until the test creates ``<output_dir>/go`` (at most a minute)."""
+
+    def on_predict_batch_end(self, trainer, *args, **kwargs):
+        import time
+
+        root = Path(trainer.default_root_dir)
+        if trainer.is_global_zero and not (root / "paused").exists():
+            (root / "paused").touch()
+            deadline = time.monotonic() + 60
+            while not (root / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
