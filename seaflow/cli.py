@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import time
 from argparse import ArgumentError
@@ -32,6 +31,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import seaflow  # noqa: F401  (imports every built-in component)
+from seaflow.arguments import ConfigError, nested_nulls, summarize_parse_error, warn_switched_class_paths
 from seaflow.data import PromptDataModule
 from seaflow.methods.base import AlignmentMethod
 from seaflow.models import ModelLoadError
@@ -85,19 +85,19 @@ class SeaflowCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """LightningCLI's parsing; an unknown class name gets the list of available ones."""
-        warn_switched_class_paths(sys.argv[1:] if args is None else list(args))
+        """LightningCLI's parsing of the command line as :func:`read_arguments` prepares it; a bad value
+        is one line (ConfigError, the parser's full report behind ``--debug``)."""
         action = getattr(parser, "_subcommands_action", None)
         parsers = [parser] + (list(action._name_parser_map.values()) if action is not None else [])
+        args = read_arguments(sys.argv[1:] if args is None else list(args), parsers)
         saved = [p.exit_on_error for p in parsers]
         for p in parsers:
             p.exit_on_error = False
         try:
-            super().parse_arguments(parser, args)
+            # LightningCLI's parse_arguments without its warning about sys.argv (the prepared copy of it)
+            self.config = parser.parse_args(args)
         except ArgumentError as err:
-            for p, value in zip(parsers, saved):
-                p.exit_on_error = value
-            parser.error(explain_unknown_classes(str(err)))
+            raise ConfigError(summarize_parse_error(str(err), component_names)) from err
         finally:
             for p, value in zip(parsers, saved):
                 p.exit_on_error = value
@@ -298,54 +298,17 @@ class SaveRunConfig(SaveConfigCallback):
         return default
 
 
-def warn_switched_class_paths(args: list[str]) -> list[str]:
-    """Warn when a later ``--config`` switches a component's ``class_path`` (returns the warnings).
+def read_arguments(args: list[str], parsers) -> list[str]:
+    """The command line (or ``seaflow.load``'s overrides) as the parser should read it: a warning for
+    each class a later file or argument switches while earlier settings stay, and ``null`` nested
+    below a component kept null (seaflow/arguments.py)."""
+    from seaflow.energies.base import EnergyTerm
+    from seaflow.relaxations.base import Relaxation
+    from seaflow.samplers.base import Sampler
+    from seaflow.schedules import Schedule
 
-    jsonargparse keeps the earlier file's ``init_args`` that the new class also accepts
-    (Langevin -> MALA keeps ``noise_scale``); the warning names them so nothing is carried
-    over unnoticed (docs/configuration.md).
-    """
-    files = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    seen: dict[str, tuple[str, dict, str]] = {}
-    messages = []
-    for file in files:
-        try:
-            data = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            continue  # the parser reports unreadable files itself
-        for key, class_path, init_args in _components(data):
-            short = class_path.rsplit(".", 1)[-1]
-            if key in seen and seen[key][0] != short:
-                kept = {k: v for k, v in seen[key][1].items() if k not in init_args}
-                if kept:
-                    listed = ", ".join(f"{k}={v!r}" for k, v in kept.items())
-                    messages.append(
-                        f"seaflow: warning: {file} switches {key} from {seen[key][0]} to {short}; the init_args "
-                        f"{seen[key][2]} set for {seen[key][0]} are kept where {short} accepts them: {listed}. "
-                        f"Set them in {file} (or check --print_config)."
-                    )
-                seen[key] = (short, dict(init_args), file)
-            else:
-                previous = seen[key][1] if key in seen else {}
-                seen[key] = (short, {**previous, **init_args}, file)
-    for message in messages:
-        print(message, file=sys.stderr)
-    return messages
-
-
-def _components(data, prefix: str = ""):
-    """``(key, class_path, init_args)`` of every component in a loaded config, outermost first."""
-    if not isinstance(data, dict):
-        return
-    if isinstance(data.get("class_path"), str):
-        init_args = data.get("init_args") if isinstance(data.get("init_args"), dict) else {}
-        yield prefix, data["class_path"], init_args
-        for name, value in init_args.items():
-            yield from _components(value, f"{prefix}.init_args.{name}")
-        return
-    for name, value in data.items():
-        yield from _components(value, f"{prefix}.{name}" if prefix else str(name))
+    warn_switched_class_paths(args, families=(AlignmentMethod, Sampler, Schedule, Relaxation, EnergyTerm))
+    return nested_nulls(args, [o for p in parsers for action in p._actions for o in action.option_strings])
 
 
 def offline_wandb(trainer) -> None:
@@ -364,13 +327,18 @@ def offline_wandb(trainer) -> None:
             logger._wandb_init["dir"] = logger._save_dir = str(trainer.default_root_dir)
 
 
-def explain_unknown_classes(message: str) -> str:
-    """Append the available names to a parse error about a class name that resolves to nothing."""
-    unknown = sorted(set(re.findall(r"Expected a dot import path string: ([\w.]+)", message)))
-    if not unknown:
-        return message
-    names = ", ".join(repr(name) for name in unknown)
-    return f"{message}\nunknown class name {names}; available (seaflow list):\n{list_components()}"
+def component_names(base: type) -> list[str]:
+    """The names ``seaflow list`` gives for the components of ``base`` (for an unknown class name)."""
+    from seaflow.energies.base import EnergyTerm
+    from seaflow.relaxations.base import Relaxation
+    from seaflow.samplers.base import Sampler
+    from seaflow.schedules import Schedule
+
+    for family, contract in ((AlignmentMethod, "predict_step"), (Sampler, "step"), (Schedule, "__call__"),
+                             (Relaxation, "forward"), (EnergyTerm, "value")):
+        if issubclass(base, family):
+            return available(base, contract)
+    return []
 
 
 def list_components() -> str:
@@ -463,14 +431,14 @@ class BuildCLI(SeaflowCLI):
         parser.set_defaults({"data.path": NO_PROMPTS_FILE})
 
     def parse_arguments(self, parser, args) -> None:
-        """A mistake raises ValueError with the parser's message (no SystemExit inside Python)."""
-        warn_switched_class_paths(list(args or []))
+        """A mistake raises ConfigError (a ValueError) in one line; no SystemExit inside Python."""
+        args = read_arguments(list(args or []), [parser])
         parser.exit_on_error = False
         try:
             # LightningCLI's parse_arguments without its warning about sys.argv (a notebook kernel's own)
-            self.config = parser.parse_args(list(args))
+            self.config = parser.parse_args(args)
         except ArgumentError as err:
-            raise ValueError(explain_unknown_classes(str(err))) from None
+            raise ConfigError(summarize_parse_error(str(err), component_names)) from err
         finally:
             parser.exit_on_error = True
 

@@ -470,3 +470,94 @@ def test_every_config_key_named_in_messages_and_docs_is_accepted_by_the_cli():
     rejected = {key: where for key, where in named.items() if not _accepts(key)}
     assert not rejected, f"keys the CLI does not accept: {rejected}"
     assert not _accepts("data.init_args.chat_template") and not _accepts("model.init_args.no_such_argument")
+
+
+# -- a class switched on the command line, null two components down, one-line parse errors ------
+
+
+def _print_config(capsys, *args):
+    from seaflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", *args, "--print_config"])
+    out, err = capsys.readouterr()
+    import yaml
+
+    return yaml.safe_load(out), err
+
+
+def test_a_class_switched_on_the_command_line_warns_naming_each_kept_value(tmp_path, tiny_models, capsys):
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, reward={"class_path": "RewardModel", "init_args": {"model": str(tiny_models["reward"])}})
+    printed, err = _print_config(capsys, "--config", str(config), "--model.init_args.reward", "PromptedJudge")
+    assert printed["model"]["init_args"]["reward"]["init_args"]["model"] == str(tiny_models["reward"])  # jsonargparse keeps it
+    assert (f"seaflow: warning: --model.init_args.reward=PromptedJudge switches model.init_args.reward from RewardModel "
+            f"to PromptedJudge; the init_args {config} set for RewardModel are kept where PromptedJudge accepts them: "
+            f"model='{tiny_models['reward']}'") in err, err
+    assert "--model.init_args.reward.init_args.model null" in err and "label_index" not in err  # a judge has no label_index
+    # given again after the switch (here: unset, point 4 below), nothing is kept and nothing is said
+    printed, err = _print_config(capsys, "--config", str(config), "--model.init_args.reward", "PromptedJudge",
+                                 "--model.init_args.reward.init_args.model", "null")
+    assert printed["model"]["init_args"]["reward"]["init_args"]["model"] is None and "warning" not in err, err
+
+
+def test_a_class_switched_through_load_overrides_warns(tmp_path, tiny_models, capsys):
+    import seaflow
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models)  # sampler: Langevin with step_size 0.5, noise_scale 0.1
+    aligner = seaflow.load(str(config), overrides={"model.init_args.sampler": "MALA"})
+    err = capsys.readouterr().err
+    assert "--model.init_args.sampler=MALA switches model.init_args.sampler from Langevin to MALA" in err, err
+    assert "step_size=0.5" in err and "noise_scale=0.1" in err
+    assert aligner.config.model.init_args.sampler.class_path.endswith("MALA")
+
+
+def test_null_two_components_down_is_null_on_the_command_line_and_in_load(tmp_path, tiny_models, capsys):
+    import seaflow
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, reward={"class_path": "RewardModel", "init_args": {
+        "model": str(tiny_models["reward"]), "dtype": "float32", "device": "cpu"}})
+    for nested in ("dtype", "device"):
+        printed, _ = _print_config(capsys, "--config", str(config), f"--model.init_args.reward.init_args.{nested}", "null")
+        assert printed["model"]["init_args"]["reward"]["init_args"][nested] is None, nested
+    # LexiconReward without its file, on inline words only: on the command line and through load()
+    lexicon = tiny_config(tmp_path, tiny_models)
+    printed, _ = _print_config(capsys, "--config", str(lexicon), "--model.init_args.reward.init_args.lexicon", "null",
+                               "--model.init_args.reward.init_args.words", '{"good": 1.0}')
+    assert printed["model"]["init_args"]["reward"]["init_args"]["lexicon"] is None
+    aligner = seaflow.load(str(lexicon), overrides={"model.init_args.reward.init_args.lexicon": None,
+                                                    "model.init_args.reward.init_args.words": {"good": 1.0}})
+    assert aligner.method.reward.lexicon is None and aligner.method.reward.words == {"good": 1.0}
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--model.init_args.steps", "abc"], "model.init_args.steps: got 'abc'; expected an integer"),
+    (["--model.init_args.alpha", "nan"], "model.init_args.alpha: got 'nan'; expected a number"),
+    (["--model.init_args.sampler", "NoSuch"],  # (samplers the other tests define may follow)
+     "model.init_args.sampler: unknown class name 'NoSuch'; available: AdaptiveLangevin, DiscreteLangevin, HMC, Langevin, MALA"),
+    (["--model.init_args.sampler.init_args.stepsize", "1"],
+     "model.init_args.sampler.init_args.stepsize: Langevin has no argument 'stepsize' (did you mean 'step_size'?)"),
+    (["--model.init_args.sampler.init_args.step_size", "abc"],
+     "model.init_args.sampler.init_args.step_size: got 'abc'; expected a number or a Schedule (Constant, Cosine, Linear, Piecewise)"),
+    (["--data.on_bad_prompt", "ignore"], "data.on_bad_prompt: got 'ignore'; expected one of 'error', 'skip'"),
+    (["--model", "NoSuchMethod"], "model: unknown class name 'NoSuchMethod'; available: ARGS, BestOfN"),
+    (["--model.init_args.reward", "RewardModel"], "model.init_args.reward: RewardModel needs model: set model.init_args.reward.init_args.model"),
+])
+def test_a_bad_config_value_is_one_line_and_the_parser_report_is_behind_debug(tmp_path, tiny_models, capsys, args, line):
+    from seaflow.arguments import ConfigError
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models)
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config), *args])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith(f"seaflow: error: {line}") and "--debug" in err[1], err
+    with pytest.raises(ConfigError) as raised:
+        main(["predict", "--config", str(config), *args, "--debug"])
+    assert str(raised.value).startswith(line) and "\n" not in str(raised.value)
+    assert "Parser key" in str(raised.value.__cause__) or "Expected a" in str(raised.value.__cause__)  # the full report
