@@ -65,6 +65,20 @@ def test_distill_data_scores_the_policys_samples_with_the_text_reward(tmp_path, 
     assert [r["target"] for r in evaluation] == pytest.approx(classify(classifier_path, [r for _, r, _ in EVAL_ROWS]), abs=1e-4)
 
 
+def test_a_validation_split_that_comes_out_empty_is_refused(tmp_path, tiny_models, classifier_path):
+    from seaflow.reward_head import DistillData
+
+    args = _data_args(tmp_path, tiny_models, classifier_path)
+    args["reward"] = TextClassifierReward(model=str(classifier_path), label_index=1)
+    data = DistillData(**{**args, "val_fraction": 0.001})  # no prompt of 8 hashes below 0.001
+    data.prepare_data()
+    with pytest.raises(ValueError, match=r"DistillData val_fraction 0.001 held out none of the 8 prompts .* set val_fraction: 0"):
+        data.setup("fit")
+    nothing_held_out = DistillData(**{**args, "val_fraction": 0.0})  # asked for: trains, agreement.json says rows 0
+    nothing_held_out.setup("fit")
+    assert nothing_held_out.val_rows == [] and nothing_held_out.train_rows
+
+
 def test_regression_head_fits_and_exports_in_reward_units(tmp_path, tiny_models, tiny_policy, classifier_path):
     import lightning as L
 

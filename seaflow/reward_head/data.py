@@ -126,6 +126,14 @@ class CachedResponsesData(L.LightningDataModule):
         bucket = lambda r: int(_key(by(r), self.seed), 16) % 1000 / 1000  # noqa: E731
         self.val_rows = [r for r in rows if bucket(r) < self.val_fraction]
         self.train_rows = [r for r in rows if bucket(r) >= self.val_fraction]
+        if self.val_fraction > 0 and not self.val_rows:
+            # no validation metric, an empty held-out report: refused rather than noted in a Lightning warning
+            groups = len({by(r) for r in rows})
+            raise ValueError(
+                f"{type(self).__name__} val_fraction {self.val_fraction} held out none of the {groups} prompts "
+                "(the split hashes each prompt): give more prompts or a larger val_fraction, or set val_fraction: 0 "
+                "to train without validation"
+            )
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PromptDataset(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=collate)

@@ -217,6 +217,9 @@ class RewardHead(L.LightningModule):
             if self.objective == "regress":
                 report = self.agreement_report(self.trainer.datamodule)
                 (path / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+                if not any(entry["rows"] for entry in report.values()):
+                    log.warning("agreement.json has no held-out rows (val_fraction 0, no evaluate files): "
+                                "the surrogate's agreement with the reward is unmeasured")
                 log.warning("surrogate agreement with the reward (held out): %s", json.dumps(report))
             log.warning("reward head saved to %s (load it with RewardModel(model=%r, include_prompt=%s))",
                         path, str(path), self.include_prompt)
@@ -232,7 +235,8 @@ class RewardHead(L.LightningModule):
         sets = {"validation": data.val_rows, **getattr(data, "eval_sets", {})}
         report = {}
         for name, rows in sets.items():
-            if not rows:
+            if not rows:  # val_fraction 0: nothing held out, and the report says so
+                report[name] = {"rows": 0}
                 continue
             scores = torch.cat([
                 self(*zip(*[(r["prompt"], r["response"]) for r in rows[i : i + 64]])).float().cpu()
