@@ -1,7 +1,7 @@
 """The quality grid: tasks x methods x budgets, judged by what no method optimises.
 
     python benchmarks/quality.py run    [--grid configs/quality/grid.yaml] [--tasks a,b] [--methods m,n] [--budgets steps=5] [--time-limit 540]
-    python benchmarks/quality.py report [--grid ...] [--no-gemma] [--boot 2000]
+    python benchmarks/quality.py report [--grid ...] [--no-gemma] [--boot 2000] [--x flops,wall,depth]
 
 ``run`` executes each cell (task, method, budget) as ``seaflow predict --config <method's
 config for the task>`` with the task's prompts, one output directory per cell and the
@@ -11,15 +11,24 @@ where it stopped (the JSONL writer's resume); ``--time-limit`` stops the running
 SIGTERM (it finishes its batch, writes it and exits) so runs fit in short slots.
 
 ``report`` reads every cell's records and writes ``<output_dir>/results.md``,
-``results.json`` and frontier plots (``frontier_reward.png``, ``frontier_judge.png``): per
-task x method x budget the optimised reward, the task's independent judge
-(:mod:`seaflow.judges`), the NLL per token of the reply under the policy and under
-Gemma-3-270m (another family), FLOPs and wall time per prompt (the records' ``cost``), each
-mean with a bootstrap 95% interval over prompts. Best-of-N is a curve over N read from one
-run's candidates (candidate c is the same draw for every N; its cost is the run's times N/n,
-generation being one row per candidate). NLLs are cached in ``<output_dir>/nll_cache.json``.
-The goal check compares each other method with Best-of-N at equal FLOPs (interpolated on the
-curve in log-FLOPs; beyond its largest N, against the largest N).
+``results.json`` and frontier plots (``frontier_reward.png``, ``frontier_judge.png``; with
+``--x wall`` or ``depth`` also ``frontier_judge_wall.png`` ...): per task x method x budget
+the optimised reward, the task's independent judge (:mod:`seaflow.judges`), the NLL per token
+of the reply under the policy and under Gemma-3-270m (another family), FLOPs, wall time and
+sequential depth per prompt (the records' ``cost``), each mean with a bootstrap 95% interval
+over prompts, and the machine and load each cell ran under. Best-of-N is a curve over N read
+from one run's candidates (candidate c is the same draw for every N; its FLOPs and wall time
+are the run's times N/n, generation being one row per candidate; its depth is the run's). A
+method with ``from: best_of_n`` and a ``reward_temperature`` is Soft Best-of-N read off the
+same candidates (the draw ``seaflow.methods.SoftBestOfN`` makes), at no cost of its own. NLLs
+are cached in ``<output_dir>/nll_cache.json``. The goal check compares each other method with
+Best-of-N at equal FLOPs (interpolated on the curve in log-FLOPs; beyond its largest N,
+against the largest N); the paired tables compare every cell with Best-of-N prompt by prompt
+at equal FLOPs and at equal wall time, and with the grid's ``rivals`` (each at its cheapest
+budget that costs at least as much).
+
+A cell's ``set`` (in the method's entry) fixes further ``model.init_args`` keys, and a task's
+``limit`` runs only its first prompts: a tuning grid (configs/quality/tune_search.yaml) uses both.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ sys.path.insert(0, str(ROOT))
 
 from seaflow.data import read_prompts  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
-from seaflow.report import best_of_first, bootstrap  # noqa: E402
+from seaflow.report import (  # noqa: E402,F401  (the paired statistics are used and tested from here too)
+    AXES, best_of_first, bootstrap, cost_of, equal_cost_n, paired_bootstrap, sign_flip_p, sign_test_p, soft_best_of_first,
+)
 from seaflow.writer import read_records  # noqa: E402
 
 
@@ -61,29 +72,37 @@ def load_grid(path: str) -> dict[str, Any]:
 
 
 def cells(grid: dict, tasks: list[str] | None = None, methods: list[str] | None = None, budgets: list[str] | None = None):
-    """``(task, method, label, config path, overrides, directory)`` in run order (methods outer)."""
+    """``(task, method, label, config path, overrides, directory)`` in run order (methods outer).
+
+    A method read off another's runs (``from``) yields that method's cells."""
     out = Path(grid.get("output_dir", "runs/quality"))
     for method, spec in grid["methods"].items():
         if methods and method not in methods:
             continue
+        source = grid["methods"][spec.get("from", method)]
         for task in grid["tasks"]:
             if tasks and task not in tasks:
                 continue
-            config = spec["config"].format(task=grid["tasks"][task].get("configs_from", task))
+            config = source["config"].format(task=grid["tasks"][task].get("configs_from", task))
             if not Path(config).exists():
                 continue  # a method without a config for this task is not part of the task's grid
-            if "budgets" in spec:
-                for value in spec["budgets"]:
-                    label = f"{spec['key']}={value}"
+            folder = out / task / spec.get("from", method)
+            fixed = dict(source.get("set") or {})
+            if "budgets" in source:
+                for value in source["budgets"]:
+                    label = f"{source['key']}={value}"
                     if budgets and label not in budgets:
                         continue
-                    yield task, method, label, config, {spec["key"]: value}, out / task / method / label
+                    yield task, method, label, config, {**fixed, source["key"]: value}, folder / label
             else:
-                yield task, method, "run", config, {}, out / task / method / "run"
+                yield task, method, "run", config, fixed, folder / "run"
 
 
 def prompt_ids(grid: dict, task: str) -> list[str]:
-    return [p["id"] for p in read_prompts(grid["tasks"][task]["prompts"])]
+    """The task's prompt ids (its first ``limit`` prompts when the task sets one)."""
+    ids = [p["id"] for p in read_prompts(grid["tasks"][task]["prompts"])]
+    limit = grid["tasks"][task].get("limit")
+    return ids[:limit] if limit else ids
 
 
 def done_ids(directory: Path) -> set[str]:
@@ -93,12 +112,14 @@ def done_ids(directory: Path) -> set[str]:
 def run(grid: dict, args) -> None:
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
     for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods, args.budgets):
+        if "from" in grid["methods"][method]:
+            continue  # read off another method's runs: nothing to run
         wanted = prompt_ids(grid, task)
         if set(wanted) <= done_ids(directory):
             continue
         command = [
             sys.executable, "-m", "seaflow.cli", "predict", "--config", config,
-            "--data.path", grid["tasks"][task]["prompts"], "--data.limit", "null",
+            "--data.path", grid["tasks"][task]["prompts"], "--data.limit", json.dumps(grid["tasks"][task].get("limit")),
             "--model.init_args.max_new_tokens", str(grid.get("max_new_tokens", 24)),
             "--output.output_dir", str(directory),
         ]
@@ -199,22 +220,38 @@ def rows_of(grid: dict, task: str, method: str, label: str, directory: Path, spe
     present = [pid for pid in wanted if pid in records]
     if "curve" not in spec:
         return [(label, [row_of(records[pid], records[pid]["response"], records[pid]["reward"], 1.0) for pid in present])]
+    soft = spec.get("reward_temperature")
+    seed = run_seed(directory) if soft is not None else 0
     out = []
     for n in spec["curve"]:
         rows = []
         for pid in present:
             record = records[pid]
-            best, reward = best_of_first(record, n)  # first maximum, as BestOfN picks
+            if soft is None:
+                best, reward = best_of_first(record, n)  # first maximum, as BestOfN picks
+            else:
+                best, reward = soft_best_of_first(record, n, soft, seed)  # SoftBestOfN's draw
             rows.append(row_of(record, record["candidate_responses"][best], reward, n / record["n"]))
         out.append((f"N={n}", rows))
     return out
 
 
+def run_seed(directory: Path) -> int:
+    """The run's ``model.init_args.seed`` from its config.yaml (0 when unknown)."""
+    path = directory / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return int((((config or {}).get("model") or {}).get("init_args") or {}).get("seed", 0) or 0)
+
+
 def row_of(record: dict, reply: str, reward: float, share: float) -> dict:
+    """One prompt's row; ``share``: the part of the record's FLOPs and wall time it stands for
+    (N / n for Best-of-N read off a larger run; the depth does not shrink with N)."""
     cost = record.get("cost") or {}
+    depth = cost.get("sequential_depth")
     return {
         "id": record["id"], "prompt": record["prompt"], "reply": reply, "reward": reward,
         "flops": cost.get("flops", math.nan) * share, "wall": cost.get("wall_time_s", record.get("wall_time_s", math.nan)) * share,
+        "depth": math.nan if depth is None else depth, "load": cost.get("load_average"), "device": cost.get("device"),
         "record": record,
     }
 
@@ -241,16 +278,20 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
             "nll_gemma": [cache.get("gemma", r["prompt"], r["reply"]) for r in rows],
             "flops": [r["flops"] for r in rows],
             "wall": [r["wall"] for r in rows],
+            "depth": [r["depth"] for r in rows],
         }
         for name, values in columns.items():
             mean, low, high = bootstrap(values, args.boot)
             entry[name] = {"mean": mean, "low": low, "high": high}
         entry["ids"] = [r["id"] for r in rows]
+        loads = [r["load"] for r in rows if r["load"] is not None]
+        entry["load"] = {"mean": statistics.fmean(loads), "min": min(loads), "max": max(loads)} if loads else None
+        entry["devices"] = sorted({r["device"] for r in rows if r["device"]})
         table.append(entry)
     return table, entries
 
 
-# -- paired comparison at equal FLOPs --------------------------------------------------------------
+# -- paired comparisons at equal FLOPs and at equal wall time ---------------------------------------
 
 
 def judge_of(grid: dict, task: str):
@@ -267,63 +308,52 @@ def best_reply_of_first(record: dict, n: int) -> tuple[str, float]:
 
 
 def equal_flops_n(method_flops: float, bon_record: dict) -> tuple[int, bool]:
-    """The smallest N whose Best-of-N spends at least ``method_flops`` on this prompt, and whether
-    the run's candidates reach it (False: capped at the run's n, so Best-of-N spends less)."""
-    per_candidate = bon_record["cost"]["flops"] / bon_record["n"]
-    wanted = max(1, math.ceil(method_flops / per_candidate - 1e-9))
-    return min(wanted, bon_record["n"]), wanted <= bon_record["n"]
+    """:func:`seaflow.report.equal_cost_n` on FLOPs."""
+    return equal_cost_n(method_flops, bon_record, "flops")
 
 
-def paired_bootstrap(diffs: list[float], boot: int, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the mean of paired differences (prompts resampled)."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(boot))
-    return means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
+def is_read_off(spec: dict) -> bool:
+    """A method whose rows are read off a Best-of-N run (Best-of-N's own curve or Soft Best-of-N's)."""
+    return "curve" in spec
 
 
-def sign_flip_p(diffs: list[float], draws: int = 20000, seed: int = 0) -> float:
-    """Two-sided p-value of the paired sign-flip permutation test of mean difference 0.
+def best_of_n_method(grid: dict) -> str | None:
+    """The grid's Best-of-N (the first method with a curve of its own, not read off another)."""
+    return next((m for m, spec in grid["methods"].items() if "curve" in spec and "from" not in spec), None)
 
-    Under the null each prompt's difference is as likely to have either sign; exact
-    enumeration up to 16 prompts, Monte Carlo (``draws`` sign vectors) beyond."""
-    n = len(diffs)
-    observed = abs(sum(diffs))
-    if n <= 16:
-        hits = sum(abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(diffs))) >= observed - 1e-12
-                   for mask in range(1 << n))
-        return hits / (1 << n)
-    rng = random.Random(seed)
-    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12 for _ in range(draws))
-    return (hits + 1) / (draws + 1)
+
+PAIRED_AXES = {"flops": "equal FLOPs", "wall": "equal wall time"}
 
 
 def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict]:
-    """Every complete non-Best-of-N cell against Best-of-N at equal FLOPs, prompt by prompt.
+    """Every complete cell that is not read off Best-of-N against Best-of-N at equal FLOPs and at
+    equal wall time, prompt by prompt.
 
-    For each prompt, Best-of-N gets the smallest N whose FLOPs reach the method's on that
-    prompt (read from the same prompt's N = n run: candidate c is the same draw for every N),
-    so Best-of-N never spends less than the method unless the run's n is too small (counted
-    in ``capped``)."""
-    bon_method = next((m for m, spec in grid["methods"].items() if "curve" in spec), None)
+    For each prompt, Best-of-N gets the smallest N whose cost reaches the method's on that prompt
+    (read from the same prompt's N = n run: candidate c is the same draw for every N; its wall
+    time pro-rated as N / n), so Best-of-N never spends less than the method unless the run's n
+    is too small (counted in ``capped``)."""
+    bon_method = best_of_n_method(grid)
     runs = {}
     for task, method, label, config, overrides, directory in cells(grid, None, [bon_method] if bon_method else []):
         runs[task] = {r["id"]: r for r in read_records(directory / "predictions.jsonl")}
     plans = []
-    for task, method, budget, rows in entries:
-        if "curve" in grid["methods"][method] or task not in runs or len(rows) < len(prompt_ids(grid, task)):
-            continue
-        pairs = []
-        for row in rows:
-            bon = runs[task].get(row["id"])
-            if bon is None or math.isnan(row["flops"]):
+    for axis in PAIRED_AXES:
+        for task, method, budget, rows in entries:
+            if is_read_off(grid["methods"][method]) or task not in runs or len(rows) < len(prompt_ids(grid, task)):
                 continue
-            n, reached = equal_flops_n(row["flops"], bon)
-            reply, _ = best_reply_of_first(bon, n)
-            pairs.append((row, reply, n, reached))
-        plans.append((task, method, budget, pairs))
+            pairs = []
+            for row in rows:
+                bon = runs[task].get(row["id"])
+                if bon is None or math.isnan(row[axis]) or cost_of(bon, axis) is None:
+                    continue
+                n, reached = equal_cost_n(row[axis], bon, axis)
+                reply, _ = best_reply_of_first(bon, n)
+                pairs.append((row, reply, n, reached))
+            plans.append((axis, task, method, budget, pairs))
     cache.fill([(row["prompt"], reply) for *_, pairs in plans for row, reply, _, _ in pairs])
     out = []
-    for task, method, budget, pairs in plans:
+    for axis, task, method, budget, pairs in plans:
         if not pairs:
             continue
         judge = judge_of(grid, task)
@@ -331,15 +361,59 @@ def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dic
         gemma = [(cache.get("gemma", row["prompt"], row["reply"]), cache.get("gemma", row["prompt"], reply))
                  for row, reply, _, _ in pairs]
         gemma = [(a, b) for a, b in gemma if a is not None and b is not None]
-        out.append(paired_entry(task, method, budget, diffs, gemma, [(n, reached) for _, _, n, reached in pairs]))
-    for task, spec in grid["tasks"].items():  # a task with `pool_with` is also reported pooled with that task
+        entry = paired_entry(task, method, budget, diffs, gemma, [(n, reached) for _, _, n, reached in pairs])
+        out.append({**entry, "axis": axis})
+    return out + pooled(grid, out)
+
+
+def pooled(grid: dict, out: list[dict]) -> list[dict]:
+    """A task with ``pool_with`` is also reported pooled with that task (same method, budget and axis)."""
+    extra = []
+    for task, spec in grid["tasks"].items():
         other = spec.get("pool_with")
         for e in [e for e in out if e["task"] == task and other]:
-            match = next((o for o in out if o["task"] == other and o["method"] == e["method"] and o["budget"] == e["budget"]), None)
+            match = next((o for o in out if o["task"] == other and o["method"] == e["method"] and o["budget"] == e["budget"]
+                          and o.get("axis") == e.get("axis") and o.get("rival") == e.get("rival")), None)
             if match is not None:
-                out.append(paired_entry(f"{other}+{task}", e["method"], e["budget"], match["diffs"] + e["diffs"],
-                                        match["gemma"] + e["gemma"], match["n"] + e["n"]))
-    return out
+                entry = paired_entry(f"{other}+{task}", e["method"], e["budget"], match["diffs"] + e["diffs"],
+                                     match["gemma"] + e["gemma"], match["n"] + e["n"])
+                extra.append({**entry, **{k: e[k] for k in ("axis", "rival", "rival_budget") if k in e}})
+    return extra
+
+
+def rival_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict]:
+    """Every complete cell against each of the grid's ``rivals`` (the strongest searches), prompt by
+    prompt, on FLOPs and on wall time: the rival at its cheapest budget whose mean cost reaches the
+    cell's (its largest when none does, counted in ``capped``); read-off methods (Soft Best-of-N)
+    give their curve's points as budgets."""
+    rivals = [m for m in grid.get("rivals", []) if m in grid["methods"]]
+    complete = [(task, method, budget, rows) for task, method, budget, rows in entries
+                if rows and len(rows) == len(prompt_ids(grid, task))]
+    out = []
+    for axis in PAIRED_AXES:
+        for task, method, budget, rows in complete:
+            if is_read_off(grid["methods"][method]) and "from" not in grid["methods"][method]:
+                continue  # Best-of-N itself: the tables above
+            spent = statistics.fmean(r[axis] for r in rows)
+            for rival in rivals:
+                if rival == method:
+                    continue
+                options = sorted(((statistics.fmean(r[axis] for r in rrows), rbudget, rrows)
+                                  for t, m, rbudget, rrows in complete if t == task and m == rival), key=lambda o: o[0])
+                if not options or math.isnan(spent):
+                    continue
+                reached = [o for o in options if o[0] >= spent * (1 - 1e-9)]
+                cost, rbudget, rrows = reached[0] if reached else options[-1]
+                theirs = {r["id"]: r for r in rrows}
+                pairs = [(r, theirs[r["id"]]) for r in rows if r["id"] in theirs]
+                judge = judge_of(grid, task)
+                diffs = [judge(a["reply"], a["prompt"]) - judge(b["reply"], b["prompt"]) for a, b in pairs]
+                gemma = [(cache.get("gemma", a["prompt"], a["reply"]), cache.get("gemma", b["prompt"], b["reply"])) for a, b in pairs]
+                gemma = [(x, y) for x, y in gemma if x is not None and y is not None]
+                entry = paired_entry(task, method, budget, diffs, gemma, [])
+                out.append({**entry, "axis": axis, "rival": rival, "rival_budget": rbudget, "cost_ratio": cost / spent,
+                            "capped": 0 if reached else len(pairs)})
+    return out + pooled(grid, out)
 
 
 def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma: list[tuple[float, float]],
@@ -348,7 +422,7 @@ def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma:
     wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
     return {
         "task": task, "method": method, "budget": budget, "prompts": len(diffs),
-        "bon_n_median": statistics.median(k for k, _ in n),
+        "bon_n_median": statistics.median(k for k, _ in n) if n else math.nan,
         "capped": sum(not reached for _, reached in n),
         "judge_diff": statistics.fmean(diffs), "low": low, "high": high,
         "wins": wins, "ties": len(diffs) - wins - losses, "losses": losses,
@@ -359,26 +433,37 @@ def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma:
     }
 
 
-def sign_test_p(wins: int, losses: int) -> float:
-    """Two-sided exact sign test (ties dropped): how often a fair coin splits as unevenly."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def paired_lines(paired: list[dict]) -> list[str]:
+def paired_lines(paired: list[dict], axis: str = "flops") -> list[str]:
     lines = [
-        "| task | method | budget | prompts | Best-of-N at equal FLOPs (median N) | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | p (sign test) | Gemma NLL method vs Best-of-N |",
+        f"| task | method | budget | prompts | Best-of-N at {PAIRED_AXES[axis]} (median N) | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | p (sign test) | Gemma NLL method vs Best-of-N |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in paired:
+        if e.get("axis", "flops") != axis:
+            continue
         capped = f", {e['capped']} capped at the run's n" if e["capped"] else ""
         lines.append(
             f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']} | N={e['bon_n_median']:g}{capped} | "
             f"{e['judge_diff']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] | {e['wins']} / {e['ties']} / {e['losses']} | "
             f"{e['p']:.3f} | {e['p_sign']:.3f} | {e['gemma_method']:.2f} vs {e['gemma_bon']:.2f} |"
+        )
+    return lines
+
+
+def rival_lines(rows: list[dict], axis: str) -> list[str]:
+    lines = [
+        f"| task | method | budget | rival (budget at {PAIRED_AXES[axis]}) | rival's cost / method's | judge difference [95% CI] | wins / ties / losses | p (sign-flip) | Gemma NLL method vs rival |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        if e["axis"] != axis:
+            continue
+        ratio = f"{e['cost_ratio']:.2f}x" if "cost_ratio" in e else "(pooled)"
+        capped = " (its largest: cheaper)" if e.get("capped") else ""
+        lines.append(
+            f"| {e['task']} | {e['method']} | {e['budget']} | {e['rival']} ({e['rival_budget']}){capped} | {ratio} | "
+            f"{e['judge_diff']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] | {e['wins']} / {e['ties']} / {e['losses']} | "
+            f"{e['p']:.3f} | {e['gemma_method']:.2f} vs {e['gemma_bon']:.2f} |"
         )
     return lines
 
@@ -396,13 +481,14 @@ def fmt(cell: dict, digits: int = 3, ci: bool = True) -> str:
 def goal_check(table: list[dict], grid: dict) -> list[str]:
     """Each non-Best-of-N cell against Best-of-N at equal FLOPs (judge, and Gemma NLL within 10%)."""
     lines = []
+    bon_method = best_of_n_method(grid)
     for task in grid["tasks"]:
-        curve = sorted((e for e in table if e["task"] == task and "curve" in grid["methods"][e["method"]] and e["complete"]),
+        curve = sorted((e for e in table if e["task"] == task and e["method"] == bon_method and e["complete"]),
                        key=lambda e: e["flops"]["mean"])
         if len(curve) < 2:
             continue
         for e in table:
-            if e["task"] != task or "curve" in grid["methods"][e["method"]] or not e["complete"]:
+            if e["task"] != task or e["method"] == bon_method or not e["complete"]:
                 continue
             at = bon_at(curve, e["flops"]["mean"])
             better = e["judge"]["mean"] > at["judge"]
@@ -433,67 +519,93 @@ def bon_at(curve: list[dict], flops: float) -> dict:
             "where": f"equal FLOPs (between {curve[i]['budget']} and {curve[i + 1]['budget']})"}
 
 
-def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | None = None) -> None:
+def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | None = None, rivals: list[dict] | None = None) -> None:
     judge_names = {"sentiment": "TextBlob polarity (success: > 0)", "keywords": "keyword coverage (success: all)",
                    "refusal": "refusal phrases (success: refuses)"}
     lines = [
-        "| task | method | budget | prompts | reward | judge | success | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | method | budget | prompts | reward | judge | success | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt | depth | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in table:
+        load = f"{e['load']['mean']:.1f}" if e.get("load") else "-"
         lines.append(
             f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']}{'' if e['complete'] else ' (partial)'} | "
             f"{fmt(e['reward'])} | {fmt(e['judge'])} | {fmt(e['success'], 2, ci=False)} | {fmt(e['nll_policy'], 2)} | "
-            f"{fmt(e['nll_gemma'], 2)} | {e['flops']['mean'] / 1e9:.0f} | {e['wall']['mean']:.1f} |"
+            f"{fmt(e['nll_gemma'], 2)} | {e['flops']['mean'] / 1e9:.0f} | {e['wall']['mean']:.1f} | {fmt(e['depth'], 0, ci=False)} | {load} |"
         )
     judges = "; ".join(f"{t}: {judge_names[s['judge']]}" for t, s in grid["tasks"].items())
+    devices = sorted({d for e in table for d in e.get("devices", [])})
+    loads = [e["load"] for e in table if e.get("load")]
+    machine = (f"Measured on {', '.join(devices) or 'an unrecorded device'}; 1-minute load average per cell "
+               + (f"{min(x['min'] for x in loads):.1f} to {max(x['max'] for x in loads):.1f} (column load: the cell's mean)."
+                  if loads else "not recorded."))
+    paired_text = ""
+    for axis, name in PAIRED_AXES.items():
+        paired_text += (
+            f"\n## Paired, prompt by prompt, against Best-of-N at {name}\n\n"
+            f"Per prompt, Best-of-N gets the smallest N whose {'FLOPs' if axis == 'flops' else 'wall time (pro-rated as N/n)'} "
+            "reach the method's on that prompt (from the same\n"
+            "prompt's candidates); difference = method's judge - Best-of-N's judge; interval: bootstrap over prompts;\n"
+            "p (sign-flip): two-sided sign-flip permutation test of a zero mean difference (the primary test);\n"
+            "p (sign test): two-sided exact sign test on wins against losses (ties dropped).\n\n"
+            + "\n".join(paired_lines(paired or [], axis)) + "\n"
+        )
+    rival_text = ""
+    if rivals:
+        for axis, name in PAIRED_AXES.items():
+            rival_text += (
+                f"\n## Paired against the strongest searches at {name}\n\n"
+                "Each cell against each rival at the rival's cheapest budget whose mean cost per prompt reaches the cell's\n"
+                "(its largest when none does); difference = method's judge - rival's judge, paired by prompt.\n\n"
+                + "\n".join(rival_lines(rivals, axis)) + "\n"
+            )
     text = (
         "# Quality grid\n\nMeans over prompts with bootstrap 95% intervals. Judges: " + judges + ".\n"
-        "Best-of-N rows for N < n are read from the N = n run's candidates (cost scaled by N/n).\n\n"
+        "Best-of-N rows for N < n are read from the N = n run's candidates (FLOPs and wall time scaled by N/n, depth the run's);\n"
+        "Soft Best-of-N rows (a method read off Best-of-N) from the same candidates. Depth: model calls one after another\n"
+        "(seaflow/cost.py). " + machine + "\n\n"
         + "\n".join(lines) + "\n\n## Goal check (judge higher than Best-of-N at equal FLOPs, Gemma NLL within 10%)\n\n"
         + "\n".join(goal_check(table, grid) or ["- no complete non-Best-of-N cell yet"]) + "\n"
-        + "\n## Paired, prompt by prompt, against Best-of-N at equal FLOPs\n\n"
-        "Per prompt, Best-of-N gets the smallest N whose FLOPs reach the method's on that prompt (from the same\n"
-        "prompt's candidates); difference = method's judge - Best-of-N's judge; interval: bootstrap over prompts;\n"
-        "p (sign-flip): two-sided sign-flip permutation test of a zero mean difference (the primary test);\n"
-        "p (sign test): two-sided exact sign test on wins against losses (ties dropped).\n\n"
-        + "\n".join(paired_lines(paired or [])) + "\n"
+        + paired_text + rival_text
     )
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(table, indent=1))
     print(text)
 
 
-def plot(table: list[dict], grid: dict, out: Path) -> None:
+def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flops",)) -> None:
+    """Frontier plots: reward and judge against each of ``axes`` (``frontier_judge.png`` for FLOPs,
+    ``frontier_judge_wall.png`` for wall time, ``frontier_judge_depth.png`` for depth)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = [t for t in grid["tasks"] if any(e["task"] == t for e in table)]
-    for column, name in (("reward", "optimised reward"), ("judge", "independent judge")):
-        fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.6), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
-            for method in grid["methods"]:
-                points = sorted((e for e in table if e["task"] == task and e["method"] == method and e["complete"]),
-                                key=lambda e: e["flops"]["mean"])
-                if not points:
-                    continue
-                xs = [e["flops"]["mean"] for e in points]
-                ys = [e[column]["mean"] for e in points]
-                err = [[y - e[column]["low"] for y, e in zip(ys, points)], [e[column]["high"] - y for y, e in zip(ys, points)]]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
-                for x, y, e in zip(xs, ys, points):
-                    ax.annotate(e["budget"].split("=")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}")
-            ax.set_xlabel("FLOPs per prompt")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"frontier_{column}.png", dpi=110)
-        plt.close(fig)
+    for axis in axes:
+        for column, name in (("reward", "optimised reward"), ("judge", "independent judge")):
+            fig, subplots = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.6), squeeze=False)
+            for ax, task in zip(subplots[0], tasks):
+                for method in grid["methods"]:
+                    points = sorted((e for e in table if e["task"] == task and e["method"] == method and e["complete"]),
+                                    key=lambda e: (e[axis]["mean"], e["flops"]["mean"]))
+                    if not points:
+                        continue
+                    xs = [e[axis]["mean"] for e in points]
+                    ys = [e[column]["mean"] for e in points]
+                    err = [[y - e[column]["low"] for y, e in zip(ys, points)], [e[column]["high"] - y for y, e in zip(ys, points)]]
+                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
+                    for x, y, e in zip(xs, ys, points):
+                        ax.annotate(e["budget"].split("=")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.set_xscale("log")
+                ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}")
+                ax.set_xlabel(AXES[axis][1])
+                ax.set_ylabel(name)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / f"frontier_{column}{'' if axis == 'flops' else '_' + axis}.png", dpi=110)
+            plt.close(fig)
 
 
 def main() -> None:
@@ -507,7 +619,12 @@ def main() -> None:
     ap.add_argument("--grace", type=float, default=240, help="seconds a stopped cell gets to write its batch")
     ap.add_argument("--no-gemma", action="store_true", help="skip the Gemma NLL column (its model loads slowly)")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--x", type=lambda s: s.split(","), default=["flops"],
+                    help="x axes of the frontier plots, comma-separated: flops, wall, depth (default flops)")
     args = ap.parse_args()
+    unknown = [axis for axis in args.x if axis not in AXES]
+    if unknown:
+        ap.error(f"--x {','.join(unknown)}: not an axis; use flops, wall or depth")
     os.chdir(ROOT)
     grid = load_grid(args.grid)
     if args.command == "run":
@@ -521,9 +638,10 @@ def main() -> None:
     cache = NllCache(out / "nll_cache.json", gemma=not args.no_gemma)
     table, entries = summarise(grid, args, cache)
     paired = paired_rows(grid, entries, cache)
-    write_report(table, grid, out, paired)
-    (out / "paired.json").write_text(json.dumps(paired, indent=1))
-    plot(table, grid, out)
+    rivals = rival_rows(grid, entries, cache)
+    write_report(table, grid, out, paired, rivals)
+    (out / "paired.json").write_text(json.dumps(paired + rivals, indent=1))
+    plot(table, grid, out, tuple(args.x))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ older seaflow get the current metrics) and writes to ``DIR``:
   interval over prompts (:func:`bootstrap`): the returned reward, the judge of the records'
   task (harmful rate, accuracy, positive rate, keyword hit rate; seaflow.metrics), fluency
   (mean log pi_ref per response token), FLOPs and wall time per prompt (the records'
-  ``cost``); then distinct-2 and the paired win rate over a ``Sample`` run among the inputs;
-* ``reward_vs_cost.png``: the returned reward of every run against FLOPs per prompt, with
+  ``cost``) and its sequential depth; then distinct-2 and the paired win rate over a ``Sample``
+  run among the inputs; then the like-for-like tables (:func:`like_for_like`, :func:`between_runs`):
+  every other run against each Best-of-N run's curve at equal FLOPs and at equal wall time,
+  prompt by prompt, and the runs against each other with their cost ratios; and where each
+  run was measured (the records' device and load average);
+* ``reward_vs_cost.png`` (``reward_vs_wall.png``, ``reward_vs_depth.png`` with ``--x``): the
+  returned reward of every run against FLOPs (wall time, sequential depth) per prompt, with
   95% intervals: a Best-of-N run as a curve over N from its own candidates
-  (:func:`best_of_first`), an iterative run (SEA, GuidedSuffixMCMC, BiasedDecoding) as a
-  curve over its steps from the trace of the chain it returned (:func:`step_curve`), any
-  other run as one point;
+  (:func:`best_of_n_curve`; with ``--soft LAMBDA`` also Soft Best-of-N's curve read off the
+  same candidates, :func:`soft_best_of_first`), an iterative run (SEA, GuidedSuffixMCMC,
+  BiasedDecoding) as a curve over its steps from the trace of the chain it returned
+  (:func:`step_curve`), any other run as one point;
 * ``nll_per_position.png``: per response position, the mean NLL of each run's tokens under
   the reference minus that of the base policy's samples (a ``Sample`` run among the inputs,
   paired by prompt), with 95% intervals; without a ``Sample`` run, the NLL minus the
@@ -39,6 +45,12 @@ from seaflow.metrics import JUDGES, task_values, summarize
 from seaflow.writer import PREDICTIONS, SUMMARY, read_records
 
 BOOTSTRAP = 2000  # resamples for every interval
+# the cost axes: name -> (the records' cost field, axis label)
+AXES = {
+    "flops": ("flops", "FLOPs per prompt"),
+    "wall": ("wall_time_s", "wall time per prompt (s)"),
+    "depth": ("sequential_depth", "sequential depth (model calls one after another)"),
+}
 
 
 def bootstrap(values: list[float | None], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
@@ -147,6 +159,27 @@ def _cost(record: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def cost_of(record: dict[str, Any], axis: str) -> float | None:
+    """The record's cost on ``axis`` (``flops``, ``wall`` or ``depth``; :data:`AXES`)."""
+    return _cost(record, AXES[axis][0])
+
+
+def mean_cost(records: list[dict[str, Any]], axis: str) -> float:
+    values = [v for v in (cost_of(r, axis) for r in records) if v is not None]
+    return statistics.fmean(values) if values else math.nan
+
+
+def is_best_of_n(run: "Run") -> bool:
+    """A Best-of-N run whose records keep every candidate's reward (its curve over N can be read off)."""
+    return run.method.startswith("BestOfN") and all(r.get("candidate_rewards") for r in run.records)
+
+
+def run_seed(run: "Run") -> int:
+    """The run's ``model.init_args.seed`` (its config.yaml; 0 when unknown)."""
+    model = run.config.get("model") or {}
+    return int((model.get("init_args") or {}).get("seed", 0) or 0)
+
+
 def judges_of(runs: list[Run]) -> list[str]:
     """The task judges any run's records have, in seaflow.metrics' order."""
     present = {name for run in runs for record in run.records for name in task_values(record)}
@@ -157,7 +190,7 @@ def table(runs: list[Run]) -> str:
     baseline = next((run for run in runs if run.method == "Sample"), None)
     judges = judges_of(runs)
     header = (["run", "method", "prompts", "reward"] + [name.replace("_", " ") for name in judges]
-              + ["fluency (log p_ref/token)", "GFLOPs/prompt", "time/prompt (s)", "distinct-2", "win vs Sample"])
+              + ["fluency (log p_ref/token)", "GFLOPs/prompt", "time/prompt (s)", "sequential depth", "distinct-2", "win vs Sample"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         records = run.records
@@ -169,6 +202,7 @@ def table(runs: list[Run]) -> str:
             _interval([r.get("ref_logprob_per_token") for r in records]),
             _interval([_cost(r, "flops") for r in records], digits=1, scale=1e9),
             _interval([_cost(r, "wall_time_s") for r in records], digits=2),
+            _fmt(mean_cost(records, "depth"), digits=0),
             _fmt(run.summary.get("distinct_2")),
             _fmt(win_rate(run, baseline), percent=True) if baseline is not None and run is not baseline else "–",
         ]
@@ -190,27 +224,38 @@ def _pyplot():
 
 @dataclass
 class Curve:
-    """Points ``(FLOPs per prompt, reward mean, low, high)`` of one run, in cost order."""
+    """Points ``(cost per prompt, reward mean, low, high)`` of one run, in cost order; ``costs``
+    holds the cost of every point on each axis of :data:`AXES`."""
 
     label: str
-    flops: list[float]
+    costs: dict[str, list[float]]
     reward: list[tuple[float, float, float]]
     kind: str  # "best_of_n", "steps" or "point"
     ticks: list[str] = field(default_factory=list)
 
+    @property
+    def flops(self) -> list[float]:
+        return self.costs["flops"]
 
-def best_of_n_curve(run: Run) -> Curve | None:
-    """Best-of-N for N = 1, 2, 4, ... up to the run's N from its candidates; cost = the run's x N / n
-    (generation and scoring are one row per candidate)."""
-    records = [r for r in run.records if r.get("candidate_rewards")]
-    if not records or len(records) < len(run.records):
+
+def best_of_n_curve(run: Run, soft: float | None = None) -> Curve | None:
+    """Best-of-N for N = 1, 2, 4, ... up to the run's N from its candidates; FLOPs and wall time =
+    the run's x N / n (generation and scoring are one row per candidate; for wall time an
+    approximation: small batches use the machine less well), sequential depth the run's (N rows
+    run side by side). ``soft``: Soft Best-of-N with that lambda instead, the same draw
+    :class:`~seaflow.methods.SoftBestOfN` makes (:func:`soft_best_of_first`)."""
+    if not is_best_of_n(run):
         return None
+    records = run.records
     n = min(len(r["candidate_rewards"]) for r in records)
     sizes = sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n})
-    flops = [_cost(r, "flops") for r in records]
-    total = statistics.fmean(f for f in flops if f is not None) if any(f is not None for f in flops) else math.nan
-    return Curve(run.label, [total * k / n for k in sizes],
-                 [bootstrap([best_of_first(r, k)[1] for r in records]) for k in sizes], "best_of_n", [f"N={k}" for k in sizes])
+    costs = {axis: [mean_cost(records, axis) * (1 if axis == "depth" else k / n) for k in sizes] for axis in AXES}
+    if soft is None:
+        rewards = [bootstrap([best_of_first(r, k)[1] for r in records]) for k in sizes]
+        return Curve(run.label, costs, rewards, "best_of_n", [f"N={k}" for k in sizes])
+    seed = run_seed(run)
+    rewards = [bootstrap([soft_best_of_first(r, k, soft, seed)[1] for r in records]) for k in sizes]
+    return Curve(f"{run.label}, soft lambda={soft:g}", costs, rewards, "best_of_n", [f"N={k}" for k in sizes])
 
 
 def chosen_trace(record: dict[str, Any]) -> list[float] | None:
@@ -238,27 +283,30 @@ def step_curve(run: Run) -> Curve | None:
     if not traces or any(t is None for t in traces):
         return None
     steps = min(map(len, traces))
-    flops = [_cost(r, "flops") for r in run.records]
-    total = statistics.fmean(f for f in flops if f is not None) if any(f is not None for f in flops) else math.nan
     points = [bootstrap([t[i] for t in traces]) for i in range(steps)]
-    xs = [total * (i + 1) / (steps + 1) for i in range(steps)]
     points.append(bootstrap([r.get("reward") for r in run.records]))
-    xs.append(total)
-    return Curve(run.label, xs, points, "steps", [str(i) for i in range(steps)] + ["returned"])
+    costs = {}
+    for axis in AXES:
+        total = mean_cost(run.records, axis)
+        costs[axis] = [total * (i + 1) / (steps + 1) for i in range(steps)] + [total]
+    return Curve(run.label, costs, points, "steps", [str(i) for i in range(steps)] + ["returned"])
 
 
 def point(run: Run) -> Curve:
-    flops = bootstrap([_cost(r, "flops") for r in run.records])[0]
-    return Curve(run.label, [flops], [bootstrap([r.get("reward") for r in run.records])], "point")
+    return Curve(run.label, {axis: [mean_cost(run.records, axis)] for axis in AXES},
+                 [bootstrap([r.get("reward") for r in run.records])], "point")
 
 
-def curves(runs: list[Run]) -> list[Curve]:
-    return [best_of_n_curve(run) or step_curve(run) or point(run) for run in runs]
+def curves(runs: list[Run], soft: tuple[float, ...] = ()) -> list[Curve]:
+    out = [best_of_n_curve(run) or step_curve(run) or point(run) for run in runs]
+    return out + [best_of_n_curve(run, lam) for lam in soft for run in runs if is_best_of_n(run)]
 
 
-def plot_reward_vs_cost(runs: list[Run], path: Path) -> Path | None:
-    """Returned reward against FLOPs per prompt (log scale) with 95% intervals; None without rewards or costs."""
-    drawn = [c for c in curves(runs) if not any(math.isnan(x) for x in c.flops) and not math.isnan(c.reward[-1][0])]
+def plot_reward_vs_cost(runs: list[Run], path: Path, axis: str = "flops", soft: tuple[float, ...] = ()) -> Path | None:
+    """Returned reward against cost per prompt on ``axis`` (log scale) with 95% intervals; None
+    without rewards or costs. ``soft``: Soft Best-of-N curves read off every Best-of-N run."""
+    drawn = [c for c in curves(runs, soft)
+             if not any(math.isnan(x) for x in c.costs[axis]) and not math.isnan(c.reward[-1][0])]
     if not drawn:
         return None
     plt = _pyplot()
@@ -269,14 +317,15 @@ def plot_reward_vs_cost(runs: list[Run], path: Path) -> Path | None:
         style = {"best_of_n": dict(marker="s", linestyle="-"), "steps": dict(marker="o", markersize=3, linestyle="-"),
                  "point": dict(marker="D", markersize=7, linestyle="none")}[curve.kind]
         suffix = {"best_of_n": ", over N", "steps": ", over steps", "point": ""}[curve.kind]
-        ax.errorbar(curve.flops, mean, yerr=err, color=f"C{i}", capsize=3, label=curve.label + suffix, **style)
+        xs = curve.costs[axis]
+        ax.errorbar(xs, mean, yerr=err, color=f"C{i}", capsize=3, label=curve.label + suffix, **style)
         if curve.kind == "best_of_n":
-            for x, y, tick in zip(curve.flops, mean, curve.ticks):
+            for x, y, tick in zip(xs, mean, curve.ticks):
                 ax.annotate(tick, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=f"C{i}")
         if curve.kind == "steps":
-            ax.plot(curve.flops[-1:], mean[-1:], marker="*", markersize=11, color=f"C{i}", linestyle="none")
+            ax.plot(xs[-1:], mean[-1:], marker="*", markersize=11, color=f"C{i}", linestyle="none")
     ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per prompt (log scale; iterative runs: the run's FLOPs pro-rated over steps)")
+    ax.set_xlabel(f"{AXES[axis][1]} (log scale; iterative runs: the run's cost pro-rated over steps)", fontsize=8)
     ax.set_ylabel("returned reward (mean over prompts, 95% CI)")
     ax.set_title("Returned reward vs cost (star: the response the run returned)")
     ax.grid(True, which="both", alpha=0.3)
@@ -352,8 +401,176 @@ def plot_nll_per_position(runs: list[Run], path: Path, min_prompts: int = 2) -> 
     return path
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write report.md and the plots for ``run_dirs`` into ``out``; return the markdown path."""
+# -- like for like: paired over prompts at equal cost ---------------------------------------------
+
+
+def paired_bootstrap(diffs: list[float], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of paired differences (prompts resampled)."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(boot))
+    return means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
+
+
+def sign_flip_p(diffs: list[float], draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test of mean difference 0.
+
+    Under the null each prompt's difference is as likely to have either sign; exact
+    enumeration up to 16 prompts, Monte Carlo (``draws`` sign vectors) beyond."""
+    n = len(diffs)
+    observed = abs(sum(diffs))
+    if n <= 16:
+        hits = sum(abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(diffs))) >= observed - 1e-12
+                   for mask in range(1 << n))
+        return hits / (1 << n)
+    rng = random.Random(seed)
+    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12 for _ in range(draws))
+    return (hits + 1) / (draws + 1)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (ties dropped): how often a fair coin splits as unevenly."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def equal_cost_n(value: float, record: dict[str, Any], axis: str = "flops") -> tuple[int, bool]:
+    """The smallest N whose Best-of-N spends at least ``value`` on ``axis`` (``flops`` or ``wall``)
+    for this prompt, read as the Best-of-N record's cost x N / n, and whether the record's
+    candidates reach it (False: capped at its n, so Best-of-N spends less)."""
+    per_candidate = cost_of(record, axis) / record["n"]
+    wanted = max(1, math.ceil(value / per_candidate - 1e-9))
+    return min(wanted, record["n"]), wanted <= record["n"]
+
+
+def paired_summary(diffs: list[float]) -> dict[str, Any]:
+    """Mean paired difference, its bootstrap interval, wins / ties / losses and both p-values."""
+    low, high = paired_bootstrap(diffs)
+    wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
+    return {"prompts": len(diffs), "diff": statistics.fmean(diffs), "low": low, "high": high, "wins": wins,
+            "ties": len(diffs) - wins - losses, "losses": losses, "p": sign_flip_p(diffs), "p_sign": sign_test_p(wins, losses)}
+
+
+def _judge(record: dict[str, Any]) -> float | None:
+    """The first judge of the record's task on its response (seaflow.metrics), None without one."""
+    values = task_values(record)
+    return next(iter(values.values())) if values else None
+
+
+def like_for_like(runs: list[Run], axis: str) -> list[dict[str, Any]]:
+    """Every run that is not Best-of-N against each Best-of-N run at equal cost on ``axis``,
+    prompt by prompt: Best-of-N gets the smallest N whose cost on that prompt reaches the run's
+    (:func:`equal_cost_n`, read off its candidates); the difference of returned rewards and, where
+    the task has a judge, of the judge (run minus Best-of-N)."""
+    out = []
+    for bon in (run for run in runs if is_best_of_n(run)):
+        theirs = {r["id"]: r for r in bon.records}
+        for run in runs:
+            if is_best_of_n(run):
+                continue
+            rewards, judges, sizes = [], [], []
+            for record in run.records:
+                other, spent = theirs.get(record["id"]), cost_of(record, axis)
+                if other is None or spent is None or cost_of(other, axis) is None or record.get("reward") is None:
+                    continue
+                n, reached = equal_cost_n(spent, other, axis)
+                best, reward = best_of_first(other, n)
+                sizes.append((n, reached))
+                rewards.append(record["reward"] - reward)
+                texts = other.get("candidate_responses")
+                if texts:
+                    mine, rival = _judge(record), _judge({**other, "response": texts[best]})
+                    if mine is not None and rival is not None:
+                        judges.append(mine - rival)
+            if rewards:
+                out.append({"run": run.label, "best_of_n": bon.label, "axis": axis,
+                            "n_median": statistics.median(n for n, _ in sizes), "capped": sum(not r for _, r in sizes),
+                            "reward": paired_summary(rewards), "judge": paired_summary(judges) if judges else None})
+    return out
+
+
+def between_runs(runs: list[Run]) -> list[dict[str, Any]]:
+    """Every pair of runs that are not Best-of-N, paired over their common prompts: differences of
+    reward and judge (first minus second) and the ratios of their mean FLOPs and wall time."""
+    others = [run for run in runs if not is_best_of_n(run)]
+    out = []
+    for i, first in enumerate(others):
+        for second in others[i + 1:]:
+            theirs = {r["id"]: r for r in second.records}
+            pairs = [(r, theirs[r["id"]]) for r in first.records if r["id"] in theirs]
+            rewards = [a["reward"] - b["reward"] for a, b in pairs if a.get("reward") is not None and b.get("reward") is not None]
+            judged = [(_judge(a), _judge(b)) for a, b in pairs]
+            judges = [a - b for a, b in judged if a is not None and b is not None]
+            if not rewards:
+                continue
+            ratio = {axis: mean_cost([a for a, _ in pairs], axis) / mean_cost([b for _, b in pairs], axis) for axis in ("flops", "wall")}
+            out.append({"first": first.label, "second": second.label, "ratio": ratio,
+                        "reward": paired_summary(rewards), "judge": paired_summary(judges) if judges else None})
+    return out
+
+
+def _diff(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return "–"
+    return f"{summary['diff']:+.3f} [{summary['low']:+.3f}, {summary['high']:+.3f}], p = {summary['p']:.3f}"
+
+
+def like_for_like_lines(runs: list[Run]) -> list[str]:
+    """The like-for-like section of report.md (empty without two runs to compare)."""
+    lines = []
+    names = {"flops": "equal FLOPs", "wall": "equal wall time"}
+    for axis in ("flops", "wall"):
+        rows = like_for_like(runs, axis)
+        if not rows:
+            continue
+        lines += [f"### Against Best-of-N at {names[axis]}", "",
+                  "| run | Best-of-N run | N at equal cost (median) | reward difference [95% CI], p | judge difference [95% CI], p | wins / ties / losses (reward) |",
+                  "|---|---|---|---|---|---|"]
+        for e in rows:
+            capped = f", {e['capped']} capped at its n" if e["capped"] else ""
+            r = e["reward"]
+            lines.append(f"| {e['run']} | {e['best_of_n']} | N={e['n_median']:g}{capped} | {_diff(r)} | {_diff(e['judge'])} | "
+                         f"{r['wins']} / {r['ties']} / {r['losses']} |")
+        lines.append("")
+    pairs = between_runs(runs)
+    if pairs:
+        lines += ["### Runs against each other", "",
+                  "| first | second | FLOPs first / second | wall time first / second | reward difference [95% CI], p | judge difference [95% CI], p |",
+                  "|---|---|---|---|---|---|"]
+        for e in pairs:
+            lines.append(f"| {e['first']} | {e['second']} | {e['ratio']['flops']:.2f}x | {e['ratio']['wall']:.2f}x | "
+                         f"{_diff(e['reward'])} | {_diff(e['judge'])} |")
+        lines.append("")
+    if not lines:
+        return []
+    return ["## Like for like, paired over prompts", "",
+            "Differences are first minus second (run minus Best-of-N), paired by prompt; intervals: bootstrap over prompts;",
+            "p: two-sided sign-flip permutation test. Best-of-N at equal cost: per prompt the smallest N whose cost",
+            "(the run's x N / n; for wall time an approximation, small batches use the machine less well) reaches the",
+            "other run's on that prompt. Judge: the task's judge (seaflow.metrics). Compare wall times only between",
+            "runs measured on the same machine under similar load (below).", ""] + lines
+
+
+def machine_lines(runs: list[Run]) -> list[str]:
+    """Where each run was measured: the records' devices and load averages."""
+    lines = []
+    for run in runs:
+        costs = [r.get("cost") or {} for r in run.records]
+        devices = sorted({c["device"] for c in costs if c.get("device")})
+        loads = [c["load_average"] for c in costs if c.get("load_average") is not None]
+        load = f"load average {statistics.fmean(loads):.2f} (min {min(loads):.2f}, max {max(loads):.2f})" if loads else "load not recorded"
+        lines.append(f"- `{run.directory}`: data `{run.data_path or '?'}`; {', '.join(devices) or 'device not recorded'}; {load}")
+    return lines
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, axes: tuple[str, ...] = ("flops",),
+                 soft: tuple[float, ...] = ()) -> Path:
+    """Write report.md and the plots for ``run_dirs`` into ``out``; return the markdown path.
+
+    ``axes``: the x axes of the reward-vs-cost plots (:data:`AXES`); ``soft``: lambdas of Soft
+    Best-of-N curves read off the Best-of-N runs."""
     if not run_dirs:
         raise ReportError("seaflow report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
@@ -362,11 +579,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     parts = ["# seaflow comparison", "", table(runs), ""]
     parts += [f"Means over prompts with bootstrap 95% intervals ({BOOTSTRAP} resamples). Fluency: mean log p_ref per "
               "response token. Cost: the records' `cost` (FLOPs estimated per model; wall time depends on the machine's load).", ""]
-    for title, plot in (("Returned reward vs cost", plot_reward_vs_cost(runs, out / "reward_vs_cost.png")),
-                        ("Divergence from the reference per position", plot_nll_per_position(runs, out / "nll_per_position.png"))):
+    parts += like_for_like_lines(runs)
+    plots = [(f"Returned reward vs {AXES[axis][1].removesuffix(' per prompt')}",
+              plot_reward_vs_cost(runs, out / f"reward_vs_{'cost' if axis == 'flops' else axis}.png", axis, soft)) for axis in axes]
+    plots.append(("Divergence from the reference per position", plot_nll_per_position(runs, out / "nll_per_position.png")))
+    for title, plot in plots:
         if plot is not None:
             parts += [f"## {title}", "", f"![{title}]({plot.name})", ""]
-    parts += ["Runs:", ""] + [f"- `{run.directory}`: data `{run.data_path or '?'}`" for run in runs] + [""]
+    parts += ["Runs (where each was measured):", ""] + machine_lines(runs) + [""]
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
@@ -376,7 +596,14 @@ def main(args: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="seaflow report", description="Compare finished seaflow runs: markdown table and plots.")
     parser.add_argument("runs", nargs="+", help="run directories (each with predictions.jsonl)")
     parser.add_argument("--out", required=True, help="directory for report.md and the PNG plots")
+    parser.add_argument("--x", default="flops", type=lambda text: text.split(","),
+                        help=f"x axes of the reward-vs-cost plots, comma-separated: {', '.join(AXES)} (default flops)")
+    parser.add_argument("--soft", type=float, action="append", default=[], metavar="LAMBDA",
+                        help="also draw Soft Best-of-N read off each Best-of-N run's candidates at this lambda (repeatable)")
     options = parser.parse_args(args)
-    path = write_report(options.runs, options.out)
+    unknown = [axis for axis in options.x if axis not in AXES]
+    if unknown:
+        parser.error(f"--x {','.join(unknown)}: not an axis; use {', '.join(AXES)}")
+    path = write_report(options.runs, options.out, tuple(options.x), tuple(options.soft))
     print(f"seaflow: report written to {path}")
     return path

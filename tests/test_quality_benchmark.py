@@ -1,8 +1,11 @@
-"""The statistics of benchmarks/quality.py's paired comparison against Best-of-N at equal FLOPs."""
+"""benchmarks/quality.py: the statistics of its paired comparisons, and the grid read from records on disk
+(Best-of-N and Soft Best-of-N read off one run, equal FLOPs and equal wall time, rivals)."""
 
 import importlib.util
 import itertools
+import json
 import math
+import types
 import statistics
 from pathlib import Path
 
@@ -57,3 +60,111 @@ def test_sign_test_p_is_the_exact_binomial_tail():
     assert quality.sign_test_p(18, 6) == pytest.approx(2 * sum(math.comb(24, k) for k in range(7)) / 2 ** 24)
     assert quality.sign_test_p(3, 3) == 1.0
     assert quality.sign_test_p(0, 0) == 1.0
+
+
+WORDS = ["awful", "bad", "fine", "good", "great", "wonderful", "terrible", "nice"]
+
+
+class NoNll:
+    """Stands in for the NLL cache (no model is loaded)."""
+
+    def fill(self, pairs):
+        pass
+
+    def get(self, model, prompt, reply):
+        return None
+
+
+def write_run(directory: Path, records: list[dict], seed: int = 0) -> None:
+    directory.mkdir(parents=True)
+    (directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (directory / "config.yaml").write_text(f"model:\n  init_args:\n    seed: {seed}\n")
+
+
+@pytest.fixture
+def grid(tmp_path, monkeypatch):
+    """A grid of 4 prompts: Best-of-8 (1 GFLOP and 0.1 s per candidate, depth 24), Soft Best-of-N read off
+    it, and a method at two budgets; the method wins on 3 of 4 prompts."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "runs"
+    bon = []
+    for i in range(4):
+        rewards = [0.1 * ((i + c) % 5) for c in range(8)]
+        bon.append({"id": f"p{i}", "prompt": f"prompt {i}", "n": 8, "reward": max(rewards), "response": "x",
+                    "candidate_rewards": rewards, "candidate_responses": [f"a {WORDS[(i + c) % 8]} day" for c in range(8)],
+                    "cost": {"flops": 8e9, "wall_time_s": 0.8, "sequential_depth": 24, "load_average": 1.5, "device": "cpu (2 threads)"}})
+    write_run(out / "task" / "best_of_n" / "run", bon)
+    for budget, flops, wall in ((2, 3e9, 0.5), (4, 6e9, 0.9)):
+        write_run(out / "task" / "method" / f"steps={budget}", [
+            {"id": f"p{i}", "prompt": f"prompt {i}", "reward": 1.0, "response": "a wonderful day" if i else "an awful day",
+             "cost": {"flops": flops, "wall_time_s": wall, "sequential_depth": 40 * budget, "load_average": 2.0, "device": "cpu (2 threads)"}}
+            for i in range(4)])
+    spec = {
+        "output_dir": str(out), "max_new_tokens": 24, "rivals": ["soft", "method"],
+        "tasks": {"task": {"prompts": str(prompts), "judge": "sentiment", "limit": 4}},
+        "methods": {
+            "best_of_n": {"config": str(prompts), "curve": [1, 2, 4, 8]},
+            "soft": {"from": "best_of_n", "curve": [2, 8], "reward_temperature": 0.05},
+            "method": {"config": str(prompts), "key": "steps", "budgets": [2, 4], "set": {"alpha": 5}},
+        },
+    }
+    return spec
+
+
+def test_cells_read_off_methods_and_fixed_settings(grid):
+    cells = list(quality.cells(grid))
+    soft = [c for c in cells if c[1] == "soft"]
+    assert [c[5].name for c in soft] == ["run"] and soft[0][5].parent.name == "best_of_n"  # Best-of-N's run, no run of its own
+    method = [c for c in cells if c[1] == "method"]
+    assert [c[4] for c in method] == [{"alpha": 5, "steps": 2}, {"alpha": 5, "steps": 4}]
+    assert quality.prompt_ids({**grid, "tasks": {"task": {**grid["tasks"]["task"], "limit": 2}}}, "task") == ["p0", "p1"]
+
+
+def test_rows_read_soft_best_of_n_off_the_best_of_n_run(grid):
+    (task, _, label, _, _, directory), = [c for c in quality.cells(grid) if c[1] == "soft"]
+    rows = dict(quality.rows_of(grid, task, "soft", label, directory, grid["methods"]["soft"]))
+    records = {r["id"]: r for r in quality.read_records(directory / "predictions.jsonl")}
+    for row in rows["N=2"]:
+        best, reward = quality.soft_best_of_first(records[row["id"]], 2, 0.05, 0)
+        assert row["reward"] == reward and row["reply"] == records[row["id"]]["candidate_responses"][best]
+        assert row["flops"] == pytest.approx(2e9) and row["wall"] == pytest.approx(0.2) and row["depth"] == 24
+
+
+def test_paired_rows_at_equal_flops_and_wall_time_and_rivals(grid):
+    args = types.SimpleNamespace(tasks=None, methods=None, boot=200)
+    table, entries = quality.summarise(grid, args, NoNll())
+    assert {e["method"] for e in table} == {"best_of_n", "soft", "method"}
+    method2 = next(e for e in table if e["method"] == "method" and e["budget"] == "steps=2")
+    assert method2["depth"]["mean"] == 80 and method2["load"]["mean"] == 2.0 and method2["devices"] == ["cpu (2 threads)"]
+    paired = quality.paired_rows(grid, entries, NoNll())
+    by = {(e["method"], e["budget"], e["axis"]): e for e in paired}
+    assert by[("method", "steps=2", "flops")]["bon_n_median"] == 3  # 3 GFLOPs: Best-of-3
+    assert by[("method", "steps=2", "wall")]["bon_n_median"] == 5  # 0.5 s: Best-of-5
+    assert by[("method", "steps=4", "wall")]["capped"] == 4  # 0.9 s: more than Best-of-8's run
+    assert ("soft", "N=2", "flops") not in by  # read off Best-of-N: compared through the rivals
+    rivals = quality.rival_rows(grid, entries, NoNll())
+    # method at steps=2 (3 GFLOPs) against soft: its cheapest point reaching 3 GFLOPs is N=8 (8 GFLOPs)
+    row = next(e for e in rivals if e["method"] == "method" and e["budget"] == "steps=2" and e["rival"] == "soft" and e["axis"] == "flops")
+    assert row["rival_budget"] == "N=8" and row["cost_ratio"] == pytest.approx(8 / 3) and row["prompts"] == 4
+    # soft at N=8 (8 GFLOPs) against method: none reaches it, its largest (6 GFLOPs) is taken and said so
+    row = next(e for e in rivals if e["method"] == "soft" and e["budget"] == "N=8" and e["rival"] == "method" and e["axis"] == "flops")
+    assert row["rival_budget"] == "steps=4" and row["capped"] == 4
+    text_rows = quality.rival_lines(rivals, "wall")
+    assert len(text_rows) == 2 + len([e for e in rivals if e["axis"] == "wall"])
+
+
+@pytest.mark.parametrize("name", ["grid.yaml", "tune_search.yaml"])
+def test_shipped_grids_name_existing_configs_and_comment_every_key(name):
+    path = Path(__file__).resolve().parent.parent / "configs" / "quality" / name
+    grid = quality.load_grid(str(path))
+    root = path.parent.parent.parent
+    for method, spec in grid["methods"].items():
+        source = grid["methods"][spec.get("from", method)]
+        assert "config" in source, method
+        tasks = [spec_t.get("configs_from", task) for task, spec_t in grid["tasks"].items()]
+        assert any((root / source["config"].format(task=t)).exists() for t in tasks), method
+    assert set(grid.get("rivals", [])) <= set(grid["methods"])
+    uncommented = [line for line in path.read_text().splitlines()
+                   if ":" in line and not line.lstrip().startswith("#") and "#" not in line and not line.rstrip().endswith(":")]
+    assert not uncommented, uncommented

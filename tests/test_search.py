@@ -77,6 +77,7 @@ def test_soft_best_of_n_at_temperature_zero_is_best_of_n(tiny_policy, best_of_6)
         assert (s["response"], s["candidate"], s["reward"]) == (b["response"], b["candidate"], b["reward"])
         assert s["candidate_rewards"] == b["candidate_rewards"]
         assert s["candidate_probability"] == 1.0 and s["method"] == "SoftBestOfN-6"
+        assert s["cost"]["flops"] == b["cost"]["flops"]  # the same candidates, the same model work
 
 
 def test_soft_best_of_n_draws_softmax_per_prompt_and_a_report_replays_it(tiny_policy, best_of_6):
