@@ -125,6 +125,8 @@ def run(grid: dict, args) -> None:
         ]
         for key, value in overrides.items():
             command += [f"--model.init_args.{key}", json.dumps(value)]
+        for key, value in grid["tasks"][task].get("data", {}).items():  # the task's own data settings (an asked variant)
+            command += [f"--data.{key}", value if isinstance(value, str) else json.dumps(value)]
         if deadline is not None and deadline - time.monotonic() < 30:
             print(f"quality: time is up before {task}/{method}/{label}; rerun to continue", file=sys.stderr)
             return
