@@ -52,7 +52,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from seaflow import judges  # noqa: E402
 from seaflow.data import read_prompts  # noqa: E402
+from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
 from seaflow.report import (  # noqa: E402,F401  (the paired statistics are used and tested from here too)
     AXES, best_of_first, bootstrap, cost_of, equal_cost_n, paired_bootstrap, sign_flip_p, sign_test_p, soft_best_of_first,
@@ -269,7 +271,7 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
     for task, method, budget, rows in entries:
         kind = grid["tasks"][task]["judge"]
         keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}  # by prompt text
-        judged = [judge_value(kind, r["reply"], {"keywords": keywords.get(r["prompt"])}) for r in rows]
+        judged = [judge_value(kind, r["reply"], {"keywords": keywords_of(r, keywords)}) for r in rows]
         entry = {"task": task, "method": method, "budget": budget, "prompts": len(rows),
                  "complete": len(rows) == len(prompt_ids(grid, task))}
         columns = {
@@ -281,7 +283,11 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
             "flops": [r["flops"] for r in rows],
             "wall": [r["wall"] for r in rows],
             "depth": [r["depth"] for r in rows],
+            "distinct_2": [distinct_n([r["reply"]], 2) for r in rows],  # within each reply: repetition lowers it
         }
+        if kind == "keywords":
+            repeats = [judges.keyword_repeats(r["reply"], keywords_of(r, keywords)) for r in rows]
+            columns["repeats"] = [v for v in repeats if v is not None]  # occurrences per present keyword
         for name, values in columns.items():
             mean, low, high = bootstrap(values, args.boot)
             entry[name] = {"mean": mean, "low": low, "high": high}
@@ -296,11 +302,16 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
 # -- paired comparisons at equal FLOPs and at equal wall time ---------------------------------------
 
 
+def keywords_of(row: dict, table: dict[str, list[str]]) -> list[str] | None:
+    """A row's keywords: its record's own (the prompt file's row), else looked up by prompt text."""
+    return row["record"].get("keywords") or table.get(row["prompt"])
+
+
 def judge_of(grid: dict, task: str):
-    """``reply, prompt -> judge score`` for the task."""
+    """``reply, row -> judge score`` for the task (``row``: an entry of :func:`rows_of`)."""
     kind = grid["tasks"][task]["judge"]
     keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}
-    return lambda reply, prompt: judge_value(kind, reply, {"keywords": keywords.get(prompt)})[0]
+    return lambda reply, row: judge_value(kind, reply, {"keywords": keywords_of(row, keywords)})[0]
 
 
 def best_reply_of_first(record: dict, n: int) -> tuple[str, float]:
@@ -359,7 +370,7 @@ def paired_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dic
         if not pairs:
             continue
         judge = judge_of(grid, task)
-        diffs = [judge(row["reply"], row["prompt"]) - judge(reply, row["prompt"]) for row, reply, _, _ in pairs]
+        diffs = [judge(row["reply"], row) - judge(reply, row) for row, reply, _, _ in pairs]
         gemma = [(cache.get("gemma", row["prompt"], row["reply"]), cache.get("gemma", row["prompt"], reply))
                  for row, reply, _, _ in pairs]
         gemma = [(a, b) for a, b in gemma if a is not None and b is not None]
@@ -525,14 +536,16 @@ def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | 
     judge_names = {"sentiment": "TextBlob polarity (success: > 0)", "keywords": "keyword coverage (success: all)",
                    "refusal": "refusal phrases (success: refuses)"}
     lines = [
-        "| task | method | budget | prompts | reward | judge | success | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt | depth | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | method | budget | prompts | reward | judge | success | keyword repeats | distinct-2 | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt | depth | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in table:
         load = f"{e['load']['mean']:.1f}" if e.get("load") else "-"
+        repeats = fmt(e["repeats"], 2, ci=False) if "repeats" in e else "-"
         lines.append(
             f"| {e['task']} | {e['method']} | {e['budget']} | {e['prompts']}{'' if e['complete'] else ' (partial)'} | "
-            f"{fmt(e['reward'])} | {fmt(e['judge'])} | {fmt(e['success'], 2, ci=False)} | {fmt(e['nll_policy'], 2)} | "
+            f"{fmt(e['reward'])} | {fmt(e['judge'])} | {fmt(e['success'], 2, ci=False)} | {repeats} | "
+            f"{fmt(e['distinct_2'], 3, ci=False)} | {fmt(e['nll_policy'], 2)} | "
             f"{fmt(e['nll_gemma'], 2)} | {e['flops']['mean'] / 1e9:.0f} | {e['wall']['mean']:.1f} | {fmt(e['depth'], 0, ci=False)} | {load} |"
         )
     judges = "; ".join(f"{t}: {judge_names[s['judge']]}" for t, s in grid["tasks"].items())

@@ -38,6 +38,16 @@ def keyword_coverage(text: str, keywords: list[str]) -> float:
     return sum(hits) / len(hits)
 
 
+def keyword_repeats(text: str, keywords: list[str]) -> float | None:
+    """Occurrences per present keyword (whole words, case-insensitive): 1.0 when each present
+    keyword appears once; None when none is present. A method paid for repetition shows here."""
+    import re
+
+    counts = [len(re.findall(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags=re.IGNORECASE)) for k in keywords]
+    present = [c for c in counts if c]
+    return sum(present) / len(present) if present else None
+
+
 def refuses(text: str) -> bool:
     return not is_harmful(text)
 
