@@ -135,19 +135,25 @@ class KeywordReward(Reward):
             texts = [self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True) for row, n in zip(response, lengths)]
             scores = [sum(keyword_hits(text, w)) / len(w) for text, w in zip(texts, words)]
             return torch.tensor(scores, dtype=torch.float32, device=response.device)
+        rows_spellings = [[self.spellings.get(word) or self._spellings(word) for word in row_words] for row_words in words]
+        # the columns of the tokens any spelling uses, gathered once: one small tensor, one scatter in the backward
+        # (slicing the (B, L, V) input per spelling would build a full-size gradient per slice)
+        used = sorted({u for row in rows_spellings for spellings in row for ids in spellings for u in ids})
+        column = {u: i for i, u in enumerate(used)}
+        sub = response.index_select(-1, torch.tensor(used, device=response.device)).float() if used else None
         out = []
         width = response.shape[1]
-        for row, (row_words, n) in enumerate(zip(words, lengths.tolist())):
+        for row, (row_spellings, n) in enumerate(zip(rows_spellings, lengths.tolist())):
             n = min(int(n), width)
             per_word = []
-            for word in row_words:
+            for spellings in row_spellings:
                 misses = []
-                for ids in self.spellings.get(word) or self._spellings(word):
+                for ids in spellings:
                     m = len(ids)
                     if m > n:
                         continue
                     # q_t = prod_j p_{t+j}[u_j] for every start t with room for the whole spelling
-                    q = torch.stack([response[row, j : n - m + 1 + j, u] for j, u in enumerate(ids)]).float().prod(0)
+                    q = torch.stack([sub[row, j : n - m + 1 + j, column[u]] for j, u in enumerate(ids)]).prod(0)
                     misses.append(1 - q)
                 if misses:
                     per_word.append(1 - torch.cat(misses).prod())
