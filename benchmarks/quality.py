@@ -420,7 +420,7 @@ def rival_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict
                 theirs = {r["id"]: r for r in rrows}
                 pairs = [(r, theirs[r["id"]]) for r in rows if r["id"] in theirs]
                 judge = judge_of(grid, task)
-                diffs = [judge(a["reply"], a["prompt"]) - judge(b["reply"], b["prompt"]) for a, b in pairs]
+                diffs = [judge(a["reply"], a) - judge(b["reply"], b) for a, b in pairs]
                 gemma = [(cache.get("gemma", a["prompt"], a["reply"]), cache.get("gemma", b["prompt"], b["reply"])) for a, b in pairs]
                 gemma = [(x, y) for x, y in gemma if x is not None and y is not None]
                 entry = paired_entry(task, method, budget, diffs, gemma, [])

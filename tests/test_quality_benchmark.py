@@ -85,6 +85,10 @@ def write_run(directory: Path, records: list[dict], seed: int = 0) -> None:
 def grid(tmp_path, monkeypatch):
     """A grid of 4 prompts: Best-of-8 (1 GFLOP and 0.1 s per candidate, depth 24), Soft Best-of-N read off
     it, and a method at two budgets; the method wins on 3 of 4 prompts."""
+    # the sentiment judge without TextBlob (an optional package): a small polarity lexicon
+    polarity = {"awful": -1.0, "terrible": -1.0, "bad": -0.7, "fine": 0.2, "nice": 0.6, "good": 0.7, "great": 0.8, "wonderful": 1.0}
+    monkeypatch.setattr(quality.judges, "sentiment_polarity",
+                        lambda text: statistics.fmean([polarity[w] for w in text.split() if w in polarity] or [0.0]))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(4)))
     out = tmp_path / "runs"
