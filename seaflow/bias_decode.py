@@ -269,7 +269,9 @@ class BiasEnergy:
         parts = {"reference": decoded.reference}
         discrete = -self.reference_weight * decoded.reference
         if self.reward is not None:
-            parts["reward"] = self.reward.value(self.reward_state(decoded.lengths), decoded.probs).to(discrete.device)
+            value, terms = self.reward.value_and_parts(self.reward_state(decoded.lengths), decoded.probs)
+            parts["reward"] = value.to(discrete.device)
+            parts.update((f"reward.{name}", part.to(discrete.device)) for name, part in terms.items())  # a RewardSum's terms
             discrete = discrete - self.alpha * parts["reward"]
         energy = discrete
         if self.bias_weight:

@@ -51,7 +51,7 @@ the reward and its gradient, :class:`OneHotRewardGradient`) and per-step seeds;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -406,7 +406,7 @@ def resample_suffixes(
 
 
 class OneHotRewardGradient:
-    """``(tokens, lengths) -> (reward (B,), grad (B, L, V) | None)`` for the rows of one batch.
+    """``(tokens, lengths) -> (reward (B,), grad (B, L, V) | None, parts)`` for the rows of one batch.
 
     ``grad`` is the gradient of the ``reward`` term with respect to the one-hot response. With
     a ``selection_reward`` the returned reward (the Metropolis test's target) is its value and
@@ -420,22 +420,27 @@ class OneHotRewardGradient:
         self.prompt_ids, self.prompts = prompt_ids, prompts
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, need_grad: bool = True):
+        """``(reward, grad or None, parts)``; ``parts`` are the named terms of the returned reward
+        (a :class:`~seaflow.energies.combined.RewardSum`'s), empty for a single reward."""
         batch = ResponseBatch(self.prompt_ids, self.prompts, lengths.cpu(), tokens.shape[1])
         selected = None
         if self.selection_reward is not None:
             with torch.no_grad():
-                selected = self.selection_reward.value(self.selection_reward.prepare(batch), tokens).float()
+                selected, parts = self.selection_reward.value_and_parts(self.selection_reward.prepare(batch), tokens)
             if not need_grad:
-                return selected, None
+                return selected.float(), None, parts
         prepared = self.reward.prepare(batch)
         if not need_grad:
             with torch.no_grad():
-                return self.reward.value(prepared, tokens).float(), None
+                value, parts = self.reward.value_and_parts(prepared, tokens)
+                return value.float(), None, parts
         with torch.enable_grad():
             one_hot = torch.nn.functional.one_hot(tokens, self.vocab_size).float().requires_grad_(True)
-            value = self.reward.value(prepared, one_hot)
+            value, own = self.reward.value_and_parts(prepared, one_hot)
             (grad,) = torch.autograd.grad(value.sum(), one_hot)
-        return (value.detach().float() if selected is None else selected), grad
+        if selected is None:
+            return value.detach().float(), grad, {name: part.detach() for name, part in own.items()}
+        return selected.float(), grad, parts
 
 
 # -- the chains ----------------------------------------------------------------------------
@@ -454,6 +459,7 @@ class ChainState:
     log_probs: torch.Tensor | None = None  # (B, L) slot log-probabilities under the proposing policy
     target_log_prob: torch.Tensor | None = None  # (B,) log pi_ref(y | x) under the target's prompt
     grad: torch.Tensor | None = None  # (B, L, V) the reward's one-hot gradient (token moves)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) the reward's named terms (a RewardSum's)
 
     def where(self, accept: torch.Tensor, other: "ChainState") -> "ChainState":
         """``other``'s rows where ``accept``, this state's elsewhere."""
@@ -469,6 +475,7 @@ class ChainState:
             kv=None if self.kv is None else tuple((pick(nk, k), pick(nv, v)) for (nk, nv), (k, v) in zip(other.kv, self.kv)),
             candidates=pick(other.candidates, self.candidates), log_probs=pick(other.log_probs, self.log_probs),
             target_log_prob=pick(other.target_log_prob, self.target_log_prob), grad=pick(other.grad, self.grad),
+            parts={name: pick(other.parts[name], value) for name, value in self.parts.items()},
         )
 
 
@@ -495,6 +502,7 @@ class ChainRun:
     best_target_lengths: torch.Tensor | None = None
     best_target_reward: torch.Tensor | None = None
     best_target_value: torch.Tensor | None = None
+    reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (steps + 1, B), as ``rewards``
 
     @property
     def acceptance(self) -> torch.Tensor:
@@ -505,10 +513,12 @@ class ChainRun:
 
 
 class GradientCuts:
-    """``y -> (reward, log q(. | y), grad)``: the reward, the gradient-guided cut distribution, the gradient.
+    """``y -> (reward, log q(. | y), grad, parts)``: the reward, the gradient-guided cut distribution, the gradient,
+    the reward's named terms.
 
-    ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V))`` gives the reward and its
-    gradient with respect to the one-hot response; ``alpha`` scales the gradient into
+    ``score_fn(tokens, lengths) -> (reward (B,), grad (B, L, V)[, parts])`` gives the reward and its
+    gradient with respect to the one-hot response (and optionally the reward's named terms
+    ``{name: (B,)}``, a RewardSum's; returned as the fourth value, empty without them); ``alpha`` scales the gradient into
     log-target units before :func:`cut_scores`. ``starts`` and ``limits`` (per row, see
     :func:`cut_slots`) keep the cuts off each row's forced start, for every state alike: the
     forward draw ``q(t | y)`` and the reverse ``q(t | y')`` of the acceptance ratio.
@@ -527,11 +537,11 @@ class GradientCuts:
         self.keep_grad = keep_grad
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
-        reward, grad = self.score_fn(tokens, lengths, need_grad=self.keep_grad or not self.uniform)
+        reward, grad, *parts = self.score_fn(tokens, lengths, need_grad=self.keep_grad or not self.uniform)
         scores = (torch.zeros(tokens.shape, device=tokens.device) if grad is None or self.uniform
                   else cut_scores(self.alpha * grad, tokens, lengths, candidates))
         log_q = cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
-        return reward, log_q, (grad if self.keep_grad else None)
+        return reward, log_q, (grad if self.keep_grad else None), (parts[0] if parts else {})
 
 
 class TokenMoves:
@@ -621,13 +631,14 @@ def run_chains(
     steered = target_log_prob is not None
     track = steered or track_target
     kv, candidates, log_probs = proposals.encode(tokens, lengths, log_probs=track)
-    reward, log_q, grad = cuts_fn(tokens, lengths, candidates)
+    reward, log_q, grad, parts = cuts_fn(tokens, lengths, candidates)
     if token_moves is not None and grad is None:
         raise ValueError("token moves need the reward's gradient: build GradientCuts with keep_grad=True")
     target = None
     if track:
         target = target_log_prob(tokens, lengths).float() if steered else log_probs.sum(1)
-    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates, log_probs, target, grad)
+    state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates, log_probs, target, grad, parts)
+    parts_log = {name: [value.float().cpu()] for name, value in parts.items()}
     best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
     if track:
         best_value = _finite(state.target_log_prob + alpha * state.reward)
@@ -653,7 +664,7 @@ def run_chains(
             bias = torch.where(moving.unsqueeze(1), bias, torch.zeros_like(bias))
         new = proposals.propose(state.tokens, state.lengths, state.kv, state.candidates, cuts, gens,
                                 log_probs=state.log_probs, first_bias=bias)
-        new_reward, new_log_q, new_grad = cuts_fn(new.tokens, new.lengths, new.candidates)
+        new_reward, new_log_q, new_grad, new_parts = cuts_fn(new.tokens, new.lengths, new.candidates)
         new_reward = new_reward.float()
         log_ratio = alpha * (new_reward - state.reward)
         if correct_cut:
@@ -676,7 +687,8 @@ def run_chains(
             log_ratio = log_ratio + (new_target - state.target_log_prob) - (new.log_probs.sum(1) - state.log_probs.sum(1))
         log_ratio = torch.where(torch.isfinite(new_reward), log_ratio, torch.full_like(log_ratio, float("-inf")))
         accept = draws[:, 1].log() < log_ratio
-        proposal = ChainState(new.tokens, new.lengths, new_reward, new_log_q, new.kv, new.candidates, new.log_probs, new_target, new_grad)
+        proposal = ChainState(new.tokens, new.lengths, new_reward, new_log_q, new.kv, new.candidates, new.log_probs, new_target,
+                              new_grad, new_parts)
         state = state.where(accept, proposal)
         better = accept & (_finite(new_reward) > best_reward)
         best_tokens = torch.where(better.unsqueeze(1), new.tokens, best_tokens)
@@ -692,6 +704,8 @@ def run_chains(
         accepted.append(accept.cpu())
         cut_log.append(cuts.cpu())
         reward_log.append(state.reward.cpu())
+        for name, value in state.parts.items():
+            parts_log[name].append(value.float().cpu())
         proposal_log.append(new_reward.cpu())
         ratio_log.append(log_ratio.cpu())
         move_log.append(moving.cpu())
@@ -705,6 +719,7 @@ def run_chains(
         accepted=stack(accepted, torch.bool), cuts=stack(cut_log, torch.long), rewards=torch.stack(reward_log),
         proposal_rewards=stack(proposal_log, torch.float), log_ratio=stack(ratio_log, torch.float),
         token_moves=None if token_moves is None else stack(move_log, torch.bool),
+        reward_parts={name: torch.stack(values) for name, values in parts_log.items()},
     )
     if track:
         run.best_target_tokens, run.best_target_lengths, run.best_target_reward, run.best_target_value = best_target

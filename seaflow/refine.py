@@ -32,7 +32,8 @@ def _energy_parts(relaxation, reward, reference, reward_state, reference_state, 
     energy = torch.zeros(y.shape[0], device=y.device)
     parts = {}
     if reward is not None:
-        parts["reward"] = reward.value(reward_state, probs)
+        parts["reward"], terms = reward.value_and_parts(reward_state, probs)
+        parts.update((f"reward.{name}", value) for name, value in terms.items())  # a RewardSum's terms, for the trace
         energy = energy - alpha * parts["reward"]
     if reference is not None:
         parts["reference"] = reference.value(reference_state, probs)

@@ -83,3 +83,35 @@ def test_math_verifier_on_the_embedded_model(tmp_path, monkeypatch):
     from seaflow.energies.verifier import is_correct
 
     assert records[0]["candidate_rewards"] == [float(is_correct(t, "7")) for t in records[0]["candidate_responses"]]
+
+
+def check_combined(records: list[dict], exact: bool = True) -> None:
+    """The record's parts and the trace's; ``exact``: the parts of the returned reply add up to its
+    reward (GuidedSuffixMCMC's reward is KeywordReward's one-hot value, which a subword tokenizer
+    may set apart from the exact text check, see check_keyword_rows)."""
+    import torch
+
+    for record in records:
+        parts = record["reward_parts"]
+        assert list(parts) == ["sentiment", "keywords"]
+        if exact:
+            assert record["reward"] == pytest.approx(parts["sentiment"] + 0.5 * parts["keywords"], abs=1e-5)
+        trace = {name: torch.tensor(record["trace"][name]) for name in ("reward", "reward.sentiment", "reward.keywords")}
+        torch.testing.assert_close(trace["reward.sentiment"] + 0.5 * trace["reward.keywords"], trace["reward"])
+
+
+def test_combined_rewards_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("combined_rewards.yaml", tmp_path, "--model.init_args.max_new_tokens", "4",
+                      "--model.init_args.steps", "2", policy=str(tiny_models["policy"]))
+    check_combined(records)
+    for record in records:  # the tiny tokenizer is word-level: the keyword part is the exact judge
+        assert record["reward_parts"]["keywords"] == pytest.approx(coverage(record))
+
+
+@pytest.mark.slow
+def test_combined_rewards_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("combined_rewards.yaml", tmp_path, "--model.init_args.max_new_tokens", "12",
+                      "--model.init_args.steps", "2", "--model.init_args.chains", "2", "--data.limit", "2")
+    check_combined(records, exact=False)

@@ -2,6 +2,7 @@
 
 from seaflow.energies.base import EnergyTerm, PromptText, ResponseBatch, Reward
 from seaflow.energies.bridge import BridgedRewardModel, TokenBridge
+from seaflow.energies.combined import RewardSum
 from seaflow.energies.judge import PromptedJudge
 from seaflow.energies.keywords import KeywordReward
 from seaflow.energies.lexicon import LexiconReward
@@ -14,5 +15,5 @@ __all__ = [
     "EnergyTerm", "PromptText", "ResponseBatch", "Reward", "ReferenceLogLikelihood",
     "RewardModel", "PromptedJudge", "LexiconReward", "KeywordReward",
     "TextReward", "TextClassifierReward", "CallableReward", "BridgedRewardModel", "TokenBridge",
-    "ExactAnswerReward",
+    "ExactAnswerReward", "RewardSum",
 ]

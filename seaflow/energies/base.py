@@ -178,6 +178,15 @@ class Reward(EnergyTerm):
         """A short name for messages."""
         return type(self).__name__
 
+    def part_names(self) -> list[str]:
+        """Names of the parts :meth:`value_and_parts` returns (none for a single reward)."""
+        return []
+
+    def value_and_parts(self, prepared: Any, response: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``value`` and its named parts ``{name: (B,)}``: none for a single reward; a
+        :class:`~seaflow.energies.combined.RewardSum` gives each term's own value."""
+        return self.value(prepared, response), {}
+
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor,
               batch_size: int) -> torch.Tensor:

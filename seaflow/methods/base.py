@@ -10,7 +10,9 @@ the same record fields. A subclass declares only its own constructor arguments a
 
 from __future__ import annotations
 
+import functools
 import hashlib
+
 import lightning as L
 import torch
 
@@ -26,6 +28,19 @@ def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") 
     """A 63-bit seed from the run seed, the prompt id and the chain: batch- and rank-independent."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{chain}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def with_reward_parts(predict_step):
+    """Wrap a method's ``predict_step`` so that its records get ``reward_parts`` (:meth:`AlignmentMethod.add_reward_parts`)."""
+
+    @functools.wraps(predict_step)
+    def wrapper(self, batch, *args, **kwargs):
+        records = predict_step(self, batch, *args, **kwargs)
+        if isinstance(records, list) and all(isinstance(r, dict) for r in records):
+            self.add_reward_parts(batch, records)
+        return records
+
+    return wrapper
 
 
 class AlignmentMethod(L.LightningModule):
@@ -80,10 +95,11 @@ class AlignmentMethod(L.LightningModule):
         self.policy: LoadedModel | None = None
 
     def __init_subclass__(cls, **kwargs):
-        # every method's predict_step is metered: its records get a ``cost`` field (seaflow/cost.py)
+        # every method's predict_step is metered: its records get a ``cost`` field (seaflow/cost.py),
+        # and ``reward_parts`` before it when the reward has named terms
         super().__init_subclass__(**kwargs)
         if "predict_step" in cls.__dict__:
-            cls.predict_step = cost.metered(cls.__dict__["predict_step"])
+            cls.predict_step = cost.metered(with_reward_parts(cls.__dict__["predict_step"]))
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -199,6 +215,27 @@ class AlignmentMethod(L.LightningModule):
             with cost.uncounted():
                 out["surrogate_reward"] = self.reward.value(self.reward.prepare(batch), tokens).float()
         return out
+
+    @torch.no_grad()
+    def add_reward_parts(self, batch: dict[str, list], records: list[dict]) -> None:
+        """Each record's ``reward_parts``: the :attr:`selector`'s named terms (a RewardSum's) on its
+        returned response, scored again from ``response_token_ids`` (not counted in the cost, like
+        the reference statistics). Nothing for a reward without named terms."""
+        selector = self.selector
+        if selector is None or not selector.part_names() or not records or "reward_parts" in records[0]:
+            return
+        row = {pid: i for i, pid in enumerate(batch["id"])}
+        rows = [row[record["id"]] for record in records]
+        ids = [record["response_token_ids"] for record in records]
+        tokens = torch.full((len(ids), max(map(len, ids), default=0) or 1), self.pad_id, dtype=torch.long)
+        for i, response in enumerate(ids):
+            tokens[i, : len(response)] = torch.tensor(response, dtype=torch.long)
+        lengths = torch.tensor([len(response) for response in ids])
+        responses = ResponseBatch([batch["prompt_ids"][i] for i in rows], [batch["prompt"][i] for i in rows], lengths, tokens.shape[1])
+        with cost.uncounted():
+            _, parts = selector.value_and_parts(selector.prepare(responses), tokens.to(self.device))
+        for i, record in enumerate(records):
+            record["reward_parts"] = {name: float(values[i]) for name, values in parts.items()}
 
     def decode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """The text of each row's first ``lengths`` tokens. A response cut in the middle of a

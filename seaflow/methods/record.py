@@ -4,7 +4,7 @@
 docs/outputs.md mirrors it (tests/test_methods.py checks both). :func:`make_record` is the
 one place records are assembled: it puts the fields in schema order and refuses a field the
 schema does not know, so a new field is added here and in docs/outputs.md or not at all.
-``cost`` is the one field added after the method: the cost meter appends it last.
+``reward_parts`` and ``cost`` are added after the method (seaflow/methods/base.py, the cost meter), last.
 """
 
 from __future__ import annotations
@@ -104,8 +104,10 @@ class Record(TypedDict, total=False):
     returns: str
     alternatives: dict[str, dict[str, Any]]
     token_move_acceptance: list[float | None]
-    # every method (output.wall_time: false leaves wall_time_s out, also cost's)
+    # every method (output.wall_time: false leaves wall_time_s out, also cost's; reward_parts only
+    # with a reward of named terms, added after the method like cost)
     wall_time_s: float
+    reward_parts: dict[str, float]
     cost: Cost
 
 

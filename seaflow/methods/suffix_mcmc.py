@@ -241,6 +241,8 @@ class GuidedSuffixMCMC(DecodingMethod):
                     "proposal_reward": run.proposal_rewards[:, span].T.tolist(),
                     "cut": run.cuts[:, span].T.tolist(),
                     "accepted": run.accepted[:, span].T.int().tolist(),
+                    # a RewardSum's terms of each chain's state, as "reward"
+                    **{f"reward.{name}": values[:, span].T.tolist() for name, values in run.reward_parts.items()},
                 },
                 "steps": self.steps,
                 "init_pool": self.init_pool,
