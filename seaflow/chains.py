@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from seaflow import generation
+from seaflow import cost, generation
 from seaflow.energies.base import ResponseBatch
 from seaflow.layout import PrefixLayout, active_mask, build_layout, build_prefix_layout, cache_argument, output_cache, supports_prefix_cache, with_prefix_cache
 from seaflow.progress import report
@@ -81,7 +81,8 @@ def cut_slots(lengths: torch.Tensor, width: int, starts: torch.Tensor | None = N
     return valid
 
 
-def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None = None,
+               scale: float = 1.0) -> torch.Tensor:
     """Per-slot score ``(B, L)``: the first-order gain of the best replacement token.
 
     ``grad[b, u, v]`` is the derivative of ``alpha r`` with respect to the one-hot entry
@@ -89,10 +90,12 @@ def cut_scores(grad: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, 
     ``max_{v in C_u} grad[b, u, v] - grad[b, u, y_u]``, the predicted change of
     ``log pi`` when slot ``u`` takes the best token of ``C_u`` (the policy's top-k next
     tokens at ``u`` given ``candidates``, else the whole vocabulary). The EOS slot and
-    slots past it score 0.
+    slots past it score 0. ``scale`` multiplies the gradient (``alpha``: log-target units); it
+    is applied to the gathered entries only, which gives the same numbers as scaling ``grad``
+    first (multiplying by ``scale >= 0`` keeps the order, so the maximum is the same entry).
     """
-    current = grad.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    best = grad.amax(-1) if candidates is None else grad.gather(-1, candidates).amax(-1)
+    current = grad.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * scale
+    best = (grad * scale).amax(-1) if candidates is None else (grad.gather(-1, candidates) * scale).amax(-1)
     scores = (best - current).float()
     active = active_mask(lengths.to(scores.device), tokens.shape[1])
     return torch.where(active, scores, torch.zeros_like(scores))
@@ -126,6 +129,11 @@ class PromptCache:
 
     layout: PrefixLayout | None  # with key_values; None when the model's cache cannot be re-wrapped
     prompt_ids: list[list[int]]
+
+    def rows(self, index: torch.Tensor) -> "PromptCache":
+        """The rows ``index`` (repeats allowed): no model runs."""
+        layout = None if self.layout is None else self.layout.rows(index)
+        return PromptCache(layout, [self.prompt_ids[int(i)] for i in index])
 
 
 def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, width: int) -> PromptCache:
@@ -181,6 +189,14 @@ class Proposal:
     log_probs: torch.Tensor | None  # (B, L) slot log-probabilities under the proposing policy
     cut_logits: torch.Tensor  # (B, V) the policy's next-token logits at the cut slot t (given y_<t)
 
+    def take(self, index: torch.Tensor) -> "Proposal":
+        """The rows ``index``."""
+        def pick(value):
+            return None if value is None else value[index.to(value.device)]
+
+        kv = None if self.kv is None else tuple((pick(k), pick(v)) for k, v in self.kv)
+        return Proposal(pick(self.tokens), pick(self.lengths), kv, pick(self.candidates), pick(self.log_probs), pick(self.cut_logits))
+
 
 class SuffixProposals:
     """Suffix proposals for a batch of chains: the policy rewrites ``y_>=t`` given ``x`` and ``y_<t``.
@@ -206,6 +222,11 @@ class SuffixProposals:
     @property
     def cached(self) -> bool:
         return self.cache.layout is not None
+
+    def rows(self, index: torch.Tensor) -> "SuffixProposals":
+        """Proposals for the rows ``index`` of this batch (repeats allowed: several tries per chain)."""
+        limits = None if self.limits is None else self.limits[index.to(self.limits.device)]
+        return SuffixProposals(self.model, self.cache.rows(index), self.width, self.eos_ids, self.pad_id, self.top_k, limits=limits)
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor, log_probs: bool = False):
@@ -419,6 +440,12 @@ class OneHotRewardGradient:
         self.vocab_size = vocab_size
         self.prompt_ids, self.prompts = prompt_ids, prompts
 
+    def rows(self, index) -> "OneHotRewardGradient":
+        """The same reward for the rows ``index`` of this batch (a tensor, a range or a list; repeats allowed)."""
+        rows = [int(i) for i in index]
+        return OneHotRewardGradient(self.reward, self.selection_reward, self.vocab_size, [self.prompt_ids[i] for i in rows],
+                                    [self.prompts[i] for i in rows])
+
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, need_grad: bool = True):
         """``(reward, grad or None, parts)``; ``parts`` are the named terms of the returned reward
         (a :class:`~seaflow.energies.combined.RewardSum`'s), empty for a single reward."""
@@ -435,7 +462,9 @@ class OneHotRewardGradient:
                 value, parts = self.reward.value_and_parts(prepared, tokens)
                 return value.float(), None, parts
         with torch.enable_grad():
-            one_hot = torch.nn.functional.one_hot(tokens, self.vocab_size).float().requires_grad_(True)
+            # the one-hot response written straight as floats (one_hot() would first build it as int64)
+            one_hot = torch.zeros(*tokens.shape, self.vocab_size, device=tokens.device).scatter_(-1, tokens.unsqueeze(-1), 1.0)
+            one_hot.requires_grad_(True)
             value, own = self.reward.value_and_parts(prepared, one_hot)
             (grad,) = torch.autograd.grad(value.sum(), one_hot)
         if selected is None:
@@ -524,10 +553,16 @@ class GradientCuts:
     forward draw ``q(t | y)`` and the reverse ``q(t | y')`` of the acceptance ratio.
     ``keep_grad`` returns the gradient (token moves need it), also with uniform cuts; otherwise
     the third value is None.
+
+    ``batch_rows`` (with a ``score_fn`` that has ``rows``, as :class:`OneHotRewardGradient`)
+    scores that many rows at a time: the gradient is ``(rows, L, V)`` floats, so without
+    ``keep_grad`` only one chunk's gradient exists at a time and only the ``(rows, L)`` cut
+    scores are kept; the values are the same as in one pass.
     """
 
     def __init__(self, score_fn, alpha: float, temperature: float | None, floor: float,
-                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None, keep_grad: bool = False):
+                 starts: torch.Tensor | None = None, limits: torch.Tensor | None = None, keep_grad: bool = False,
+                 batch_rows: int | None = None):
         self.score_fn = score_fn
         self.alpha = alpha
         self.temperature = temperature
@@ -535,13 +570,37 @@ class GradientCuts:
         self.uniform = temperature is None or floor >= 1
         self.starts, self.limits = starts, limits
         self.keep_grad = keep_grad
+        self.batch_rows = batch_rows
+
+    def rows(self, index: torch.Tensor) -> "GradientCuts":
+        """The same cut rule for the rows ``index`` of this batch (a ``score_fn`` with ``rows`` is narrowed too)."""
+        def pick(value):
+            return None if value is None else value[index.to(value.device)]
+
+        score_fn = self.score_fn.rows(index) if hasattr(self.score_fn, "rows") else self.score_fn
+        return GradientCuts(score_fn, self.alpha, self.temperature, self.floor, pick(self.starts), pick(self.limits), self.keep_grad,
+                            self.batch_rows)
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor | None):
-        reward, grad, *parts = self.score_fn(tokens, lengths, need_grad=self.keep_grad or not self.uniform)
-        scores = (torch.zeros(tokens.shape, device=tokens.device) if grad is None or self.uniform
-                  else cut_scores(self.alpha * grad, tokens, lengths, candidates))
+        size = self.batch_rows or len(tokens)
+        if len(tokens) <= size or not hasattr(self.score_fn, "rows"):
+            reward, scores, grad, parts = self._scores(self.score_fn, tokens, lengths, candidates)
+        else:
+            chunks = [self._scores(self.score_fn.rows(range(i, min(i + size, len(tokens)))), tokens[i : i + size], lengths[i : i + size],
+                                   None if candidates is None else candidates[i : i + size])
+                      for i in cost.side_by_side(range(0, len(tokens), size))]
+            reward, scores = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+            grad = torch.cat([c[2] for c in chunks]) if self.keep_grad else None
+            parts = {name: torch.cat([c[3][name] for c in chunks]) for name in chunks[0][3]}
         log_q = cut_log_probs(scores, lengths, self.temperature, self.floor, self.starts, self.limits)
-        return reward, log_q, (grad if self.keep_grad else None), (parts[0] if parts else {})
+        return reward, log_q, grad, parts
+
+    def _scores(self, score_fn, tokens, lengths, candidates):
+        """``(reward, cut scores (rows, L), gradient if kept, parts)`` of one chunk."""
+        reward, grad, *parts = score_fn(tokens, lengths, need_grad=self.keep_grad or not self.uniform)
+        scores = (torch.zeros(tokens.shape, device=tokens.device) if grad is None or self.uniform
+                  else cut_scores(grad, tokens, lengths, candidates, scale=self.alpha))
+        return reward, scores, (grad if self.keep_grad else None), (parts[0] if parts else {})
 
 
 class TokenMoves:
@@ -588,6 +647,77 @@ class TokenMoves:
         return values
 
 
+class MultipleTries:
+    """Several suffixes per chain from one cut: a multiple-try Metropolis step with an independent proposal.
+
+    Read the cut as an auxiliary variable: the joint target is ``pi(y) q(t | y)`` and drawing
+    ``t ~ q(t | y)`` at each step is a Gibbs move on it. Given ``t``, the target of the suffix
+    ``s = y_>=t`` is ``pi_ref(s | x, y_<t) exp(alpha r(y)) q(t | y)``, and the policy's suffix
+    ``pi_ref(s | x, y_<t)`` proposes independently of the current one, so each response's
+    importance weight is ``w(y) = exp(alpha r(y)) q(t | y)``. The step
+
+    1. draws ``K`` suffixes ``y_1 .. y_K`` after the kept prefix ``y_<t`` (all ``B K`` rows in
+       one batch, row ``b``'s tries at ``b K .. b K + K - 1``);
+    2. picks ``y_j`` with probability ``w(y_j) / sum_k w(y_k)``;
+    3. moves to it with probability ``min(1, sum_k w(y_k) / (sum_k w(y_k) - w(y_j) + w(y)))``:
+       the multiple-try Metropolis test of an independence proposal (Liu, Liang and Wong, 2000),
+       whose reference set is the other tries and the current state.
+
+    With ``K = 1`` the test is the plain step's ``exp(alpha (r' - r)) q(t | y') / q(t | y)``.
+    A step costs ``K`` suffix generations and ``K`` reward gradients per chain, run as one
+    batch: ``K`` times the rows per model call of a plain step, the same sequential calls.
+    """
+
+    def __init__(self, proposals: SuffixProposals, cuts_fn: GradientCuts, tries: int, reverse_cuts_fn: GradientCuts | None = None):
+        self.tries = tries
+        self.proposals, self.cuts_fn, self.reverse_cuts_fn = proposals, cuts_fn, reverse_cuts_fn
+        self._rows: dict[int, tuple] = {}
+
+    def _spread(self, rows: int, device):
+        """The rows of every try (``b K + k`` holds row ``b``) and the proposals and cut rules on them, built once."""
+        if rows not in self._rows:
+            spread = torch.arange(rows, device=device).repeat_interleave(self.tries)
+            reverse = None if self.reverse_cuts_fn is None else self.reverse_cuts_fn.rows(spread)
+            self._rows[rows] = (spread, self.proposals.rows(spread), self.cuts_fn.rows(spread), reverse)
+        return self._rows[rows]
+
+    def step(self, state: ChainState, cuts: torch.Tensor, generators: list[torch.Generator], choice: torch.Tensor,
+             seeds: list[list[int]], alpha: float, correct_cut: bool = True):
+        """``(proposal, its reward, its log q, its gradient, its reward's parts, log acceptance ratio)``, one proposal per row.
+
+        ``generators`` are the rows' own (try 0 draws its suffix from them), ``seeds[k - 1]`` the
+        rows' seeds for try ``k``; ``choice`` (``(B,)`` uniforms) picks the try.
+        """
+        rows, device = state.tokens.shape[0], state.tokens.device
+        spread, proposals, cuts_fn, reverse_fn = self._spread(rows, device)
+        extra = [generation.row_generators(row_seeds, device=device) for row_seeds in seeds]
+        gens = [g for b in range(rows) for g in [generators[b], *(try_gens[b] for try_gens in extra)]]
+
+        def pick(value):
+            return None if value is None else value[spread]
+
+        kv = None if state.kv is None else tuple((pick(k), pick(v)) for k, v in state.kv)
+        cut_rows = cuts[spread]
+        new = proposals.propose(pick(state.tokens), pick(state.lengths), kv, pick(state.candidates), cut_rows, gens,
+                                log_probs=pick(state.log_probs))
+        reward, log_q, grad, parts = cuts_fn(new.tokens, new.lengths, new.candidates)
+        reward = reward.float()
+        weight, current = alpha * reward, alpha * state.reward
+        if correct_cut:
+            reverse = log_q if reverse_fn is None else reverse_fn(new.tokens, new.lengths, new.candidates)[1]
+            weight = weight + reverse[torch.arange(len(spread), device=device), cut_rows]
+            current = current + state.log_q[torch.arange(rows, device=device), cuts]
+        weight = torch.where(torch.isfinite(reward), weight, torch.full_like(weight, float("-inf"))).view(rows, self.tries)
+        current = _finite(current)
+        top = weight.amax(1, keepdim=True)
+        chosen = _categorical(weight - torch.where(torch.isfinite(top), top, torch.zeros_like(top)), choice)
+        others = weight.scatter(1, chosen.unsqueeze(1), current.unsqueeze(1))  # the reference set: other tries + current
+        log_ratio = weight.logsumexp(1) - others.logsumexp(1)
+        index = torch.arange(rows, device=device) * self.tries + chosen
+        return (new.take(index), reward[index], log_q[index], None if grad is None else grad[index],
+                {name: value[index] for name, value in parts.items()}, log_ratio)
+
+
 def _token_slot_log_q(log_q: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``log q(t | y)`` restricted to the slots that hold a token (``t < n``) and renormalised."""
     slots = torch.arange(log_q.shape[1], device=log_q.device).unsqueeze(0)
@@ -608,6 +738,8 @@ def run_chains(
     token_moves: TokenMoves | None = None,
     target_log_prob=None,
     track_target: bool = False,
+    tries: int = 1,
+    try_seeds=None,
 ) -> ChainRun:
     """``steps`` Metropolis steps of every chain (row) from ``tokens``/``lengths``.
 
@@ -625,6 +757,12 @@ def run_chains(
     ``[log pi_ref(y' | x) - log pi_ref(y | x)] - [log p(y' | x') - log p(y | x')]`` (the kept
     prefix cancels in both), so the chains still target ``pi_ref(y | x) exp(alpha r)``.
     ``track_target`` also tracks each chain's visited state of highest target log-density.
+
+    ``tries > 1`` proposes that many suffixes per chain and step from the same cut, all rows of
+    all tries in one batch (:class:`MultipleTries`); ``try_seeds(step) -> list[list[int]]`` gives
+    the seeds of tries ``1 .. tries - 1`` (one list per try, one seed per row; try 0 draws from
+    the row's own generator, so ``tries=1`` is the plain chain), by default derived from
+    ``seeds(step)``.
     """
     device = tokens.device
     rows = tokens.shape[0]
@@ -645,10 +783,20 @@ def run_chains(
         best_target = (tokens.clone(), lengths.clone(), state.reward.clone(), best_value.clone())
     accepted, cut_log, reward_log, proposal_log, ratio_log, move_log = [], [], [state.reward.cpu()], [], [], []
     row_index = torch.arange(rows, device=device)
+    multiple = None
+    if tries > 1:
+        if token_moves is not None or steered:
+            raise ValueError("several tries per step (tries > 1) are plain suffix moves: use them without token moves "
+                             "and without steered proposals")
+        multiple = MultipleTries(proposals, cuts_fn, tries, reverse_cuts_fn)
+        if try_seeds is None:
+            def try_seeds(step):
+                return [[(int(seed) * 1_000_003 + k) % (2**63) for seed in seeds(step)] for k in range(1, tries)]
     for step in range(steps):
         gens = generation.row_generators(seeds(step), device=device)
         # cut and accept draws (and the move's) come first from each row's generator, then the suffix's Gumbel noise
-        draws = torch.stack([torch.rand(2 if token_moves is None else 3, generator=g, device=g.device) for g in gens]).to(device)
+        draws = torch.stack([torch.rand(2 if token_moves is None and multiple is None else 3, generator=g, device=g.device)
+                             for g in gens]).to(device)
         bias = order = None
         if token_moves is None:
             moving = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -662,24 +810,28 @@ def run_chains(
         if token_moves is not None:
             bias = token_moves.bias(state.grad, row_index, cuts, order)
             bias = torch.where(moving.unsqueeze(1), bias, torch.zeros_like(bias))
-        new = proposals.propose(state.tokens, state.lengths, state.kv, state.candidates, cuts, gens,
-                                log_probs=state.log_probs, first_bias=bias)
-        new_reward, new_log_q, new_grad, new_parts = cuts_fn(new.tokens, new.lengths, new.candidates)
-        new_reward = new_reward.float()
-        log_ratio = alpha * (new_reward - state.reward)
-        if correct_cut:
-            reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new.tokens, new.lengths, new.candidates)[1]
+        if multiple is not None:  # several suffixes per chain from the same cut (see MultipleTries)
+            new, new_reward, new_log_q, new_grad, new_parts, log_ratio = multiple.step(
+                state, cuts, gens, draws[:, 2], try_seeds(step), alpha, correct_cut)
+        else:
+            new = proposals.propose(state.tokens, state.lengths, state.kv, state.candidates, cuts, gens,
+                                    log_probs=state.log_probs, first_bias=bias)
+            new_reward, new_log_q, new_grad, new_parts = cuts_fn(new.tokens, new.lengths, new.candidates)
+            new_reward = new_reward.float()
+            log_ratio = alpha * (new_reward - state.reward)
+            if correct_cut:
+                reverse = new_log_q if reverse_cuts_fn is None else reverse_cuts_fn(new.tokens, new.lengths, new.candidates)[1]
+                if token_moves is not None:
+                    reverse = torch.where(moving.unsqueeze(1), _token_slot_log_q(reverse, new.lengths), reverse)
+                log_ratio = log_ratio + reverse[row_index, cuts] - forward_log_q[row_index, cuts]
             if token_moves is not None:
-                reverse = torch.where(moving.unsqueeze(1), _token_slot_log_q(reverse, new.lengths), reverse)
-            log_ratio = log_ratio + reverse[row_index, cuts] - forward_log_q[row_index, cuts]
-        if token_moves is not None:
-            policy = torch.log_softmax(new.cut_logits, -1)
-            back = token_moves.bias(new_grad, row_index, cuts, order)
-            placed = new.tokens[row_index, cuts].unsqueeze(1)
-            before = state.tokens[row_index, cuts].unsqueeze(1)
-            gradient_part = (back.gather(1, before) - bias.gather(1, placed)).squeeze(1)
-            normalisers = (policy + bias).logsumexp(-1) - (policy + back).logsumexp(-1)
-            log_ratio = log_ratio + torch.where(moving, gradient_part + normalisers, torch.zeros_like(log_ratio))
+                policy = torch.log_softmax(new.cut_logits, -1)
+                back = token_moves.bias(new_grad, row_index, cuts, order)
+                placed = new.tokens[row_index, cuts].unsqueeze(1)
+                before = state.tokens[row_index, cuts].unsqueeze(1)
+                gradient_part = (back.gather(1, before) - bias.gather(1, placed)).squeeze(1)
+                normalisers = (policy + bias).logsumexp(-1) - (policy + back).logsumexp(-1)
+                log_ratio = log_ratio + torch.where(moving, gradient_part + normalisers, torch.zeros_like(log_ratio))
         new_target = None
         if track:
             new_target = target_log_prob(new.tokens, new.lengths).float() if steered else new.log_probs.sum(1)

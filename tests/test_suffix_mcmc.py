@@ -14,8 +14,8 @@ from seaflow.energies import LexiconReward
 from seaflow.energies.base import Reward
 from seaflow.methods import BestOfN, GuidedSuffixMCMC
 from seaflow.chains import (
-    GradientCuts, PromptCache, SuffixProposals, TokenMoves, cut_log_probs, cut_scores, prompt_cache, resample_suffixes,
-    run_chains, slot_log_probs,
+    GradientCuts, MultipleTries, PromptCache, SuffixProposals, TokenMoves, cut_log_probs, cut_scores, prompt_cache,
+    resample_suffixes, run_chains, slot_log_probs,
 )
 from test_methods import direct
 
@@ -94,7 +94,7 @@ def enumerate_target(model, forced=(), width=None):
     return states, tokens, lengths, target
 
 
-def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=3000, seed=0):
+def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=3000, seed=0, tries=1):
     states, tokens, lengths, target = enumerate_target(model)
     generator = torch.Generator().manual_seed(seed)
     if start == "target":
@@ -106,7 +106,7 @@ def chain_chi_square(model, start, steps, correct_cut=True, cached=True, chains=
     proposals = SuffixProposals(model, cache, WIDTH, [EOS], PAD)
     run = run_chains(
         proposals, tokens[index], lengths[index], cuts, ALPHA, steps,
-        lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(chains)], correct_cut=correct_cut,
+        lambda step: [seed * 1_000_003 + step * 7919 + row for row in range(chains)], correct_cut=correct_cut, tries=tries,
     )
     position = {s: i for i, s in enumerate(states)}
     counts = torch.zeros(len(states), dtype=torch.float64)
@@ -193,6 +193,42 @@ def test_without_the_cut_ratio_the_target_is_missed(small_lm, start, steps):
     """Dropping q(t|y')/q(t|y) from the acceptance ratio gives a chain the chi-square test rejects."""
     statistic, limit, _ = chain_chi_square(small_lm, start, steps=steps, correct_cut=False)
     assert statistic > limit, f"a test without the cut ratio went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
+
+
+# -- several tries per step: multiple-try Metropolis --------------------------------------------
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_multiple_tries_sample_the_exact_target(small_lm, cached):
+    """Three suffixes per chain and step, one picked by its weight and tested against the other tries and
+    the current state: from the empty response, the final states follow pi_ref exp(alpha r)."""
+    statistic, limit, run = chain_chi_square(small_lm, "empty", steps=20, cached=cached, tries=3)
+    assert statistic <= limit, f"chi2 {statistic:.1f} > {limit:.1f}"
+    assert 0.2 < float(run.acceptance.mean()) < 0.98
+    assert torch.allclose(run.final.reward, small_reward(run.final.tokens, run.final.lengths))
+    # an accepted step moves to the picked try, whose reward the trace keeps
+    moved = run.accepted
+    assert torch.allclose(run.rewards[1:][moved], run.proposal_rewards[moved])
+
+
+def test_multiple_tries_without_the_test_miss_the_target(small_lm, monkeypatch):
+    """Always moving to the picked try (importance resampling among the new suffixes, the current state left
+    out) is not exact: the chi-square test sees it, from chains started at the target."""
+    step = MultipleTries.step
+
+    def always(self, *args, **kwargs):
+        *rest, log_ratio = step(self, *args, **kwargs)
+        return (*rest, torch.full_like(log_ratio, float("inf")))
+
+    monkeypatch.setattr(MultipleTries, "step", always)
+    statistic, limit, _ = chain_chi_square(small_lm, "target", steps=2, tries=2)
+    assert statistic > limit, f"a step without its multiple-try test went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
+
+
+def test_multiple_tries_without_the_cut_ratio_miss_the_target(small_lm):
+    """Weights without q(t | y'): the chi-square test sees it."""
+    statistic, limit, _ = chain_chi_square(small_lm, "target", steps=2, correct_cut=False, tries=3)
+    assert statistic > limit, f"tries without the cut ratio went unnoticed: chi2 {statistic:.1f} <= {limit:.1f}"
 
 
 # -- gradient token moves and steered proposals: the same exact target ----------------------
@@ -490,6 +526,54 @@ def test_results_do_not_depend_on_the_batch(tiny_policy):
     assert [r["trace"] for r in together] == [r["trace"] for r in alone]
 
 
+def test_tries_run_in_one_batch_and_do_not_depend_on_the_batch(tiny_policy):
+    """tries=3: every model call of a step carries the three tries of every chain; records do not depend on
+    the batch; tries=1 is the plain chain (its records, field for field, bar ``tries``)."""
+    calls = []
+
+    def count(module, args, kwargs, out):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append((ids if ids is not None else kwargs["inputs_embeds"]).shape[0])
+
+    hook = tiny_policy.model.register_forward_hook(count, with_kwargs=True)
+    try:
+        method = GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=3, max_new_tokens=6, tries=3)
+        together, _ = direct(method, tiny_policy)
+    finally:
+        hook.remove()
+    rows = 2 * len(together)
+    assert max(calls) == 3 * rows  # the steps' first calls: all tries of all chains
+    alone, _ = direct(method, tiny_policy, batch_size=1)
+    assert [r["response"] for r in together] == [r["response"] for r in alone]
+    assert [r["trace"] for r in together] == [r["trace"] for r in alone]
+    assert all(r["tries"] == 3 for r in together)
+    plain, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=3, max_new_tokens=6), tiny_policy)
+    one, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=2, steps=3, max_new_tokens=6, tries=1), tiny_policy)
+    assert [r["trace"] for r in plain] == [r["trace"] for r in one]
+    assert [r["trace"] for r in plain] != [r["trace"] for r in together]
+
+
+def test_the_reward_gradient_in_chunks_is_the_whole_one(tiny_policy):
+    """score_batch smaller than the chains: the reward and its gradient come in chunks, the records do not change."""
+    whole, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), chains=3, steps=3, max_new_tokens=6), tiny_policy)
+    rows = []
+
+    class Counted(LexiconReward):
+        def value(self, prepared, response):
+            rows.append(response.shape[0])
+            return super().value(prepared, response)
+
+    chunked, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=Counted(), chains=3, steps=3, max_new_tokens=6, score_batch=2),
+                        tiny_policy)
+    assert [r["trace"] for r in whole] == [r["trace"] for r in chunked]
+    assert rows and max(rows) <= 2
+
+
+def test_tries_refuse_token_moves():
+    with pytest.raises(ValueError, match=r"model\.init_args\.tries 2 proposes plain suffixes only"):
+        GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), tries=2, token_moves=0.5)
+
+
 def test_a_high_alpha_climbs(tiny_policy):
     reward = LexiconReward()
     records, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=reward, alpha=200.0, chains=2, steps=12, max_new_tokens=6), tiny_policy)
@@ -507,6 +591,7 @@ def test_a_high_alpha_climbs(tiny_policy):
         ("init_pool", 2, "model.init_args.init_pool"),
         ("steps", -1, "model.init_args.steps"),
         ("alpha", -1.0, "model.init_args.alpha"),
+        ("tries", 0, "model.init_args.tries"),
     ],
 )
 def test_rejects_bad_values(argument, value, message):

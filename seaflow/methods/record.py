@@ -99,6 +99,7 @@ class Record(TypedDict, total=False):
     chain_best_rewards: list[float]
     chain_initial_candidates: list[int]
     chain_acceptance: list[float]
+    tries: int
     init_pool: int | None
     pool_rewards: list[float]
     returns: str

@@ -62,6 +62,11 @@ class GuidedSuffixMCMC(DecodingMethod):
         init_from: ``prompt``: the initial samples follow the prompt; ``proposal_prompt``: they
             follow the proposal prompt (needs ``data.proposal_prompt_field`` or
             ``data.proposal_system_prompt``).
+        tries: suffixes proposed per chain and step from the same cut, one picked by its weight
+            and tested by multiple-try Metropolis (:class:`seaflow.chains.MultipleTries`): a
+            step costs ``tries`` suffix generations per chain, all in one batch with the same
+            sequential model calls as one; 1 = the plain Metropolis step. Plain suffix moves
+            only (no token moves, no steered proposals).
         (others: see :class:`DecodingMethod`; ``temperature`` and ``top_p`` must stay 1.0)
     """
 
@@ -79,6 +84,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         token_direction: Literal["gradient", "random"] = "gradient",
         returns: Literal["best_reward", "best_target", "final"] = "best_reward",
         init_from: Literal["prompt", "proposal_prompt"] = "prompt",
+        tries: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +130,11 @@ class GuidedSuffixMCMC(DecodingMethod):
             raise ValueError(f"model.init_args.returns must be 'best_reward', 'best_target' or 'final', got {returns!r}")
         if init_from not in ("prompt", "proposal_prompt"):
             raise ValueError(f"model.init_args.init_from must be 'prompt' or 'proposal_prompt', got {init_from!r}")
+        if tries < 1:
+            raise ValueError(f"model.init_args.tries must be >= 1 (suffixes per chain and step), got {tries}")
+        if tries > 1 and token_moves > 0:
+            raise ValueError(f"model.init_args.tries {tries} proposes plain suffixes only: set model.init_args.token_moves: 0 "
+                             "or model.init_args.tries: 1")
         if token_moves > 0:
             if self.reward is None:
                 raise ValueError(
@@ -143,6 +154,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         self.token_direction = token_direction
         self.returns = returns
         self.init_from = init_from
+        self.tries = tries
 
     def method_name(self) -> str:
         return "GuidedSuffixMCMC"
@@ -162,6 +174,9 @@ class GuidedSuffixMCMC(DecodingMethod):
         if proposal_ids is not None and forced:
             raise ValueError("steered proposals (data.proposal_prompt_field / data.proposal_system_prompt) with a forced "
                              "response start (data.response_prefix) are not supported: set one of them to null")
+        if self.tries > 1 and proposal_ids is not None:
+            raise ValueError(f"model.init_args.tries {self.tries} proposes plain suffixes only, not steered ones: set "
+                             "data.proposal_prompt_field and data.proposal_system_prompt to null, or model.init_args.tries: 1")
         if self.init_from == "proposal_prompt" and proposal_ids is None:
             raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field "
                              "or data.proposal_system_prompt, or model.init_args.init_from: prompt")
@@ -186,6 +201,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         score = OneHotRewardGradient(self.reward, self.selection_reward, self.policy.vocab_size, prompt_ids, prompts)
         cuts_fn = GradientCuts(
             score, self.alpha, self.cut_temperature, self.cut_floor, starts=starts, limits=limits, keep_grad=self.token_moves > 0,
+            batch_rows=self.score_batch,
         )
         token_moves = None
         if self.token_moves > 0:
@@ -201,8 +217,13 @@ class GuidedSuffixMCMC(DecodingMethod):
         def seeds(step: int) -> list[int]:
             return [prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}") for row, key in enumerate(keys)]
 
+        def try_seeds(step: int) -> list[list[int]]:
+            return [[prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}-try-{k}") for row, key in enumerate(keys)]
+                    for k in range(1, self.tries)]
+
         run = run_chains(proposals, tokens, lengths, cuts_fn, self.alpha, self.steps, seeds, token_moves=token_moves,
-                         target_log_prob=target_log_prob, track_target=self.returns != "best_reward")
+                         target_log_prob=target_log_prob, track_target=self.returns != "best_reward",
+                         tries=self.tries, try_seeds=try_seeds)
         n_prompts = len(batch["id"])
         best = run.best_reward.cpu().view(n_prompts, chains)
         candidates = {  # each return rule's state per row: (tokens, lengths, reward, ranking value)
@@ -234,6 +255,7 @@ class GuidedSuffixMCMC(DecodingMethod):
                 "chain_rewards": run.final.reward[span].cpu().tolist(),
                 "chain_responses": final_texts[span],
                 "chain_acceptance": acceptance[span].tolist(),
+                "tries": self.tries,
                 "initial_reward": float(initial[0] if pool.rewards is None else pool.rewards[p, 0]),
                 "initial_best_reward": float(initial.max()),
                 "trace": {
