@@ -72,9 +72,10 @@ def _parts_sum(record, weights):
 @pytest.mark.parametrize("make, traced", [
     (lambda r: SEA(policy="unused", reward=r, sampler=Langevin(step_size=0.1), chains=2, steps=2, alpha=5.0, decode="best"), True),
     (lambda r: GuidedSuffixMCMC(policy="unused", reward=r, chains=2, steps=2, alpha=5.0), True),
+    (lambda r: GuidedSuffixMCMC(policy="unused", reward=r, chains=2, steps=2, alpha=5.0, tries=2, score_batch=3), True),
     (lambda r: BiasedDecoding(policy="unused", reward=r, chains=2, steps=2, alpha=5.0), True),
     (lambda r: BestOfN(policy="unused", reward=r, n=3), False),
-], ids=["SEA", "GuidedSuffixMCMC", "BiasedDecoding", "BestOfN"])
+], ids=["SEA", "GuidedSuffixMCMC", "GuidedSuffixMCMC-tries-chunks", "BiasedDecoding", "BestOfN"])
 def test_records_and_traces_keep_the_parts(tiny_policy, make, traced):
     weights = {"sentiment": 3.0, "dog": 0.5}
     method = make(vader_and_dog(**weights))
