@@ -109,9 +109,28 @@ def test_combined_rewards_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch)
         assert record["reward_parts"]["keywords"] == pytest.approx(coverage(record))
 
 
+def test_combined_rewards_through_seaflow_load(tmp_path, tiny_models, monkeypatch):
+    """seaflow.load of the same config gives the records seaflow predict writes (times apart)."""
+    from seaflow.api import load
+
+    monkeypatch.chdir(ROOT)
+    args = ["--model.init_args.max_new_tokens", "4", "--model.init_args.steps", "2"]
+    written = predict("combined_rewards.yaml", tmp_path, *args, policy=str(tiny_models["policy"]))
+    aligner = load(EXAMPLES / "combined_rewards.yaml", overrides=[*args, "--model.init_args.policy", str(tiny_models["policy"])])
+    rows = [json.loads(line) for line in (ROOT / "configs" / "prompts" / "keywords_rows.jsonl").read_text().splitlines()]
+    returned = aligner.align(rows)
+    check_combined(returned)
+
+    def timeless(record):
+        return {k: v for k, v in record.items() if k not in ("wall_time_s", "cost")}
+
+    assert [timeless(r) for r in returned] == [timeless(r) for r in written]
+
+
 @pytest.mark.slow
 def test_combined_rewards_on_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     records = predict("combined_rewards.yaml", tmp_path, "--model.init_args.max_new_tokens", "12",
                       "--model.init_args.steps", "2", "--model.init_args.chains", "2", "--data.limit", "2")
     check_combined(records, exact=False)
+
