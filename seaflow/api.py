@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Union
 
 import torch
 import yaml
 
 from seaflow.data import collate
 from seaflow.writer import strict_json
+
+# one prompt given to align: a text, a conversation (a list of turns) or a row with fields
+Prompt = Union[str, list, Mapping[str, Any]]
 
 # what the API stands in for where ``seaflow predict`` reads a prompts file
 NO_PROMPTS_FILE = "<prompts given to align>"
@@ -81,15 +84,17 @@ class Aligner:
         """The resolved config as YAML (what ``seaflow predict --print_config`` prints)."""
         return self.parser.dump(self.config, skip_none=False)
 
-    def align(self, prompts: str | Iterable[str | Mapping[str, Any]], ids: Iterable[str] | None = None,
+    def align(self, prompts: str | Iterable[Prompt], ids: Iterable[str] | None = None,
               progress: bool = False) -> list[dict[str, Any]]:
         """One record per prompt, in order: the fields of a ``predictions.jsonl`` line.
 
         Args:
-            prompts: prompt texts (a single string is one prompt), or rows as a prompts file has
-                them: dicts with the prompt text (``data.prompt_field``), optionally an id
+            prompts: prompt texts (a single string is one prompt), conversations (each a list of
+                ``{"role", "content"}`` turns ending with a user turn; the reply is the next
+                assistant turn), or rows as a prompts file has them: dicts with the prompt text
+                (``data.prompt_field``) or the turns (``data.messages_field``), optionally an id
                 (``data.id_field``) and the fields the rewards read (``keywords``, ``target``,
-                ``data.fields``).
+                ``data.fields``). Every prompt is checked before the first batch runs.
             ids: an id per prompt (default: a row's own id, else ``"0"``, ``"1"``, ...). A prompt's
                 randomness derives from (seed, id, chain), so the same id and text give the same
                 record as ``seaflow predict``.
@@ -102,17 +107,18 @@ class Aligner:
         data = self.data
         rows = []
         for i, prompt in enumerate(given):
-            row = dict(prompt) if isinstance(prompt, Mapping) else {data.prompt_field: prompt}
+            if isinstance(prompt, Mapping):
+                row = dict(prompt)
+            elif isinstance(prompt, list) and data.messages_field:  # a conversation
+                row = {data.messages_field: prompt}
+            else:
+                row = {data.prompt_field: prompt}
             if keys is not None or data.id_field not in row:
                 row[data.id_field] = keys[i] if keys is not None else str(i)
             rows.append(row)
         found = [str(row[data.id_field]) for row in rows]
         if len(set(found)) != len(found):
             raise ValueError(f"align got duplicate ids: {sorted({k for k in found if found.count(k) > 1})}")
-        for row in rows:
-            text = row.get(data.prompt_field)
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"prompt {row[data.id_field]!r} is empty or not a string: {text!r}")
         if not rows:
             return []
         prompts = data.read_rows(list(enumerate(rows, 1)), "align")

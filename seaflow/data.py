@@ -3,6 +3,9 @@
 Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of objects or of
 strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
 comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent);
+a row with a ``messages`` field (a list of ``{"role", "content"}`` turns, as chat datasets and
+the chat-template API have them) is a conversation: the aligned reply is its next assistant
+turn, its last user turn is its prompt text, and the record keeps the conversation;
 a row's ``task``, ``target`` and ``keywords`` fields, and those ``data.fields`` declares, are
 kept: they reach every reward and judge with the prompt (``ResponseBatch.fields``), the
 method in its batch, and the record (the task decides which judges seaflow.metrics applies).
@@ -37,7 +40,7 @@ class PromptFileError(ValueError):
 # fields of a prompt file's rows that travel with the prompt to the rewards and into its record
 METADATA_FIELDS = ("task", "target", "keywords")
 # what the data module itself puts in an item: not a row field a config may declare
-RESERVED_FIELDS = ("id", "prompt", "index", "prompt_ids", "response_prefix", "response_prefix_ids")
+RESERVED_FIELDS = ("id", "prompt", "index", "prompt_ids", "response_prefix", "response_prefix_ids", "messages")
 
 
 HF_PREFIX = "hf:"
@@ -99,10 +102,12 @@ def _split_slice(split: str) -> tuple[str, slice]:
 def read_prompts(
     path: str | Path, prompt_field: str = "prompt", id_field: str = "id", skipped: list[dict[str, Any]] | None = None,
     keep: tuple[str, ...] = METADATA_FIELDS, split: str = "train", dataset_config: str | None = None,
+    messages_field: str | None = "messages", drop_final_reply: bool = False,
 ) -> list[dict[str, Any]]:
     """``[{"id": ..., "prompt": ..., "index": ...}, ...]`` from a prompts file or a Hugging Face
     dataset (``hf:NAME``, :func:`read_hf`, with ``split`` and ``dataset_config``), validated; the
-    row fields named in ``keep`` are copied into the item when the row has them.
+    row fields named in ``keep`` are copied into the item when the row has them, and a row with
+    ``messages_field`` is a conversation (:func:`validate`).
 
     A bad row (malformed JSON line, missing field, empty prompt, duplicate id) raises
     :class:`PromptFileError`, or, when a ``skipped`` list is given, is appended to it as
@@ -121,7 +126,8 @@ def read_prompts(
         return load_prompt_set(str(path))
     # -- end of prompt-set hook --
     if str(path).startswith(HF_PREFIX):
-        return validate(read_hf(str(path)[len(HF_PREFIX):], split, dataset_config), path, prompt_field, id_field, skipped, keep)
+        return validate(read_hf(str(path)[len(HF_PREFIX):], split, dataset_config), path, prompt_field, id_field, skipped, keep,
+                        messages_field=messages_field, drop_final_reply=drop_final_reply)
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"prompts file {str(path)!r} does not exist")
@@ -164,11 +170,38 @@ def read_prompts(
         rows = [(number, line) for number, line in enumerate(physical_lines(text), 1) if line.strip()]
     else:
         raise PromptFileError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .json, .csv or .txt")
-    return validate(rows, path, prompt_field, id_field, skipped, keep, bad)
+    return validate(rows, path, prompt_field, id_field, skipped, keep, bad, messages_field, drop_final_reply)
 
 
-def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[str, ...], bad=None) -> list[dict[str, Any]]:
-    """Prompts from numbered rows (objects or strings): fields checked, ids unique."""
+def conversation(messages: Any, drop_final_reply: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """``(turns, problem)``: a conversation's turns (copied; a final assistant turn dropped with
+    ``drop_final_reply``) and what is wrong with it (None when it is a conversation whose next turn is the assistant's)."""
+    if not isinstance(messages, list) or not messages:
+        kind = type(messages).__name__ if not isinstance(messages, list) else "an empty list"
+        return [], (f"messages must be a non-empty list of {{'role', 'content'}} turns, got {kind}"
+                    + (" (a CSV cell is text: use JSONL, JSON or hf:)" if isinstance(messages, str) else ""))
+    turns = []
+    for number, turn in enumerate(messages, 1):
+        if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and turn["role"].strip()
+                and isinstance(turn.get("content"), str)):
+            return [], f"turn {number} of messages must be an object with a 'role' and a text 'content', got {str(turn)[:80]!r}"
+        turns.append(dict(turn))
+    if drop_final_reply and turns[-1]["role"] == "assistant":
+        turns = turns[:-1]
+    if not turns or turns[-1]["role"] != "user":
+        last = turns[-1]["role"] if turns else "nothing"
+        return [], (f"the conversation ends with {last!r}, but the aligned reply is the next assistant turn, so it must end "
+                    "with a user turn (set data.drop_final_reply: true to align a reply in place of a final assistant turn)")
+    if not turns[-1]["content"].strip():
+        return [], "the conversation's last user turn is empty"
+    return turns, None
+
+
+def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[str, ...], bad=None,
+             messages_field: str | None = "messages", drop_final_reply: bool = False) -> list[dict[str, Any]]:
+    """Prompts from numbered rows (objects or strings): fields checked, ids unique. A row with
+    ``messages_field`` is a conversation (:func:`conversation`): its ``prompt`` is the last user
+    turn and the item keeps the turns as ``messages``."""
     if bad is None:
         def bad(number: int, pid: str | None, reason: str) -> None:
             if skipped is None:
@@ -177,14 +210,23 @@ def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[
 
     prompts, seen = [], {}
     for number, row in rows:
+        turns = None
         if isinstance(row, str):
             prompt, pid = row, str(number)
         elif isinstance(row, dict):
             pid = str(row.get(id_field, number))
-            if prompt_field not in row:
-                bad(number, pid, f"no field {prompt_field!r} (fields: {', '.join(map(str, row))}); set data.prompt_field")
+            if messages_field and row.get(messages_field) is not None:
+                turns, problem = conversation(row[messages_field], drop_final_reply)
+                if problem:
+                    bad(number, pid, f"{problem} (id {pid!r})")
+                    continue
+                prompt = turns[-1]["content"]
+            elif prompt_field not in row:
+                also = f", or give the row a {messages_field!r} list of turns (a conversation)" if messages_field else ""
+                bad(number, pid, f"no field {prompt_field!r} (fields: {', '.join(map(str, row))}); set data.prompt_field{also}")
                 continue
-            prompt = row[prompt_field]
+            else:
+                prompt = row[prompt_field]
         else:
             bad(number, None, f"expected an object or a string, got {type(row).__name__}")
             continue
@@ -195,6 +237,8 @@ def validate(rows, path, prompt_field: str, id_field: str, skipped, keep: tuple[
         else:
             seen[pid] = number
             item = {"id": pid, "prompt": prompt, "index": len(prompts)}
+            if turns is not None:
+                item["messages"] = turns
             if isinstance(row, dict):
                 item.update((name, row[name]) for name in keep if row.get(name) not in (None, ""))
             prompts.append(item)
@@ -231,8 +275,10 @@ class PromptDataModule(L.LightningDataModule):
             local dataset directory or a hub id; :func:`read_hf`).
         prompt_field: field holding the prompt text.
         id_field: field holding the prompt id (default: the line number).
-        chat_template: format each prompt as a user turn of the policy's chat template.
-        system_prompt: optional system message for the chat template.
+        chat_template: format each prompt as a user turn of the policy's chat template (a
+            conversation: its turns); false feeds the text as it is (conversations need the template).
+        system_prompt: optional system message for the chat template (a conversation with a
+            system turn of its own keeps that one).
         batch_size: prompts per batch (each expands to ``chains`` rows in SEA).
         limit: use only the first ``limit`` prompts (None: all; at least 1).
         on_bad_prompt: ``error`` stops at the first bad prompt (malformed line, missing field,
@@ -269,8 +315,14 @@ class PromptDataModule(L.LightningDataModule):
             methods that propose from the policy given it while targeting the prompt itself
             (GuidedSuffixMCMC's steered proposals, importance-corrected); batches then carry
             ``proposal_prompt_ids``. None: the prompt itself (with ``proposal_system_prompt``).
+            A conversation's proposal version replaces its last user turn.
         proposal_system_prompt: system message of the proposal prompts (e.g. "Reply in a warm,
             positive tone."); None: ``system_prompt``. Setting either key turns proposal prompts on.
+            It replaces a conversation's own system turn in its proposal version.
+        messages_field: field of a conversation row: a list of ``{"role", "content"}`` turns ending
+            with a user turn; the aligned reply is the next assistant turn (null: no conversations).
+        drop_final_reply: a conversation ending with an assistant turn (a chat dataset's reference
+            reply) loses that turn and the aligned reply takes its place; false: such a row is a bad prompt.
     """
 
     def __init__(
@@ -296,13 +348,15 @@ class PromptDataModule(L.LightningDataModule):
         fields: list[str] | None = None,
         proposal_prompt_field: str | None = None,
         proposal_system_prompt: str | None = None,
+        messages_field: str | None = "messages",
+        drop_final_reply: bool = False,
     ):
         super().__init__()
         reserved = sorted(set(fields or ()) & set(RESERVED_FIELDS))
         if reserved:
             raise ValueError(
                 f"data.fields may not name {', '.join(map(repr, reserved))}: the data module sets those itself "
-                "(data.prompt_field and data.id_field choose where the text and the id come from)"
+                "(data.prompt_field, data.id_field and data.messages_field choose where the text, the id and a conversation come from)"
             )
         from seaflow.metrics import TASKS
 
@@ -342,6 +396,8 @@ class PromptDataModule(L.LightningDataModule):
         self.fields = list(dict.fromkeys(fields or ()))
         self.proposal_prompt_field = proposal_prompt_field
         self.proposal_system_prompt = proposal_system_prompt
+        self.messages_field = messages_field
+        self.drop_final_reply = drop_final_reply
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
         self.file_skips: list[dict[str, Any]] = []
         self.length_skips: list[dict[str, Any]] = []
@@ -356,7 +412,8 @@ class PromptDataModule(L.LightningDataModule):
             self.file_skips = []
             skipped = self.file_skips if self.on_bad_prompt == "skip" else None
             prompts = read_prompts(self.path, self.prompt_field, self.id_field, skipped=skipped, keep=self.keep,
-                                   split=self.split, dataset_config=self.dataset_config)
+                                   split=self.split, dataset_config=self.dataset_config,
+                                   messages_field=self.messages_field, drop_final_reply=self.drop_final_reply)
             missing = [name for name in self.fields if not any(name in p for p in prompts)]
             if missing:
                 raise PromptFileError(
@@ -383,7 +440,8 @@ class PromptDataModule(L.LightningDataModule):
 
     def read_rows(self, rows: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
         """Prompts from numbered rows given in Python (objects or strings), validated as a file's rows are."""
-        return validate(rows, source, self.prompt_field, self.id_field, None, self.keep)
+        return validate(rows, source, self.prompt_field, self.id_field, None, self.keep,
+                        messages_field=self.messages_field, drop_final_reply=self.drop_final_reply)
 
     @property
     def done_ids(self) -> set[str]:
@@ -409,13 +467,28 @@ class PromptDataModule(L.LightningDataModule):
         """Policy tokens of a prompt (with ``system_prompt``, default ``data.system_prompt``); special-token
         strings typed in the prompt or the system prompt stay text, only the chat template's own
         markup is special (seaflow/encoding.py)."""
-        system_prompt = self.system_prompt if system_prompt is None else system_prompt
         if self.chat_template:
-            messages = [{"role": "user", "content": prompt}]
-            if system_prompt:
-                messages.insert(0, {"role": "system", "content": system_prompt})
-            return encode_chat(self.tokenizer, messages)
+            return self.encode_messages([{"role": "user", "content": prompt}], system_prompt)
         return encode_text(self.tokenizer, prompt, add_special_tokens=True)
+
+    def encode_messages(self, messages: list[dict[str, Any]], system_prompt: str | None = None, replace_system: bool = False) -> list[int]:
+        """Policy tokens of a conversation in the chat template, with the generation prompt of the
+        next assistant turn. ``system_prompt`` (default ``data.system_prompt``) opens it when it has
+        no system turn (with ``replace_system``, in place of its own). The text of every turn stays
+        text, whoever wrote it (seaflow/encoding.py)."""
+        if not self.chat_template:
+            raise PromptFileError(
+                "a conversation (a row with messages) needs the policy's chat template, but data.chat_template is false; "
+                "set it to true, or give the rows a plain prompt"
+            )
+        system_prompt = self.system_prompt if system_prompt is None else system_prompt
+        if system_prompt and (replace_system or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": system_prompt}, *(m for m in messages if m["role"] != "system")]
+        return encode_chat(self.tokenizer, messages)
+
+    def encode_row(self, prompt: dict[str, Any]) -> list[int]:
+        """Policy tokens of a prompt row: its conversation when it has one, else its text."""
+        return self.encode_messages(prompt["messages"]) if "messages" in prompt else self.encode(prompt["prompt"])
 
     @property
     def proposes(self) -> bool:
@@ -433,6 +506,10 @@ class PromptDataModule(L.LightningDataModule):
                     f"prompt {prompt['id']!r} has no text in its {self.proposal_prompt_field!r} field "
                     f"(data.proposal_prompt_field): add it to every row, or set data.proposal_prompt_field: null"
                 )
+        if "messages" in prompt:  # the conversation, its last user turn in the proposal version
+            turns = [*prompt["messages"][:-1], {"role": "user", "content": text}]
+            replace = self.proposal_system_prompt is not None  # the proposal's own system message, in place of the conversation's
+            return {"proposal_prompt_ids": self.encode_messages(turns, self.proposal_system_prompt, replace_system=replace)}
         return {"proposal_prompt_ids": self.encode(text, self.proposal_system_prompt)}
 
     @property
@@ -462,7 +539,7 @@ class PromptDataModule(L.LightningDataModule):
         for prompt in self.prompts:
             if prompt["id"] in done:
                 continue
-            ids = self.encode(prompt["prompt"])
+            ids = self.encode_row(prompt)
             forced = self.prefix(prompt)
             need = reserve + len(forced.get("response_prefix_ids", ()))
             if self.context_length is not None and len(ids) + need > self.context_length:
@@ -500,7 +577,7 @@ class PromptDataModule(L.LightningDataModule):
             return items
         done = [p for p in self.prompts if p["id"] in done_ids]
         for prompt in done[: world_size - len(items)]:
-            items.append(self.item(prompt, self.encode(prompt["prompt"]), self.prefix(prompt)))
+            items.append(self.item(prompt, self.encode_row(prompt), self.prefix(prompt)))
         return sorted(items, key=lambda item: item["index"])
 
     def predict_dataloader(self) -> DataLoader:

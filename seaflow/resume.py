@@ -119,6 +119,13 @@ def ways_out(output_dir: Path) -> str:
     )
 
 
+def prompt_identity(row: dict[str, Any]) -> str | None:
+    """What must not change between runs of a prompt id: its text, or a conversation's turns (as JSON)."""
+    if row.get("messages") is not None:
+        return json.dumps(row["messages"], ensure_ascii=False, sort_keys=True)
+    return row.get("prompt")
+
+
 class RunDirectory:
     """The output directory of a run: records already written, prompts skipped this run.
 
@@ -159,16 +166,16 @@ class RunDirectory:
             if not self.overwrite:
                 for path in self.record_files():
                     for record in read_records(path):
-                        self._done.setdefault(str(record["id"]), record.get("prompt"))
+                        self._done.setdefault(str(record["id"]), prompt_identity(record))
         return self._done
 
     def check_prompts(self, prompts: list[dict[str, Any]]) -> None:
         """Refuse prompts whose id is written already with another text (RunMismatchError)."""
         done = self.done()
-        changed = [p for p in prompts if p["id"] in done and done[p["id"]] is not None and done[p["id"]] != p["prompt"]]
+        changed = [p for p in prompts if p["id"] in done and done[p["id"]] is not None and done[p["id"]] != prompt_identity(p)]
         if changed:
             shown = "; ".join(
-                f"{p['id']!r}: {_short(done[p['id']])} -> {_short(p['prompt'])}" for p in changed[:3]
+                f"{p['id']!r}: {_short(done[p['id']])} -> {_short(prompt_identity(p))}" for p in changed[:3]
             ) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise RunMismatchError(
                 f"output_dir '{self.output_dir}' holds records of {len(changed)} prompt id(s) whose text "

@@ -134,3 +134,25 @@ def test_combined_rewards_on_the_embedded_model(tmp_path, monkeypatch):
                       "--model.init_args.steps", "2", "--model.init_args.chains", "2", "--data.limit", "2")
     check_combined(records, exact=False)
 
+
+def check_conversations(records: list[dict]) -> None:
+    rows = [json.loads(line) for line in (ROOT / "configs" / "prompts" / "conversations.jsonl").read_text().splitlines()]
+    for record, row in zip(records, rows):
+        assert record["messages"] == row["messages"] and record["prompt"] == row["messages"][-1]["content"]
+
+
+def test_conversation_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("conversation.yaml", tmp_path, "--model.init_args.max_new_tokens", "4",
+                      "--model.init_args.steps", "2", policy=str(tiny_models["policy"]))
+    assert [r["id"] for r in records] == ["trip", "monday"]
+    check_conversations(records)
+
+
+@pytest.mark.slow
+def test_conversation_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    records = predict("conversation.yaml", tmp_path, "--model.init_args.max_new_tokens", "12",
+                      "--model.init_args.steps", "2", "--model.init_args.chains", "2", "--data.limit", "1")
+    assert [r["id"] for r in records] == ["trip"]
+    check_conversations(records)

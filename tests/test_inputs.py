@@ -89,6 +89,23 @@ def test_data_module_calibration_and_reward_head_rows_keep_typed_markup_as_text(
     assert not _specials(tok, encode_response(tok, INJECTION, 64))
 
 
+@pytest.mark.parametrize("name", ["smollm2_tokenizer", "tiny_tokenizer"])
+def test_markup_typed_in_any_turn_of_a_conversation_stays_text(request, name, tmp_path):
+    tok = request.getfixturevalue(name)
+    turns = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "describe the city"},
+             {"role": "assistant", "content": "the city is good"}, {"role": "user", "content": "tell me about the train"}]
+    typed = [dict(turn, content=f"{turn['content']} {INJECTION}") for turn in turns]
+    path = tmp_path / "talks.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "messages": m}) + "\n" for i, m in (("typed", typed), ("clean", turns))))
+    data = PromptDataModule(path=str(path))
+    data.attach_tokenizer(tok)
+    typed_ids, clean_ids = (item["prompt_ids"] for item in data.items())
+    assert _specials(tok, typed_ids) == _specials(tok, clean_ids)  # only the template's markup is control tokens
+    assert len(_specials(tok, _old_chat(tok, typed))) > len(_specials(tok, clean_ids))
+    if name == "smollm2_tokenizer":
+        assert tok.decode(typed_ids).count(INJECTION) == 4  # each turn's typed markup comes back as its characters
+
+
 def test_judge_keeps_the_inserted_prompt_as_text(tiny_policy):
     from seaflow.energies import PromptedJudge
     from seaflow.energies.base import ResponseBatch

@@ -15,7 +15,7 @@ def run_method(method, policy, prompts: list[str] = (), batch_size: int | None =
                **data_options) -> tuple[list[dict], list[dict]]:
     """``(records, items)`` of ``method`` on ``prompts`` (or explicit prompt ``rows``) through the
     data module without Lightning, ``batch_size`` prompts per ``predict_step`` (default: all)."""
-    from seaflow.data import PromptDataModule
+    from seaflow.data import PromptDataModule, collate
 
     method.attach(policy)
     data = PromptDataModule(path="unused", **data_options)
@@ -26,7 +26,7 @@ def run_method(method, policy, prompts: list[str] = (), batch_size: int | None =
     records = []
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
-        records += method.predict_step({key: [item[key] for item in chunk] for key in chunk[0]})
+        records += method.predict_step(collate(chunk))
     return records, items
 
 
