@@ -15,9 +15,10 @@ built and nothing is written to disk.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Sized, Union
 
 import torch
 import yaml
@@ -25,8 +26,10 @@ import yaml
 from seaflow.data import collate
 from seaflow.writer import strict_json
 
-# one prompt given to align: a text, a conversation (a list of turns) or a row with fields
+# one prompt given to align / stream: a text, a conversation (a list of turns) or a row with fields
 Prompt = Union[str, list, Mapping[str, Any]]
+
+_END = object()  # the end of an iterator of ids
 
 # what the API stands in for where ``seaflow predict`` reads a prompts file
 NO_PROMPTS_FILE = "<prompts given to align>"
@@ -104,6 +107,42 @@ class Aligner:
         keys = None if ids is None else [str(i) for i in ids]
         if keys is not None and len(keys) != len(given):
             raise ValueError(f"align got {len(given)} prompts but {len(keys)} ids")
+        rows = self._rows(given, keys, 0, set(), "align")
+        with self._progress(len(rows), progress) as bar:
+            return list(self._records(rows, bar, itertools.count()))
+
+    def stream(self, prompts: str | Iterable[Prompt], ids: Iterable[str] | None = None,
+               progress: bool = False) -> Iterator[dict[str, Any]]:
+        """The records of :meth:`align`, yielded as each batch finishes.
+
+        ``prompts`` (and ``ids``) may be any iterable, a generator included: ``data.batch_size``
+        prompts are taken at a time, checked, aligned and their records yielded before the next
+        ones are read, so prompts can come from a queue or a file too large to hold and records
+        can be written or shown as they come. The records are :meth:`align`'s for the same
+        prompts and ids. A bad prompt or a repeated id raises when its batch is reached.
+        """
+        given = iter([prompts] if isinstance(prompts, (str, Mapping)) else prompts)
+        keys = None if ids is None else iter(ids)
+        total = len(prompts) if isinstance(prompts, Sized) and not isinstance(prompts, (str, Mapping)) else None
+        return self._stream(given, keys, progress, total)
+
+    def _stream(self, given: Iterator[Prompt], keys: Iterator[str] | None, progress: bool, total: int | None):
+        seen: set[str] = set()
+        start, batches = 0, itertools.count()
+        with self._progress(total, progress) as bar:
+            while chunk := list(itertools.islice(given, self.data.batch_size)):
+                chunk_keys = None
+                if keys is not None:
+                    chunk_keys = [str(key) for key in itertools.islice(keys, len(chunk))]
+                    if len(chunk_keys) != len(chunk):
+                        raise ValueError(f"stream got more than {start + len(chunk_keys)} prompts but only that many ids")
+                yield from self._records(self._rows(chunk, chunk_keys, start, seen, "stream"), bar, batches)
+                start += len(chunk)
+        if keys is not None and next(keys, _END) is not _END:
+            raise ValueError(f"stream got {start} prompts but more ids")
+
+    def _rows(self, given: list[Prompt], keys: list[str] | None, start: int, seen: set[str], source: str) -> list[dict[str, Any]]:
+        """Validated prompt rows for ``given`` (numbered from ``start``), ids assigned and unique across ``seen``."""
         data = self.data
         rows = []
         for i, prompt in enumerate(given):
@@ -114,30 +153,41 @@ class Aligner:
             else:
                 row = {data.prompt_field: prompt}
             if keys is not None or data.id_field not in row:
-                row[data.id_field] = keys[i] if keys is not None else str(i)
+                row[data.id_field] = keys[i] if keys is not None else str(start + i)
             rows.append(row)
         found = [str(row[data.id_field]) for row in rows]
-        if len(set(found)) != len(found):
-            raise ValueError(f"align got duplicate ids: {sorted({k for k in found if found.count(k) > 1})}")
+        repeated = sorted({k for k in found if found.count(k) > 1} | (set(found) & seen))
+        if repeated:
+            raise ValueError(f"{source} got duplicate ids: {repeated}")
+        seen.update(found)
         if not rows:
             return []
-        prompts = data.read_rows(list(enumerate(rows, 1)), "align")
+        prompts = data.read_rows(list(enumerate(rows, start + 1)), source)
+        return [{**p, "index": start + p["index"]} for p in prompts]
+
+    def _progress(self, total: int | None, enabled: bool):
+        from seaflow.console import AlignProgress
+
+        return AlignProgress(total, enabled=enabled)
+
+    def _records(self, prompts: list[dict[str, Any]], bar, batches: Iterator[int]) -> Iterator[dict[str, Any]]:
+        """Records of validated prompt rows, ``data.batch_size`` per ``predict_step`` (batch indices from
+        ``batches``), as each batch finishes."""
+        if not prompts:
+            return
+        data = self.data
         task = getattr(data, "task", None)  # data.task labels every prompt, as for a prompts file
         data.prompts = [{"task": task, **p} for p in prompts] if task is not None else prompts
         data.run = None
         items = data.items(reserve=self.method.max_new_tokens)
-        batches = [collate(items[start:start + data.batch_size]) for start in range(0, len(items), data.batch_size)]
-        from seaflow.console import AlignProgress
-
-        records = []
         self.method.eval()
-        with torch.enable_grad(), AlignProgress(len(items), enabled=progress) as bar:
-            for index, batch in enumerate(batches):
-                with bar.batch(self.method, len(batch["id"])):
-                    out = self.method.predict_step(batch, index)
-                # the JSONL's values: strict JSON (non-finite floats are null), plain lists and dicts
-                records += [json.loads(json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False)) for record in out]
-        return records
+        for start in range(0, len(items), data.batch_size):
+            batch = collate(items[start:start + data.batch_size])
+            # gradients on for the method only: a caller's code between records runs in its own mode
+            with torch.enable_grad(), bar.batch(self.method, len(batch["id"])):
+                out = self.method.predict_step(batch, next(batches))
+            # the JSONL's values: strict JSON (non-finite floats are null), plain lists and dicts
+            yield from (json.loads(json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False)) for record in out)
 
 
 def load(config: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None,

@@ -135,10 +135,12 @@ class SeaflowProgressBar(ProgressBar):
 
 
 class AlignProgress:
-    """The progress bar of ``Aligner.align`` (a no-op when not ``enabled``)."""
+    """The progress bar of ``Aligner.align`` and ``Aligner.stream`` (a no-op when not ``enabled``);
+    ``total`` None (a stream of unknown length): the total grows with each batch."""
 
-    def __init__(self, total: int, enabled: bool = True, description: str = "align", console: Console | None = None):
-        self.bar = StepBar(total, description, console) if enabled else None
+    def __init__(self, total: int | None, enabled: bool = True, description: str = "align", console: Console | None = None):
+        self.bar = StepBar(total or 0, description, console) if enabled else None
+        self.open_ended = total is None
 
     def __enter__(self) -> AlignProgress:
         if self.bar is not None:
@@ -154,7 +156,9 @@ class AlignProgress:
         if self.bar is None:
             yield
             return
-        self.bar.progress.update(self.bar.task, description=method.method_name())
+        if self.open_ended:
+            self.bar.total += size
+        self.bar.progress.update(self.bar.task, description=method.method_name(), total=self.bar.total)
         self.bar.begin_batch(size)
         with listen(self.bar.update):
             yield

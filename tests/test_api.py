@@ -131,7 +131,7 @@ def tiny_load(tiny_models, monkeypatch):
 
 def test_the_python_api_page_runs_on_the_tiny_policy(tiny_load, capsys):
     blocks = code_blocks((ROOT / "docs" / "python-api.md").read_text(), "python-api")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespace = run_blocks(blocks)
     assert len(namespace["records"]) == 1 and "->" in capsys.readouterr().out
 

@@ -99,6 +99,17 @@ def test_align_shows_the_same_bar(tmp_path, tiny_models, bars):
     assert bar.done == 3 and bar.updates == [(t, 3, "step") for t in (1, 2, 3)] * 2
 
 
+def test_a_stream_of_unknown_length_grows_the_bar_per_batch(tmp_path, tiny_models, bars):
+    from seaflow.api import load
+
+    made, _ = bars
+    aligner = load(str(tiny_config(tmp_path, tiny_models)))  # batches of 2
+    totals = [made[0].total for _ in aligner.stream((t for t in ("describe the city", "how was the train", "write about my dog")),
+                                                    progress=True)]
+    (bar,) = made
+    assert totals == [2, 2, 3] and bar.done == 3 and bar.progress.tasks[0].total == 3
+
+
 def test_the_progress_hook_has_no_listener_by_default():
     heard = []
     progress.report(1, 2)
