@@ -228,6 +228,32 @@ def load_causal_lm(name: str, dtype=None, device=None, trust_remote_code: bool =
     return _load(AutoModelForCausalLM, name, dtype, device, trust_remote_code, role)
 
 
+def apply_adapter(loaded: LoadedModel, adapter: str, key: str) -> LoadedModel:
+    """``loaded`` with a PEFT adapter (LoRA and the other kinds peft loads) merged into its weights.
+
+    ``adapter`` is a directory written by peft's ``save_pretrained`` (``adapter_config.json`` and
+    the adapter weights) or a hub id. The adapter's deltas are added to the base weights
+    (``merge_and_unload``), so the result is a plain HF model of the base's class: relaxed
+    inputs, prompt caches and the cost hooks treat it like any other. ``key`` names the config
+    key in errors. The base keeps its tokenizer: an adapter that resized the vocabulary is refused.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"{key} {adapter!r} needs the peft package: pip install 'seaflow[adapters]' (or pip install peft)") from None
+    try:
+        with_adapter = PeftModel.from_pretrained(loaded.model, adapter)
+    except Exception as err:  # a missing directory, an offline hub id, another base's shapes or modules ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelLoadError(
+            f"{key} {adapter!r} could not be loaded onto {loaded.name!r}: {type(err).__name__}: {first}.{_offline_hint(err)} "
+            "Give a PEFT adapter made for this base model: a directory with adapter_config.json, or a hub id."
+        ) from None
+    model = with_adapter.merge_and_unload()
+    model.requires_grad_(False).eval()
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer, name=loaded.name)
+
+
 def load_sequence_classifier(name: str, dtype=None, device=None, trust_remote_code: bool = False,
                              role: str = "the reward model") -> LoadedModel:
     """Load an ``AutoModelForSequenceClassification`` reward model and its tokenizer (refused, like

@@ -156,3 +156,29 @@ def test_conversation_on_the_embedded_model(tmp_path, monkeypatch):
                       "--model.init_args.steps", "2", "--model.init_args.chains", "2", "--data.limit", "1")
     assert [r["id"] for r in records] == ["trip"]
     check_conversations(records)
+
+
+def test_adapter_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    from tiny import build_lora_adapter
+
+    monkeypatch.chdir(ROOT)
+    adapter = build_lora_adapter(str(tiny_models["policy"]), tmp_path / "lora")
+    with_adapter = predict("adapter.yaml", tmp_path, "--model.init_args.max_new_tokens", "4", "--model.init_args.steps", "2",
+                           "--model.init_args.adapter", str(adapter), policy=str(tiny_models["policy"]))
+    assert len(with_adapter) == 2
+    plain = predict("adapter.yaml", tmp_path / "plain", "--model.init_args.max_new_tokens", "4", "--model.init_args.steps", "2",
+                    "--model.init_args.adapter", "null", policy=str(tiny_models["policy"]))
+    assert [r["ref_token_logprobs"] for r in plain] != [r["ref_token_logprobs"] for r in with_adapter]
+
+
+@pytest.mark.slow
+def test_adapter_on_the_embedded_model(tmp_path, monkeypatch):
+    from tiny import build_lora_adapter
+
+    from seaflow.models import EMBEDDED_DEFAULT
+
+    monkeypatch.chdir(ROOT)
+    adapter = build_lora_adapter(EMBEDDED_DEFAULT, tmp_path / "lora", scale=0.01)
+    records = predict("adapter.yaml", tmp_path, "--model.init_args.max_new_tokens", "12", "--model.init_args.steps", "2",
+                      "--model.init_args.chains", "2", "--data.limit", "1", "--model.init_args.adapter", str(adapter))
+    assert len(records) == 1 and records[0]["response"]

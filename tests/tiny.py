@@ -95,3 +95,28 @@ class PauseAfterFirstBatch(L.Callback):
             deadline = time.monotonic() + 60
             while not (root / "go").exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+
+def build_lora_adapter(base: str, directory: Path, classifier: bool = False, seed: int = 0, scale: float = 0.05,
+                       target_modules: tuple[str, ...] = ("q_proj", "v_proj"), head: str = "score") -> Path:
+    """A LoRA adapter of the model at ``base`` (a causal LM, or a sequence classifier whose ``head``
+    it retrains), saved by peft to ``directory``: random nonzero deltas of size ``scale``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from seaflow.models import resolve_location
+
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    model = auto.from_pretrained(resolve_location(base))
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=list(target_modules), init_lora_weights=False,
+                        task_type="SEQ_CLS" if classifier else "CAUSAL_LM", modules_to_save=[head] if classifier else None)
+    torch.manual_seed(seed)
+    adapted = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, weight in adapted.named_parameters():
+            if "lora_" in name:
+                weight.copy_(torch.randn_like(weight) * scale)
+            elif "modules_to_save" in name:
+                weight.add_(torch.randn_like(weight) * scale)
+    adapted.save_pretrained(directory)
+    return directory

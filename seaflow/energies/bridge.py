@@ -18,7 +18,7 @@ import torch
 
 from seaflow.energies.base import ResponseBatch
 from seaflow.energies.reward_model import RewardModel
-from seaflow.models import LoadedModel, load_sequence_classifier
+from seaflow.models import LoadedModel
 
 
 def piece_decoder(tokenizer):
@@ -107,8 +107,7 @@ class BridgedRewardModel(RewardModel):
     def setup(self, policy: LoadedModel) -> None:
         if self.reward_model is not None:
             return
-        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
-                                          role="the reward model (BridgedRewardModel model)")
+        loaded = self.load_model()
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(f"label_index {self.label_index} is out of range for {self.model_name!r} with {labels} labels")

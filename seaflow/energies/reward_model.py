@@ -6,7 +6,7 @@ import torch
 
 from seaflow.layout import Layout, PrefixLayout, build_layout, build_prefix_layout, supports_prefix_cache, with_prefix_cache
 from seaflow.energies.base import ResponseBatch, Reward, check_device
-from seaflow.models import LoadedModel, load_sequence_classifier
+from seaflow.models import LoadedModel, apply_adapter, load_sequence_classifier
 
 
 class RewardModel(Reward):
@@ -37,6 +37,9 @@ class RewardModel(Reward):
             the model is then not a submodule of the method, so Lightning does not move it;
             relaxed tokens are moved to it and the reward back (gradients cross devices).
             None: the model is a submodule and goes wherever Lightning puts the method.
+        adapter: a PEFT adapter (LoRA, ...) of the reward model, a local directory or a hub id,
+            merged into its weights at load time (``modules_to_save`` such as a retrained score
+            head included). None: the model as it is.
     """
 
     def __init__(
@@ -48,9 +51,11 @@ class RewardModel(Reward):
         trust_remote_code: bool = False,
         cache_prefix: bool = True,
         device: str | None = None,
+        adapter: str | None = None,
     ):
         super().__init__()
         self.model_name = model
+        self.adapter = adapter
         self.label_index = label_index
         self.include_prompt = include_prompt
         self.dtype = dtype
@@ -62,13 +67,21 @@ class RewardModel(Reward):
     def setup(self, policy: LoadedModel) -> None:
         if self.reward_model is not None:
             return
-        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
-                                          role="the reward model (RewardModel model)")
+        loaded = self.load_model()
         self.check_vocabulary(policy, loaded, f"reward model {self.model_name!r}")
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(f"label_index {self.label_index} is out of range for {self.model_name!r} with {labels} labels")
         self.attach(loaded.model, loaded.tokenizer.pad_token_id)
+
+    def load_model(self) -> LoadedModel:
+        """The classifier ``model`` names, with ``adapter`` merged into it when one is given."""
+        name = type(self).__name__
+        loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                                          role=f"the reward model ({name} model)")
+        if self.adapter is not None:
+            loaded = apply_adapter(loaded, self.adapter, f"{name} adapter")
+        return loaded
 
     def attach(self, model: torch.nn.Module, pad_id: int) -> None:
         """Use an already loaded classifier (``setup`` loads one otherwise); no vocabulary check."""

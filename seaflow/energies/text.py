@@ -100,6 +100,8 @@ class TextClassifierReward(TextReward):
             classifier is never a submodule of the method, so Lightning does not move it.
         dtype: classifier dtype (e.g. ``bfloat16``); None keeps the checkpoint's.
         trust_remote_code: allow custom model code from the checkpoint.
+        adapter: a PEFT adapter (LoRA, ...) of the classifier, a local directory or a hub id,
+            merged into its weights at load time. None: the classifier as it is.
     """
 
     def __init__(
@@ -113,8 +115,10 @@ class TextClassifierReward(TextReward):
         device: str | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        adapter: str | None = None,
     ):
         super().__init__()
+        self.adapter = adapter
         if output not in ("logit", "probability", "log_odds"):
             raise ValueError(f"TextClassifierReward output must be 'logit', 'probability' or 'log_odds', got {output!r}")
         if max_length < 1 or batch_size < 1:
@@ -141,6 +145,10 @@ class TextClassifierReward(TextReward):
 
         loaded = load_sequence_classifier(self.model_name, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
                                           role="the text classifier (TextClassifierReward model)")
+        if self.adapter is not None:
+            from seaflow.models import apply_adapter
+
+            loaded = apply_adapter(loaded, self.adapter, "TextClassifierReward adapter")
         labels = loaded.model.config.num_labels
         if not 0 <= self.label_index < labels:
             raise ValueError(

@@ -21,7 +21,7 @@ from seaflow.layout import active_mask
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
 from seaflow.methods.record import rounded
-from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, load_causal_lm
+from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, apply_adapter, load_causal_lm
 
 
 def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
@@ -61,6 +61,8 @@ class AlignmentMethod(L.LightningModule):
         seed: run seed; each prompt's randomness derives from (seed, prompt id, chain).
         dtype: policy dtype (``float32``, ``bfloat16``, ``float16``); None keeps the checkpoint's.
         trust_remote_code: allow custom model code from the checkpoint.
+        adapter: a PEFT adapter (LoRA, ...) of the policy, a local directory or a hub id, merged
+            into its weights at load time; the adapted policy is the reference too. None: the policy as it is.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class AlignmentMethod(L.LightningModule):
         seed: int = 0,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        adapter: str | None = None,
     ):
         super().__init__()
         if max_new_tokens < 1:
@@ -91,6 +94,7 @@ class AlignmentMethod(L.LightningModule):
         self.seed = seed
         self.dtype_name = dtype
         self.trust_remote_code = trust_remote_code
+        self.adapter = adapter
         self.reference = ReferenceLogLikelihood()
         self.policy: LoadedModel | None = None
 
@@ -105,8 +109,11 @@ class AlignmentMethod(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.policy is None:
-            self.attach(load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code,
-                                       role="the policy (model.init_args.policy)"))
+            policy = load_causal_lm(self.policy_name, dtype=self.dtype_name, trust_remote_code=self.trust_remote_code,
+                                    role="the policy (model.init_args.policy)")
+            if self.adapter is not None:
+                policy = apply_adapter(policy, self.adapter, "model.init_args.adapter")
+            self.attach(policy)
 
     def attach(self, policy: LoadedModel) -> None:
         """Use an already loaded policy (``setup`` loads it otherwise) and set up the energy terms."""
