@@ -1,11 +1,12 @@
-"""Which reply a chain method should return: the three rules of GuidedSuffixMCMC side by side.
+"""Which reply a chain method should return: the return rules of GuidedSuffixMCMC side by side.
 
     python benchmarks/return_rules.py runs/quality/keywords_tuning_asked/suffix_tokens/steps=16 [more cells] [--no-gemma]
 
 A GuidedSuffixMCMC run with ``returns: best_target`` or ``final`` records, per prompt, the
 reply each rule picks (``alternatives``: ``best_reward``, the highest-reward state any chain
-visited; ``best_target``, the highest ``log pi_ref(y|x) + alpha r``; ``final``, the chains'
-final states, the one of highest reward). One run gives all three on the same chains: this
+visited; ``likeliest_best``, the highest reward, ties to the likelier state under the
+policy; ``best_target``, the highest ``log pi_ref(y|x) + alpha r``; ``final``, the chains'
+final states, the one of highest reward). One run gives all of them on the same chains: this
 prints, per cell and rule, the optimised reward, the task's judge (read from the grid's task
 of the cell's directory), keyword repeats and distinct-2 within the reply, and the NLL per
 token under the policy and under Gemma-3-270m (another family), means over prompts, and the
@@ -29,7 +30,7 @@ from seaflow import judges  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.writer import read_records  # noqa: E402
 
-RULES = ("best_reward", "best_target", "final")
+RULES = ("best_reward", "likeliest_best", "best_target", "final")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,14 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         kind = grid["tasks"][task]["judge"]
         records = [r for r in read_records(cell / "predictions.jsonl") if r.get("alternatives")]
         if not records:
-            print(f"{cell}: no record with alternatives (run with returns: best_target or final)")
+            print(f"{cell}: no record with alternatives (run with returns: likeliest_best, best_target or final)")
             continue
-        cache.fill([(r["prompt"], r["alternatives"][rule]["response"]) for r in records for rule in RULES])
+        rules = [rule for rule in RULES if all(rule in r["alternatives"] for r in records)]  # older runs: fewer rules
+        cache.fill([(r["prompt"], r["alternatives"][rule]["response"]) for r in records for rule in rules])
         print(f"\n{cell} ({len(records)} prompts, judge {kind})")
         print("| rule | reward | judge | success | keyword repeats | distinct-2 | NLL policy | NLL Gemma | judge - best_reward [p] | Gemma NLL - best_reward |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         rows = {}
-        for rule in RULES:
+        for rule in rules:
             replies = [r["alternatives"][rule]["response"] for r in records]
             judged = [judge_value(kind, text, r) for text, r in zip(replies, records)]
             repeats = [judges.keyword_repeats(text, r["keywords"]) for text, r in zip(replies, records)] if kind == "keywords" else []
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 "gemma": [cache.get("gemma", r["prompt"], t) for t, r in zip(replies, records)],
             }
         base = rows["best_reward"]
-        for rule in RULES:
+        for rule in rules:
             row = rows[rule]
 
             def mean(values):

@@ -514,7 +514,9 @@ class ChainRun:
 
     ``best_*`` is each chain's visited state of highest reward; with ``track_target``, also
     ``best_target_*``: its visited state of highest target log-density
-    ``log pi_ref(y | x) + alpha r(y)`` (``best_target_value``), and ``final.target_log_prob``.
+    ``log pi_ref(y | x) + alpha r(y)`` (``best_target_value``), ``likeliest_best``: its visited
+    state of highest reward, among states of equal reward (a discrete reward: all keywords
+    present) the one of highest target log-density, and ``final.target_log_prob``.
     """
 
     final: ChainState
@@ -532,6 +534,7 @@ class ChainRun:
     best_target_reward: torch.Tensor | None = None
     best_target_value: torch.Tensor | None = None
     reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (steps + 1, B), as ``rewards``
+    likeliest_best: tuple | None = None  # (tokens, lengths, reward, target value): highest reward, ties to the likelier
 
     @property
     def acceptance(self) -> torch.Tensor:
@@ -781,6 +784,7 @@ def run_chains(
     if track:
         best_value = _finite(state.target_log_prob + alpha * state.reward)
         best_target = (tokens.clone(), lengths.clone(), state.reward.clone(), best_value.clone())
+        likeliest = (tokens.clone(), lengths.clone(), _finite(state.reward).clone(), best_value.clone())
     accepted, cut_log, reward_log, proposal_log, ratio_log, move_log = [], [], [state.reward.cpu()], [], [], []
     row_index = torch.arange(rows, device=device)
     multiple = None
@@ -849,10 +853,10 @@ def run_chains(
         if track:
             value = _finite(new_target + alpha * new_reward)
             higher = accept & (value > best_target[3])
-            best_target = (
-                torch.where(higher.unsqueeze(1), new.tokens, best_target[0]), torch.where(higher, new.lengths, best_target[1]),
-                torch.where(higher, new_reward, best_target[2]), torch.where(higher, value, best_target[3]),
-            )
+            best_target = _keep(higher, (new.tokens, new.lengths, new_reward, value), best_target)
+            reward_now = _finite(new_reward)  # the highest reward, ties (a discrete reward) to the likelier state
+            likelier = accept & ((reward_now > likeliest[2]) | ((reward_now == likeliest[2]) & (value > likeliest[3])))
+            likeliest = _keep(likelier, (new.tokens, new.lengths, reward_now, value), likeliest)
         accepted.append(accept.cpu())
         cut_log.append(cuts.cpu())
         reward_log.append(state.reward.cpu())
@@ -875,7 +879,13 @@ def run_chains(
     )
     if track:
         run.best_target_tokens, run.best_target_lengths, run.best_target_reward, run.best_target_value = best_target
+        run.likeliest_best = likeliest
     return run
+
+
+def _keep(mask: torch.Tensor, new: tuple, old: tuple) -> tuple:
+    """Per row, ``new``'s tensors where ``mask`` holds, else ``old``'s (tokens are (B, L), the others (B,))."""
+    return tuple(torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b) for a, b in zip(new, old))
 
 
 def _finite(values: torch.Tensor) -> torch.Tensor:

@@ -345,6 +345,42 @@ def test_best_target_state_is_the_highest_target_density_visited(small_lm):
     assert bool((exact >= final - 1e-9).all())  # the best visited is at least the final state
 
 
+
+def test_likeliest_best_is_the_likeliest_of_the_highest_reward_states_visited(small_lm):
+    """With a discrete reward (ties), each chain keeps the visited state of highest reward and, among
+    those, of highest log pi_ref: checked against every state the chains visited, rebuilt from the trace."""
+    states, tokens, lengths, _ = enumerate_target(small_lm)
+    chains, steps = 64, 8
+    seen = []
+
+    def discrete_score(t, n, need_grad=True):  # reward in {0, 1}: many ties; the gradient stays the smooth one's
+        value, grad = small_score(t, n, need_grad)
+        seen.append((t.clone(), n.clone()))
+        return (value > 0.5).float(), grad
+
+    proposals = SuffixProposals(small_lm, prompt_cache(small_lm, [PROMPT] * chains, PAD, WIDTH), WIDTH, [EOS], PAD)
+    cuts = GradientCuts(discrete_score, ALPHA, temperature=0.3, floor=0.05)
+    start = torch.zeros(chains, dtype=torch.long)
+    run = run_chains(proposals, tokens[start], lengths[start], cuts, ALPHA, steps,
+                     lambda step: [step * 7919 + row for row in range(chains)], track_target=True)
+    scorer = SuffixProposals(small_lm, prompt_cache(small_lm, [PROMPT] * len(states), PAD, WIDTH), WIDTH, [EOS], PAD)
+    log_pi = {s: float(v) for s, v in zip(states, scorer.encode(tokens, lengths, log_probs=True)[2].sum(1))}
+    reward = {s: float(small_score(tokens[i:i + 1], lengths[i:i + 1], False)[0] > 0.5) for i, s in enumerate(states)}
+    key = lambda s: (reward[s], log_pi[s])  # noqa: E731
+    assert len(seen) == steps + 1
+    tokens_, lengths_, rewards_, _ = run.likeliest_best
+    ties = 0
+    for c in range(chains):
+        visited = [tuple(seen[0][0][c][: int(seen[0][1][c])].tolist())]
+        for step in range(steps):
+            if bool(run.accepted[step, c]):
+                visited.append(tuple(seen[step + 1][0][c][: int(seen[step + 1][1][c])].tolist()))
+        expected = max(visited, key=key)
+        assert tuple(tokens_[c][: int(lengths_[c])].tolist()) == expected
+        assert float(rewards_[c]) == reward[expected] == float(run.best_reward[c])
+        ties += len({s for s in visited if reward[s] == reward[expected]}) > 1
+    assert ties > chains // 4  # the rule was exercised: many chains visited several states of their best reward
+
 def test_slot_log_probs_sum_to_the_sequence_log_probability(small_lm):
     states, tokens, lengths, _ = enumerate_target(small_lm)
     cache = prompt_cache(small_lm, [PROMPT] * len(states), PAD, WIDTH)
@@ -632,7 +668,7 @@ def test_every_key_of_the_config_is_commented():
     assert not uncommented, uncommented
 
 
-@pytest.mark.parametrize("returns", ["best_target", "final"])
+@pytest.mark.parametrize("returns", ["likeliest_best", "best_target", "final"])
 def test_demo_config_with_token_moves_steering_and_return_rules(tmp_path, tiny_models, returns):
     """configs/demo.yaml with gradient token moves, proposals from the policy given a system prompt and
     another return rule: every rule's reply is recorded and the record's reply is the chosen rule's."""
@@ -642,7 +678,7 @@ def test_demo_config_with_token_moves_steering_and_return_rules(tmp_path, tiny_m
                                  init_from="proposal_prompt", max_new_tokens=6)
     for record in records:
         assert record["returns"] == returns
-        assert set(record["alternatives"]) == {"best_reward", "best_target", "final"}
+        assert set(record["alternatives"]) == {"best_reward", "likeliest_best", "best_target", "final"}
         chosen = record["alternatives"][returns]
         assert record["response"] == chosen["response"] and math.isclose(record["reward"], chosen["reward"], abs_tol=1e-6)
         assert record["alternatives"]["best_reward"]["reward"] >= max(a["reward"] for a in record["alternatives"].values()) - 1e-6

@@ -20,6 +20,9 @@ from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.pool import best_of_pool
 from seaflow.methods.record import Record
 
+RETURN_RULES = ("best_reward", "likeliest_best", "best_target", "final")  # model.init_args.returns
+
+
 class GuidedSuffixMCMC(DecodingMethod):
     """Gradient-guided suffix resampling with an exact Metropolis test (see the module docstring).
 
@@ -55,10 +58,13 @@ class GuidedSuffixMCMC(DecodingMethod):
         token_direction: ``gradient``, or ``random`` (the same move with the gradient's values
             over the vocabulary permuted at random: an ablation of what the gradient adds).
         returns: which visited state a prompt returns: ``best_reward`` (the highest reward any
-            chain visited), ``best_target`` (the highest ``log pi_ref(y|x) + alpha r``) or
-            ``final`` (the chains' final states, samples of the target after ``steps`` steps: the
-            one of highest reward). With ``best_target`` or ``final`` the record also keeps the
-            other rules' replies (``alternatives``).
+            chain visited, the first one on a tie), ``likeliest_best`` (the highest reward, among
+            states of equal reward the one of highest ``log pi_ref(y|x)``: with a discrete reward
+            such as keywords present, the most fluent reply that has them all), ``best_target``
+            (the highest ``log pi_ref(y|x) + alpha r``) or ``final`` (the chains' final states,
+            samples of the target after ``steps`` steps: the one of highest reward). With any
+            rule but ``best_reward`` the record also keeps the other rules' replies
+            (``alternatives``).
         init_from: ``prompt``: the initial samples follow the prompt; ``proposal_prompt``: they
             follow the proposal prompt (needs ``data.proposal_prompt_field`` or
             ``data.proposal_system_prompt``).
@@ -82,7 +88,7 @@ class GuidedSuffixMCMC(DecodingMethod):
         token_moves: float = 0.0,
         token_temperature: float = 2.0,
         token_direction: Literal["gradient", "random"] = "gradient",
-        returns: Literal["best_reward", "best_target", "final"] = "best_reward",
+        returns: Literal["best_reward", "likeliest_best", "best_target", "final"] = "best_reward",
         init_from: Literal["prompt", "proposal_prompt"] = "prompt",
         tries: int = 1,
         **kwargs,
@@ -126,8 +132,8 @@ class GuidedSuffixMCMC(DecodingMethod):
             raise ValueError(f"model.init_args.token_temperature must be > 0, got {token_temperature}")
         if token_direction not in ("gradient", "random"):
             raise ValueError(f"model.init_args.token_direction must be 'gradient' or 'random', got {token_direction!r}")
-        if returns not in ("best_reward", "best_target", "final"):
-            raise ValueError(f"model.init_args.returns must be 'best_reward', 'best_target' or 'final', got {returns!r}")
+        if returns not in RETURN_RULES:
+            raise ValueError(f"model.init_args.returns must be one of {', '.join(RETURN_RULES)}, got {returns!r}")
         if init_from not in ("prompt", "proposal_prompt"):
             raise ValueError(f"model.init_args.init_from must be 'prompt' or 'proposal_prompt', got {init_from!r}")
         if tries < 1:
@@ -233,6 +239,11 @@ class GuidedSuffixMCMC(DecodingMethod):
             candidates["best_target"] = (run.best_target_tokens, run.best_target_lengths, run.best_target_reward,
                                          run.best_target_value)
             candidates["final"] = (run.final.tokens, run.final.lengths, run.final.reward, run.final.reward)
+            tokens_, lengths_, reward_, value_ = run.likeliest_best
+            top = reward_.view(n_prompts, chains).max(-1, keepdim=True).values  # the prompt's best reward, then the likeliest
+            candidates["likeliest_best"] = (tokens_, lengths_, reward_,
+                                            torch.where(reward_.view(n_prompts, chains) == top, value_.view(n_prompts, chains),
+                                                        torch.full_like(top, float("-inf"))).view(-1))
         chosen = {
             rule: (torch.arange(n_prompts) * chains + _finite_rank(value).cpu().view(n_prompts, chains).argmax(-1))  # ties: the earlier chain
             for rule, (_, _, _, value) in candidates.items()
