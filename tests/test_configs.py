@@ -26,9 +26,9 @@ def test_shipped_config_parses(config, capsys):
     assert printed["trainer"]["inference_mode"] is False
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "sea.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "sea.yaml", "keywords.yaml"])
 def test_every_key_of_the_main_configs_is_commented(name):
-    """The demo and SEA configs document each key on its own line (litgpt style)."""
+    """The demo, SEA and keyword configs document each key on its own line (litgpt style)."""
     lines = (ROOT / "configs" / name).read_text().splitlines()
     keyed = [l for l in lines if l.strip() and not l.strip().startswith("#") and ":" in l and not l.strip().startswith("-")]
     uncommented = [l for l in keyed if "#" not in l and not l.rstrip().endswith(":")]

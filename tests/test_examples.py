@@ -182,3 +182,37 @@ def test_adapter_on_the_embedded_model(tmp_path, monkeypatch):
     records = predict("adapter.yaml", tmp_path, "--model.init_args.max_new_tokens", "12", "--model.init_args.steps", "2",
                       "--model.init_args.chains", "2", "--data.limit", "1", "--model.init_args.adapter", str(adapter))
     assert len(records) == 1 and records[0]["response"]
+
+
+def check_keyword_config(records: list[dict], ids: list[str]) -> None:
+    """configs/keywords.yaml: the likeliest of the best-reward states, every rule's reply recorded."""
+    assert [r["id"] for r in records] == ids
+    for record in records:
+        assert record["returns"] == "likeliest_best"
+        rules = record["alternatives"]
+        assert set(rules) == {"best_reward", "likeliest_best", "best_target", "final"}
+        assert record["response"] == rules["likeliest_best"]["response"]
+        assert record["reward"] == pytest.approx(rules["best_reward"]["reward"])  # the best reward, whichever state holds it
+        assert "token_move" in record["trace"]
+
+
+def test_keyword_config_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out, rows = tmp_path / "keywords", tmp_path / "rows.jsonl"  # the tiny tokenizer's words
+    rows.write_text('{"id": "a", "prompt": "describe the city. use the words dog and night.", "keywords": ["dog", "night"]}\n'
+                    '{"id": "b", "prompt": "how was the train? use the word food.", "keywords": ["food"]}\n')
+    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(out),
+          "--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
+          "--data.path", str(rows), "--model.init_args.max_new_tokens", "4", "--model.init_args.steps", "4"])
+    check_keyword_config([json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()], ["a", "b"])
+
+
+@pytest.mark.slow
+def test_keyword_config_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "keywords"
+    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(out),
+          "--trainer.enable_progress_bar", "false", "--model.init_args.steps", "4", "--model.init_args.chains", "2"])
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    check_keyword_config(records, ["kw-garden", "kw-breakfast", "kw-letter", "kw-evening"])
+    assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
