@@ -30,7 +30,7 @@ import torch
 
 from seaflow import layout as L
 from seaflow.cost import count_soft_embedding
-from seaflow.generation import forced_start
+from seaflow.generation import Stops, forced_start, prefill_layout
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.relaxations.base import Relaxation
 from seaflow.samplers.base import Evaluation
@@ -64,20 +64,6 @@ def prompt_state(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: in
     if L.supports_prefix_cache(model):
         layout = L.with_prefix_cache(model, layout)
     return layout
-
-
-@torch.no_grad()
-def _prompt_pass(model: torch.nn.Module, layout: L.PrefixLayout):
-    """``(cache, logits at the last prompt position)`` for this decode."""
-    if layout.key_values is not None:
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=layout.key_values, config=model.config), layout.last_logits
-    out = model(
-        input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-        use_cache=True, logits_to_keep=1,
-    )
-    return L.output_cache(out), out.logits[:, -1]
 
 
 def biased_decode(
@@ -123,15 +109,14 @@ def biased_decode(
     if start is not None:
         width = free + start.shape[1]
         offset = (start >= 0).sum(1)  # k_i: the positions before row i's first free one
-        row_index = torch.arange(rows, device=device)
+    row_index = torch.arange(rows, device=device)
     weight = model.get_input_embeddings().weight
-    cache, logits = _prompt_pass(model, prompt)
-    mask = prompt.attention_mask
-    position = prompt.prompt_lengths.to(device).unsqueeze(1)
+    context = prefill_layout(model, prompt)
+    cache, logits, mask = context.cache, context.logits, context.mask
+    position = context.positions.to(device).unsqueeze(1)
     tokens = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
-    lengths = torch.full((rows,), width, dtype=torch.long, device=device)
+    stops = Stops.of(eos_ids, limit if limit is not None else torch.full((rows,), width, dtype=torch.long, device=device))
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    eos = torch.tensor(eos_ids, device=device)
     probs, reference, kept = [], torch.zeros(rows, device=device, dtype=bias.dtype), []
     for t in range(width):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least
@@ -151,19 +136,15 @@ def biased_decode(
                 f"biased decoding feeds real tokens to the policy and needs a relaxation whose forward value is "
                 f"one-hot (StraightThrough, OneHot, GumbelSoftmax with hard: true), got {type(relaxation).__name__}"
             )
-        if start is not None:  # the row's free budget is spent: it ends here
-            over = (t >= limit) & ~finished
-            lengths = torch.where(over, torch.full_like(lengths, t), lengths)
-            finished = finished | over
-        is_eos = torch.isin(token, eos) & ~finished
-        lengths = torch.where(is_eos, torch.full_like(lengths, t), lengths)
-        finished = finished | is_eos
-        active = (~finished).to(relaxed.dtype)
+        # the loop's stop rule (seaflow.generation.Stops): EOS ends a row before it, so does its limit
+        write, ended = stops.step(row_index, torch.full_like(row_index, t), token, ~finished)
+        finished = finished | ended
+        active = write.to(relaxed.dtype)
         probs.append(relaxed * active.unsqueeze(1))
         reference = reference + active * (relaxed * torch.log_softmax(logits, dim=-1)).sum(-1)
         if keep_logits:
             kept.append(logits.detach())
-        tokens[:, t] = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens[:, t] = torch.where(write, token, torch.full_like(token, pad_id))
         if bool(finished.all()) or t == width - 1:
             break
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
@@ -185,7 +166,7 @@ def biased_decode(
         all_logits = torch.stack(kept, dim=1)
         if done < width:
             all_logits = torch.cat([all_logits, all_logits[:, -1:].expand(-1, width - done, -1)], dim=1)
-    return Decoded(tokens=tokens, lengths=lengths, probs=stacked, reference=reference, logits=all_logits)
+    return Decoded(tokens=tokens, lengths=stops.lengths, probs=stacked, reference=reference, logits=all_logits)
 
 
 class BiasEnergy:

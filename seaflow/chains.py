@@ -55,9 +55,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from seaflow import cost, generation
+from seaflow import cost, generation, rng
 from seaflow.energies.base import ResponseBatch
-from seaflow.layout import PrefixLayout, active_mask, build_layout, build_prefix_layout, cache_argument, output_cache, supports_prefix_cache, with_prefix_cache
+from seaflow.layout import (
+    PrefixLayout, active_mask, build_layout, build_prefix_layout, cache_argument, output_cache, supports_prefix_cache, with_prefix_cache,
+    wrap_cache,
+)
 from seaflow.progress import report
 
 
@@ -281,7 +284,7 @@ class SuffixProposals:
                 rows, width, self.top_k, dtype=torch.long, device=device)
         out_log_probs = None if log_probs is None else torch.where(kept, log_probs, torch.zeros_like(log_probs))
         if self.cached:
-            past, mask, logits, positions = self._refeed(tokens, kv, cuts)
+            context = self._refeed(tokens, kv, cuts)
             out_kv = tuple((torch.empty_like(k), torch.empty_like(v)) for k, v in kv)
             prompt_width = self.cache.layout.ids.shape[1]
 
@@ -296,24 +299,28 @@ class SuffixProposals:
                     k_out[rows_global] = layer.keys[rows_local].gather(2, gather)
                     v_out[rows_global] = layer.values[rows_local].gather(2, gather)
         else:
-            past, mask, logits, positions = self._whole_rows(tokens, cuts)
+            # prompt + kept prefix as whole left-padded rows
+            before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(self.cache.prompt_ids)]
+            context = generation.prefill(self.model, before, self.pad_id)
             out_kv, harvest = None, None
-        lengths = _generate(
-            self.model, past, mask, positions, logits, cuts, width, self.eos_ids, generators,
-            out_tokens, out_candidates, harvest, None if self.limits is None else self.limits.to(device),
-            first_bias=first_bias, log_probs=out_log_probs,
-        )
-        return Proposal(out_tokens, lengths, out_kv, out_candidates, out_log_probs, logits)
+        cut_logits = context.logits
+        # the policy writes slot t on at temperature 1 (the ratio needs its own samples); rows leave
+        # the batch once half of it is done, harvest keeping their cache
+        state = generation.Generation.start(context, width, self.eos_ids, self.pad_id, slots=cuts, limits=self.limits, tokens=out_tokens)
+        rules = [] if first_bias is None else [generation.BiasFirstToken(first_bias)]
+        records = [] if out_candidates is None else [generation.RecordTopK(out_candidates)]
+        if out_log_probs is not None:
+            records.append(generation.RecordLogProbs(out_log_probs, self.eos_ids))
+        generation.generate(self.model, state, generation.GumbelSample(generators), rules, records, narrow=0.5, on_leave=harvest)
+        return Proposal(out_tokens, state.lengths, out_kv, out_candidates, out_log_probs, cut_logits)
 
-    def _refeed(self, tokens, kv, cuts):
-        """Cache of prompt + state slots, then one pass of ``y_{t-1}``: ``(cache, mask, logits of slot t, positions)``."""
-        from transformers import DynamicCache
-
+    def _refeed(self, tokens, kv, cuts) -> generation.Context:
+        """Cache of prompt + state slots, then one pass of ``y_{t-1}``, whose output predicts slot ``t``."""
         layout = self.cache.layout
         device = tokens.device
         width = tokens.shape[1]
         data = tuple((torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(layout.key_values, kv))
-        past = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        past = wrap_cache(self.model, data)
         previous = (cuts - 1).clamp(min=0)
         has_previous = cuts >= 1
         slot_mask = (torch.arange(width, device=device).unsqueeze(0) < previous.unsqueeze(1)) & has_previous.unsqueeze(1)
@@ -324,78 +331,7 @@ class SuffixProposals:
             use_cache=True, **{cache_argument(self.model): past},
         )
         logits = torch.where(has_previous.unsqueeze(1), out.logits[:, -1].float(), layout.last_logits)
-        return output_cache(out), mask, logits, layout.prompt_lengths + cuts
-
-    def _whole_rows(self, tokens, cuts):
-        """Prompt + kept prefix as whole left-padded rows: ``(cache, mask, logits of slot t, positions)``."""
-        before = [ids + tokens[b, : int(cuts[b])].tolist() for b, ids in enumerate(self.cache.prompt_ids)]
-        layout = build_layout(before, torch.zeros(len(before), dtype=torch.long), self.pad_id).to(tokens.device)
-        out = self.model(
-            input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-            use_cache=True, logits_to_keep=1,
-        )
-        return output_cache(out), layout.attention_mask, out.logits[:, -1].float(), layout.position_ids[:, -1] + 1
-
-
-def _generate(model, past, mask, positions, logits, cuts, width, eos_ids, generators, tokens, candidates, harvest, limits=None,
-              first_bias=None, log_probs=None):
-    """Sample from ``logits`` on: row ``b`` writes slots ``cuts[b] ..`` of ``tokens`` until EOS or slot
-    ``limits[b] - 1`` (default ``width - 1``).
-
-    Rows leave the batch once half of it is done; ``harvest(global rows, local rows, cache)``
-    sees each row's cache before it leaves (and the rest at the end). ``first_bias`` is added
-    to the first step's logits for its draw; ``log_probs`` (``(B, L)``) receives each written
-    slot's log-probability under the unbiased logits (EOS: all EOS ids together). Returns the lengths.
-    """
-    device = tokens.device
-    eos = torch.tensor(eos_ids, device=device)
-    if limits is None:
-        budget = width - cuts
-        lengths = torch.full_like(cuts, width)  # a row that never writes EOS fills all L slots
-    else:
-        budget = limits - cuts
-        lengths = limits.clone()  # a row that never writes EOS fills its slots
-    ids = torch.arange(len(cuts), device=device)  # the batch's rows, as rows of the full batch
-    finished = budget <= 0
-    step = 0
-    while True:
-        slot = cuts[ids] + step
-        live = ~finished & (step < budget[ids])
-        target = slot.clamp(max=width - 1)
-        if candidates is not None:
-            top = logits.topk(candidates.shape[-1], dim=-1).indices
-            candidates[ids[live], target[live]] = top[live]
-        noise = generation.gumbel_noise(logits.shape, generators, device)
-        token = (logits + noise if step > 0 or first_bias is None else logits + first_bias + noise).argmax(-1)
-        is_eos = torch.isin(token, eos) & live
-        lengths[ids[is_eos]] = slot[is_eos]
-        write = live & ~is_eos
-        tokens[ids[write], target[write]] = token[write]
-        if log_probs is not None:
-            logp = torch.log_softmax(logits, -1)
-            value = torch.where(is_eos, logp[:, eos].logsumexp(-1), logp.gather(-1, token.unsqueeze(1)).squeeze(1))
-            log_probs[ids[live], target[live]] = value[live]
-        finished = finished | is_eos | (step + 1 >= budget[ids])
-        if bool(finished.all()):
-            break
-        if 2 * int(finished.sum()) >= len(ids):  # narrow the batch to its unfinished rows
-            if harvest is not None:
-                harvest(ids[finished], finished.nonzero().squeeze(1), past)
-            keep = (~finished).nonzero().squeeze(1)
-            past.batch_select_indices(keep)
-            mask, token, ids, finished = mask[keep], token[keep], ids[keep], finished[keep]
-            generators = [generators[int(i)] for i in keep]
-        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=(positions[ids] + step).unsqueeze(1),
-            use_cache=True, **{cache_argument(model): past},
-        )
-        past = output_cache(out)
-        logits = out.logits[:, -1].float()
-        step += 1
-    if harvest is not None:
-        harvest(ids, torch.arange(len(ids), device=device), past)
-    return lengths
+        return generation.Context(output_cache(out), mask, layout.prompt_lengths + cuts, logits)
 
 
 @torch.no_grad()
@@ -693,7 +629,7 @@ class MultipleTries:
         """
         rows, device = state.tokens.shape[0], state.tokens.device
         spread, proposals, cuts_fn, reverse_fn = self._spread(rows, device)
-        extra = [generation.row_generators(row_seeds, device=device) for row_seeds in seeds]
+        extra = [rng.row_generators(row_seeds, device=device) for row_seeds in seeds]
         gens = [g for b in range(rows) for g in [generators[b], *(try_gens[b] for try_gens in extra)]]
 
         def pick(value):
@@ -797,10 +733,9 @@ def run_chains(
             def try_seeds(step):
                 return [[(int(seed) * 1_000_003 + k) % (2**63) for seed in seeds(step)] for k in range(1, tries)]
     for step in range(steps):
-        gens = generation.row_generators(seeds(step), device=device)
+        gens = rng.row_generators(seeds(step), device=device)
         # cut and accept draws (and the move's) come first from each row's generator, then the suffix's Gumbel noise
-        draws = torch.stack([torch.rand(2 if token_moves is None and multiple is None else 3, generator=g, device=g.device)
-                             for g in gens]).to(device)
+        draws = rng.rand((rows, 2 if token_moves is None and multiple is None else 3), rng.RowGenerators(gens), device)
         bias = order = None
         if token_moves is None:
             moving = torch.zeros(rows, dtype=torch.bool, device=device)

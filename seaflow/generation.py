@@ -1,118 +1,115 @@
-"""Autoregressive sampling and decoding with the policy, batched, with per-row randomness.
+"""Autoregressive generation with the policy: one prefill, one sampling loop, small per-step rules.
 
-Each row draws its randomness from its own ``torch.Generator`` (seeded from the run seed,
-the prompt id and the chain index), so a prompt's samples do not depend on which other
-prompts share its batch, on the batch size or on the number of processes.
+Every method that lets the policy write tokens goes through here (biased decoding's
+differentiable decode keeps its own loop and shares the stop rule, :class:`Stops`)::
+
+    context = prefill(model, prompt_ids, pad_id)                      # 1. prompts -> cache, logits of slot 0
+    state = Generation.start(context, width, eos_ids, pad_id)         # 2. the responses to write
+    generate(model, state, GumbelSample(generators), [TopP(0.9)])     # 3. write until every row ends
+    state.tokens, state.lengths
+
+:func:`sample` is these three lines for plain policy samples.
+
+The loop owns what every decoding needs: each row writes its own slots, from its start slot
+on, until EOS (which the response does not hold) or its limit; forced tokens (the prefilling
+attack's start) replace the choice at their slots; ended rows write nothing and, with
+``narrow``, leave the model's batch. The rules own nothing else, as transformers'
+``LogitsProcessor`` does: a *rule* ``rule(step, scores) -> scores`` rewrites the next-token
+scores of the rows in the batch for the choice (:class:`Temperature`, :class:`TopP`,
+:class:`BiasFirstToken`), one *choice* ``choose(step, scores) -> tokens`` picks a token per row
+(:class:`GumbelSample`, a draw from each row's own generator; :class:`Greedy`;
+:class:`GuidedChoice`; ARGS's reward-guided pick in seaflow/methods/args.py), and a *record*
+``record(step, logits, token)`` reads the policy's own logits and the chosen token
+(:class:`RecordTopK`, :class:`RecordLogProbs`). ``step`` is a :class:`Step`: which rows are in
+the batch, the slot each writes, which of them still write.
+
+A :class:`Generation` can be resumed: ``generate(..., steps=k)`` writes at most ``k`` tokens per
+row and returns with them fed to the model, so the next call continues where it stopped; in
+between, :meth:`Generation.select` keeps, drops, reorders or repeats rows, their cache with
+them (block-wise search over partial responses).
+
+Each row's randomness is its own generator (:mod:`seaflow.rng`), so a row's sample does not
+depend on the other rows of its batch, on the batch size or on the number of processes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
 import torch
 
-from seaflow.layout import active_mask, build_layout, cache_argument, output_cache
+from seaflow import rng
+from seaflow.layout import PrefixLayout, active_mask, build_prefix_layout, cache_argument, output_cache, wrap_cache
 
 
-def row_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    gens = []
-    for seed in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed) % (2**63))
-        gens.append(g)
-    return gens
+# -- 1. the prompts: cache and the logits of the first slot ------------------------------------
 
 
-def gumbel_noise(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
-    """Standard Gumbel noise ``(B, ...)``, row ``i`` from ``generators[i]``: one step of :func:`sample`'s draws."""
-    rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in generators]
-    u = torch.stack(rows).to(device).clamp_(1e-20, 1.0)
-    return -torch.log(-torch.log(u))
+@dataclass
+class Context:
+    """What the model's next pass needs for the rows of a batch."""
 
-
-def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability reaches ``top_p`` (nucleus)."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    cache: Any  # the model's key/value cache of the rows
+    mask: torch.Tensor  # (b, keys) long: the attention mask of what the cache holds
+    positions: torch.Tensor  # (b,) long: the position id of each row's next slot
+    logits: torch.Tensor  # (b, V) float32 (float64 for a float64 model): the next-token logits of each row
 
 
 @torch.no_grad()
-def sample(
-    model: torch.nn.Module,
-    prompt_ids: list[list[int]],
-    max_new_tokens: int,
-    eos_ids: list[int],
-    pad_id: int,
-    generators: list[torch.Generator],
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    choose=None,
-    forced: list[list[int]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample continuations of left-padded prompts with a KV cache.
-
-    Returns ``(tokens (B, max_new_tokens), lengths (B,))`` where ``lengths`` counts the tokens
-    before the first EOS (EOS itself is not part of the response) and the rest is ``pad_id``.
-    ``choose(step, logits) -> tokens`` overrides the sampling rule (used by guided decoding).
-
-    ``forced[i]`` (the prefilling attack's forced start) is the first tokens of row ``i``'s
-    response: steps ``t < len(forced[i])`` emit ``forced[i][t]`` whatever the rule chose (the
-    draw is still made, so a row's randomness does not depend on its prefix length), and
-    the row then has ``max_new_tokens - max(len(f) for f in forced)`` free tokens, the same
-    for every row whatever the others' prefix (callers pass ``max_new_tokens`` = the longest
-    prefix + the free budget; :func:`forced_start`).
-    """
+def prefill(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int) -> Context:
+    """One pass over the left-padded ``prompt_ids``: their cache and the logits that predict the next token."""
     device = model.get_input_embeddings().weight.device
-    batch = len(prompt_ids)
-    layout = build_layout(prompt_ids, torch.zeros(batch, dtype=torch.long), pad_id).to(device)
-    mask = layout.attention_mask
-    positions = layout.position_ids
-    out = model(input_ids=layout.ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    past = output_cache(out)
-    logits = out.logits[:, -1].float()
-    next_pos = positions[:, -1:] + 1
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    eos = torch.tensor(eos_ids, device=device)
-    start, limit = forced_start(forced, batch, max_new_tokens, device)
-    for step in range(max_new_tokens):
-        if choose is not None:
-            token = choose(step, logits)
-        elif temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            scores = filter_top_p(logits / temperature, top_p)
-            token = (scores + gumbel_noise(scores.shape, generators, device)).argmax(-1)
-        if start is not None:
-            if step < start.shape[1]:
-                token = torch.where(start[:, step] >= 0, start[:, step], token)
-            over = (step >= limit) & ~finished  # the row's free budget is spent: it ends here
-            lengths = torch.where(over, torch.full_like(lengths, step), lengths)
-            finished = finished | over
-        is_eos = torch.isin(token, eos) & ~finished
-        lengths = torch.where(is_eos, torch.full_like(lengths, step), lengths)
-        finished = finished | is_eos
-        tokens[:, step] = torch.where(finished, torch.full_like(token, pad_id), token)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-            use_cache=True, **{cache_argument(model): past},
-        )
-        past = output_cache(out)
-        logits = out.logits[:, -1].float()
-        next_pos = next_pos + 1
-    return tokens, lengths
+    return prefill_layout(model, build_prefix_layout(prompt_ids, torch.zeros(len(prompt_ids), dtype=torch.long), pad_id).to(device))
+
+
+@torch.no_grad()
+def prefill_layout(model: torch.nn.Module, layout: PrefixLayout) -> Context:
+    """The context after a :class:`~seaflow.layout.PrefixLayout`'s ``before`` block: its stored cache
+    (:func:`~seaflow.layout.with_prefix_cache`, computed once for many decodes) in a fresh cache
+    object, else one pass over it."""
+    if layout.key_values is not None:
+        return Context(wrap_cache(model, layout.key_values), layout.attention_mask, layout.prompt_lengths, layout.last_logits)
+    out = model(input_ids=layout.ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+                use_cache=True, logits_to_keep=1)
+    return Context(output_cache(out), layout.attention_mask, layout.prompt_lengths, at_least_float32(out.logits[:, -1]))
+
+
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in float32, or float64 for a float64 model (the loop compares and samples in it)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+# -- where a response ends ----------------------------------------------------------------------
+
+
+@dataclass
+class Stops:
+    """Where each response ends: at its first EOS (not part of the response) or once it holds ``limits`` tokens.
+
+    ``lengths[i]`` is row ``i``'s length: the slot of its EOS, else its limit.
+    """
+
+    eos: torch.Tensor  # the end-of-sequence ids
+    limits: torch.Tensor  # (B,) row i writes slots < limits[i]
+    lengths: torch.Tensor  # (B,)
+
+    @classmethod
+    def of(cls, eos_ids: Sequence[int], limits: torch.Tensor) -> "Stops":
+        return cls(torch.tensor(list(eos_ids), device=limits.device), limits, limits.clone())
+
+    def step(self, rows: torch.Tensor, slots: torch.Tensor, token: torch.Tensor, live: torch.Tensor):
+        """Rows ``rows`` chose ``token`` for ``slots``; ``live`` of them were still writing.
+        Returns ``(write, ended)``: the rows whose token is part of the response, and the rows that end here."""
+        is_eos = torch.isin(token, self.eos) & live
+        self.lengths[rows[is_eos]] = slots[is_eos]
+        return live & ~is_eos, is_eos | (live & (slots + 1 >= self.limits[rows]))
 
 
 def forced_start(forced: list[list[int]] | None, rows: int, width: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(start (B, K), limit (B,))`` for :func:`sample`'s ``forced``: row ``i``'s forced tokens,
-    -1 where free, and the step at which it must end (its prefix + ``width - K`` free tokens)."""
+    """``(start (B, K), limit (B,))`` for a forced response start per row: row ``i``'s forced tokens,
+    -1 where free, and the most tokens it may hold (its start + ``width - K`` free tokens, the same
+    number of free tokens for every row whatever the others' start)."""
     if not forced or not any(forced):
         return None, None
     if len(forced) != rows:
@@ -127,6 +124,313 @@ def forced_start(forced: list[list[int]] | None, rows: int, width: int, device) 
     return start.to(device), limit.to(device)
 
 
+# -- 2. the responses being written ---------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """A batch of responses being written; :func:`generate` moves it on, and it can be resumed.
+
+    The responses (``tokens``, ``stops``) cover every row; the model's batch (``rows`` and what
+    follows) holds the rows still being written (all of them unless the loop narrowed it).
+    """
+
+    tokens: torch.Tensor  # (B, W) long: the responses, pad where nothing is written
+    stops: Stops  # lengths and limits of the responses
+    forced: torch.Tensor | None  # (B, K) long: forced tokens by slot, -1 where free
+    pad_id: int
+    rows: torch.Tensor  # (b,) the responses in the model's batch
+    slots: torch.Tensor  # (b,) the slot each of them writes next
+    done: torch.Tensor  # (b,) bool: ended (EOS or limit)
+    context: Context  # cache, mask, positions and logits of the batch
+    steps: int = 0  # tokens each row of the batch has chosen so far (written or not)
+
+    @classmethod
+    def start(cls, context: Context, width: int, eos_ids: Sequence[int], pad_id: int, *, slots: torch.Tensor | None = None,
+              limits: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+              forced: list[list[int]] | None = None) -> "Generation":
+        """Responses of ``width`` slots written from ``context`` (e.g. :func:`prefill`'s) on.
+
+        Row ``i`` writes slots ``slots[i] ..`` (default 0) of ``tokens`` (default all pad; the
+        slots before keep their tokens), until EOS or ``limits[i]`` tokens (default ``width``).
+        ``forced[i]`` is row ``i``'s forced start (:func:`forced_start`: it sets the limits).
+        """
+        device = context.logits.device
+        rows = context.logits.shape[0]
+        start, forced_limits = forced_start(forced, rows, width, device)
+        if forced_limits is not None:
+            if limits is not None:
+                raise ValueError("give a forced start or limits, not both (a forced start sets each row's limit)")
+            limits = forced_limits
+        limits = torch.full((rows,), width, dtype=torch.long, device=device) if limits is None else limits.to(device)
+        slots = torch.zeros(rows, dtype=torch.long, device=device) if slots is None else slots.to(device)
+        tokens = torch.full((rows, width), pad_id, dtype=torch.long, device=device) if tokens is None else tokens
+        return cls(tokens, Stops.of(eos_ids, limits), start, pad_id, torch.arange(rows, device=device), slots,
+                   slots >= limits, context)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.stops.lengths
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.done.all())
+
+    def select(self, index: torch.Tensor) -> "Generation":
+        """The responses ``index`` (repeats allowed) as a new batch, cache included: row ``j`` of the
+        result continues response ``index[j]``. The model's batch must hold every response."""
+        if len(self.rows) != self.tokens.shape[0]:
+            raise ValueError("select needs every response in the model's batch: generate without narrow")
+        index = index.to(self.tokens.device)
+        context = self.context
+        context.cache.batch_select_indices(index)
+        picked = Context(context.cache, context.mask[index], context.positions[index], context.logits[index])
+        stops = Stops(self.stops.eos, self.stops.limits[index], self.stops.lengths[index])
+        return replace(self, tokens=self.tokens[index], stops=stops, forced=None if self.forced is None else self.forced[index],
+                       rows=torch.arange(len(index), device=index.device), slots=self.slots[index], done=self.done[index],
+                       context=picked)
+
+
+@dataclass
+class Step:
+    """What the rules see at one step: the rows in the batch and the slot each writes."""
+
+    rows: torch.Tensor  # (b,) which responses
+    slots: torch.Tensor  # (b,) the slot each writes at this step
+    live: torch.Tensor  # (b,) bool: still writing (ended rows choose too; their token is dropped)
+    forced: torch.Tensor | None  # (b,) the forced token at this slot, -1 where free; None: none here
+    tokens: torch.Tensor  # (B, W) the responses so far
+    index: int  # the step: tokens each row of the batch has chosen before
+
+
+Rule = Callable[[Step, torch.Tensor], torch.Tensor]
+Choice = Callable[[Step, torch.Tensor], torch.Tensor]
+Record = Callable[[Step, torch.Tensor, torch.Tensor], None]
+
+
+# -- 3. the loop -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: Sequence[Rule] = (),
+             records: Sequence[Record] = (), *, steps: int | None = None, narrow: float | None = None,
+             on_leave: Callable[[torch.Tensor, torch.Tensor, Any], None] | None = None) -> Generation:
+    """Write ``state``'s responses until every row has ended (or ``steps`` more tokens per row).
+
+    Each step: the ``rules`` rewrite the batch's next-token logits in order, ``choose`` picks one
+    token per row, a forced token replaces the choice at its slot, the ``records`` read the
+    logits and the token, :class:`Stops` ends rows at EOS
+    or at their limit, the written tokens go into ``state.tokens``, and the rows still writing feed
+    their token to the model. Ended rows stay in the batch (their mask says so) unless
+    ``narrow``: once that share of the batch has ended it is cut to the rest, after
+    ``on_leave(responses, batch rows, cache)`` has read the leaving rows' cache (and, at the
+    end, the remaining rows'). Returns ``state``, moved on.
+    """
+    context = state.context
+    taken = 0
+    while not bool(state.done.all()) and (steps is None or taken < steps):
+        rows, slots = state.rows, state.slots
+        live = ~state.done
+        forced = None
+        if state.forced is not None and bool((slots < state.forced.shape[1]).any()):
+            forced = torch.where(slots < state.forced.shape[1],
+                                 state.forced[rows, slots.clamp(max=state.forced.shape[1] - 1)], -1)
+        step = Step(rows, slots, live, forced, state.tokens, state.steps)
+        scores = context.logits
+        for rule in rules:
+            scores = rule(step, scores)
+        token = choose(step, scores)
+        if forced is not None:
+            token = torch.where(forced >= 0, forced, token)
+        for record in records:
+            record(step, context.logits, token)
+        write, ended = state.stops.step(rows, slots, token, live)
+        state.tokens[rows[write], slots[write]] = token[write]
+        state.done = state.done | ended
+        state.slots = slots + 1
+        state.steps += 1
+        taken += 1
+        if bool(state.done.all()):
+            break
+        if narrow is not None and int(state.done.sum()) >= narrow * len(rows):  # the batch keeps its unfinished rows
+            if on_leave is not None:
+                on_leave(rows[state.done], state.done.nonzero().squeeze(1), context.cache)
+            keep = (~state.done).nonzero().squeeze(1)
+            context.cache.batch_select_indices(keep)
+            context = Context(context.cache, context.mask[keep], context.positions[keep], context.logits)
+            token = token[keep]
+            state.rows, state.slots, state.done = state.rows[keep], state.slots[keep], state.done[keep]
+        mask = torch.cat([context.mask, (~state.done).long().unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=context.positions.unsqueeze(1),
+            use_cache=True, **{cache_argument(model): context.cache},
+        )
+        context = Context(output_cache(out), mask, context.positions + 1, at_least_float32(out.logits[:, -1]))
+    state.context = context
+    if on_leave is not None and bool(state.done.all()):
+        on_leave(state.rows, torch.arange(len(state.rows), device=state.rows.device), context.cache)
+    return state
+
+
+# -- the rules ------------------------------------------------------------------------------------
+
+
+class Temperature:
+    """Scores divided by the sampling temperature (> 0)."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches ``top_p`` (nucleus)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class TopP:
+    """Nucleus filtering: tokens outside the smallest set reaching probability ``top_p`` get -inf."""
+
+    def __init__(self, top_p: float):
+        self.top_p = top_p
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        return filter_top_p(scores, self.top_p)
+
+
+class BiasFirstToken:
+    """``bias[response]`` (``(B, V)``) added to the scores of each row's first step only."""
+
+    def __init__(self, bias: torch.Tensor):
+        self.bias = bias
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        return scores + self.bias[step.rows] if step.index == 0 else scores
+
+
+# -- the records ------------------------------------------------------------------------------------
+
+
+class RecordTopK:
+    """Records the ``k`` most likely next tokens at every slot a row writes (EOS slot included)
+    into ``candidates[response, slot]`` (``(B, W, k)``)."""
+
+    def __init__(self, candidates: torch.Tensor):
+        self.candidates = candidates
+
+    def __call__(self, step: Step, logits: torch.Tensor, token: torch.Tensor) -> None:
+        top = logits.topk(self.candidates.shape[-1], dim=-1).indices
+        live = step.live
+        self.candidates[step.rows[live], step.slots[live]] = top[live]
+
+
+class RecordLogProbs:
+    """Records ``log p(token)`` at every slot a row writes into ``log_probs[response, slot]``
+    (``(B, W)``); at the EOS slot, the probability of any EOS id (the loop stops at any of them)."""
+
+    def __init__(self, log_probs: torch.Tensor, eos_ids: Sequence[int]):
+        self.log_probs, self.eos_ids = log_probs, list(eos_ids)
+
+    def __call__(self, step: Step, logits: torch.Tensor, token: torch.Tensor) -> None:
+        logp = torch.log_softmax(logits, -1)
+        is_eos = torch.isin(token, torch.tensor(self.eos_ids, device=token.device))
+        value = torch.where(is_eos, logp[:, self.eos_ids].logsumexp(-1), logp.gather(-1, token.unsqueeze(1)).squeeze(1))
+        live = step.live
+        self.log_probs[step.rows[live], step.slots[live]] = value[live]
+
+
+# -- the choices -----------------------------------------------------------------------------------
+
+
+class GumbelSample:
+    """A sample from ``softmax(scores)`` per row: the argmax of scores plus Gumbel noise drawn from
+    the row's own generator (``generators[i]`` belongs to response ``i``)."""
+
+    def __init__(self, generators: Sequence[torch.Generator]):
+        self.generators = list(generators)
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        generators = [self.generators[int(i)] for i in step.rows]
+        return (scores + rng.gumbel(scores.shape, generators, scores.device)).argmax(-1)
+
+
+class Greedy:
+    """The most likely token."""
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        return scores.argmax(-1)
+
+
+def sampling_rule(generators: Sequence[torch.Generator], temperature: float = 1.0, top_p: float = 1.0) -> tuple[Choice, list[Rule]]:
+    """``(choose, rules)`` of the policy's sampling: greedy at temperature 0, else a Gumbel draw
+    from each row's generator after the temperature and the nucleus filter."""
+    if temperature == 0:
+        return Greedy(), []
+    return GumbelSample(generators), [Temperature(temperature), TopP(top_p)]
+
+
+class GuidedChoice:
+    """Guided decoding of refined logits ``y`` ``(B, W, V)``: at each slot, among the policy's
+    ``top_k`` most likely next tokens (given the prefix actually decoded, as COLD decoding does),
+    the one with the highest ``y``; past a row's active length (``lengths``) the row writes EOS."""
+
+    def __init__(self, y: torch.Tensor, lengths: torch.Tensor, top_k: int, eos_id: int):
+        self.y, self.top_k, self.eos_id = y, top_k, eos_id
+        self.active = active_mask(lengths.to(y.device), y.shape[1])
+
+    def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
+        candidates = scores.topk(self.top_k, dim=-1).indices  # (b, k)
+        slots = step.slots.clamp(max=self.y.shape[1] - 1)
+        refined = self.y[step.rows, slots].gather(-1, candidates)
+        best = candidates.gather(-1, refined.argmax(-1, keepdim=True)).squeeze(-1)
+        return torch.where(self.active[step.rows, slots], best, torch.full_like(best, self.eos_id))
+
+
+# -- the whole thing for prompts -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    generators: Sequence[torch.Generator],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    forced: list[list[int]] | None = None,
+    choose: Choice | None = None,
+    rules: Sequence[Rule] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuations of left-padded prompts with a KV cache: ``(tokens (B, max_new_tokens), lengths (B,))``.
+
+    ``lengths`` counts the tokens before the first EOS (EOS itself is not part of the response);
+    the rest is ``pad_id``. The policy samples at ``temperature`` (0: greedy) and ``top_p`` from
+    each row's generator, unless ``choose`` (with ``rules``) picks the tokens.
+
+    ``forced[i]`` (the prefilling attack's forced start) is the first tokens of row ``i``'s
+    response: the slots ``t < len(forced[i])`` hold ``forced[i][t]`` whatever the rule chose (the
+    draw is still made), and the row then has ``max_new_tokens - max(len(f) for f in forced)``
+    free tokens, the same for every row whatever the others' start (callers pass
+    ``max_new_tokens`` = the longest start + the free budget; :func:`forced_start`).
+    """
+    if choose is None:
+        choose, sampling = sampling_rule(generators, temperature, top_p)
+        rules = [*rules, *sampling]
+    state = Generation.start(prefill(model, prompt_ids, pad_id), max_new_tokens, eos_ids, pad_id, forced=forced)
+    generate(model, state, choose, rules)
+    return state.tokens, state.lengths
+
+
 def guided_decode(
     model: torch.nn.Module,
     prompt_ids: list[list[int]],
@@ -137,21 +441,8 @@ def guided_decode(
     top_k: int,
     forced: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode refined logits left to right among the policy's top-k next tokens (``forced``: see :func:`sample`).
+    """Decode refined logits left to right among the policy's top-k next tokens (:class:`GuidedChoice`;
+    ``forced``: see :func:`sample`). Rows stop at their active length or when EOS is chosen."""
+    choice = GuidedChoice(logits, lengths, top_k, eos_ids[0])
+    return sample(model, prompt_ids, logits.shape[1], eos_ids, pad_id, [], forced=forced, choose=choice)
 
-    At each position the token is the one with the highest refined logit ``y_t`` among the
-    policy's ``top_k`` most likely next tokens *given the prefix actually decoded so far*
-    (as COLD decoding does), so the result stays fluent while following ``y``. Rows stop at
-    their active length or when EOS is chosen.
-    """
-    width = logits.shape[1]
-    active = active_mask(lengths.to(logits.device), width)
-
-    def choose(step: int, next_logits: torch.Tensor) -> torch.Tensor:
-        candidates = next_logits.topk(top_k, dim=-1).indices  # (B, k)
-        scores = logits[:, step].gather(-1, candidates)
-        best = candidates.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
-        # past a row's active length the row is over: emit EOS so it finishes
-        return torch.where(active[:, step], best, torch.full_like(best, eos_ids[0]))
-
-    return sample(model, prompt_ids, width, eos_ids, pad_id, generators=[], choose=choose, forced=forced)

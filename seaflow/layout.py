@@ -226,8 +226,6 @@ class PrefixLayout:
         call (whose first update copies it), so calls are independent and their gradients reach
         only ``response``.
         """
-        from transformers import DynamicCache
-
         slots = response.shape[1] if slots is None else slots
         if self.key_values is None:
             raise ValueError("this PrefixLayout has no cache: build it with with_prefix_cache(model, layout)")
@@ -245,7 +243,7 @@ class PrefixLayout:
             masks.append(self.after_mask)
             after_start = self.prompt_lengths + lengths
             positions.append(after_start.unsqueeze(1) + (self.after_mask.cumsum(dim=1) - 1).clamp(min=0))
-        cache = DynamicCache(ddp_cache_data=self.key_values, config=model.config)
+        cache = wrap_cache(model, self.key_values)
         return model(
             inputs_embeds=torch.cat(parts, dim=1).to(embedding.weight.dtype),
             attention_mask=torch.cat(masks, dim=1),
@@ -307,6 +305,14 @@ def build_prefix_layout(
 def cache_argument(model: torch.nn.Module) -> str:
     """The keyword of the key/value cache: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def wrap_cache(model: torch.nn.Module, key_values):
+    """Stored keys and values (one ``(keys, values)`` pair per layer) as a fresh cache for ``model``:
+    the model's updates build new tensors, so the stored ones are never modified."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=key_values, config=model.config)
 
 
 def output_cache(output):

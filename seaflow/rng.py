@@ -1,19 +1,39 @@
-"""Randomness with one stream per chain.
+"""Randomness with one stream per row: every per-row seed and draw of seaflow comes from here.
+
+A row (a chain, a candidate) draws from its own ``torch.Generator`` seeded from
+(run seed, prompt id, chain or candidate index, purpose) by :func:`prompt_seed`, so a prompt's
+samples, refinement noise and accept tests are the same whatever else shares its batch,
+whatever the batch size and the number of processes.
 
 Samplers and relaxations take a ``generator`` argument: either one ``torch.Generator`` for
-the whole batch, or :class:`RowGenerators`, one generator per chain (row). SEA uses the
-latter, seeded from (seed, prompt id, chain), so a prompt's refinement draws the same noise
-whatever else shares its batch, whatever the batch size and the number of processes.
-
-Draw through :func:`randn`, :func:`rand` and :func:`exponential` (or the samplers' helpers
-``noise_like`` and ``metropolis``) so both kinds of generator work.
+the whole batch, or :class:`RowGenerators`, one generator per row. Draw through :func:`randn`,
+:func:`rand`, :func:`exponential` and :func:`gumbel` (or the samplers' helpers ``noise_like``
+and ``metropolis``) so both kinds of generator work.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Sequence
 
 import torch
+
+
+def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
+    """A 63-bit seed from the run seed, the prompt id, the chain (or candidate) and what it is for:
+    batch- and rank-independent."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{chain}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def row_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One ``torch.Generator`` per seed, on ``device``."""
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed) % (2**63))
+        generators.append(generator)
+    return generators
 
 
 class RowGenerators:
@@ -58,3 +78,11 @@ def rand(shape, generator: Generator = None, device=None, dtype=None) -> torch.T
 def exponential(shape, generator: Generator = None, device=None, dtype=None) -> torch.Tensor:
     """Exponential(1) draws of ``shape``."""
     return _draw(lambda t, g: t.exponential_(generator=g), shape, generator, device, dtype)
+
+
+def gumbel(shape, generator: Generator = None, device=None) -> torch.Tensor:
+    """Standard Gumbel draws ``-log(-log u)`` of ``shape`` (float32); a list of generators is one per row."""
+    if isinstance(generator, (list, tuple)):
+        generator = RowGenerators(generator)
+    u = rand(shape, generator, device, torch.float32).clamp_(1e-20, 1.0)
+    return -torch.log(-torch.log(u))

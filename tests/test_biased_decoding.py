@@ -71,7 +71,7 @@ def test_gumbel_start_is_the_policy_sample_and_reference_is_exact(tiny_policy):
     method.attach(tiny_policy)
     ids = rows(tiny_policy)
     prompt_ids, prompts, keys = method.expand({"prompt_ids": ids, "prompt": PROMPTS, "id": ["a", "b", "c", "d"]}, 3)
-    samples, sample_lengths = method.sample_responses(prompt_ids, keys, 3)
+    samples, sample_lengths = method.sample_rows(prompt_ids, keys, [r % 3 for r in range(len(keys))], progress=False)
     eos, pad = eos_pad(tiny_policy)
     decoded = biased_decode(tiny_policy.model, prompt_state(tiny_policy.model, prompt_ids, pad), method.start_bias(keys),
                             StraightThrough(), eos, pad)

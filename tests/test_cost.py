@@ -112,7 +112,7 @@ def test_sea_counts_forward_and_backward_per_step(tiny_models, tiny_policy):
     records, items = direct(method, tiny_policy, prompts=PROMPTS[:2])
     prompt_ids, _, keys = method.expand({k: [it[k] for it in items] for k in items[0]}, chains)
     with torch.no_grad():
-        _, lengths = method.sample_responses(prompt_ids, keys, chains)
+        _, lengths = method.sample_rows(prompt_ids, keys, [r % chains for r in range(len(keys))], progress=False)
     rows, prompt_width = len(keys), max(len(p) for p in prompt_ids)
     gen_steps = min(int(lengths.max()), width - 1)
     batch_cost = cost.add(records[0]["cost"], records[1]["cost"])

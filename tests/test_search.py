@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from seaflow import cost, generation, tempered
+from seaflow import cost, generation, rng, tempered
 from seaflow.energies import LexiconReward
 from seaflow.methods import BestOfN, ParticleFilter, SoftBestOfN, SpeculativeRejection
-from seaflow.methods.base import prompt_seed
+from seaflow.rng import prompt_seed
 from seaflow.methods.partial import PartialResponses
 from seaflow.methods.soft_best_of_n import soft_choice
 from seaflow.report import soft_best_of_first
@@ -103,7 +103,7 @@ def test_soft_best_of_n_draws_softmax_per_prompt_and_a_report_replays_it(tiny_po
 
 
 def partial_state(tiny_policy, prompt_ids, copies, seeds, share_prompt=False, width=WIDTH):
-    gens = generation.row_generators(seeds)
+    gens = rng.row_generators(seeds)
     return PartialResponses(tiny_policy.model, prompt_ids, copies, width, [3], 0, gens, share_prompt=share_prompt)
 
 
@@ -111,7 +111,7 @@ def test_partial_responses_advanced_in_blocks_are_generation_sample(tiny_policy)
     prompt_ids = [tiny_policy.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
     seeds = [11, 12, 13, 14, 15, 16]
     rows = [ids for ids in prompt_ids for _ in range(2)]
-    tokens, lengths = generation.sample(tiny_policy.model, rows, WIDTH, [3], 0, generation.row_generators(seeds))
+    tokens, lengths = generation.sample(tiny_policy.model, rows, WIDTH, [3], 0, rng.row_generators(seeds))
     for share in (False, True):
         state = partial_state(tiny_policy, prompt_ids, 2, seeds, share_prompt=share)
         for block in (3, 1, 2, 5):
@@ -132,9 +132,9 @@ def test_a_copied_row_continues_its_ancestor_with_its_own_stream(tiny_policy):
     state.select([1, 1, 1], generators=state.generators)
     state.advance(6)
     for row, seed in enumerate(seeds):
-        g = generation.row_generators([seed])[0]
+        g = rng.row_generators([seed])[0]
         for _ in range(4):  # the draws the row made before the copy
-            generation.gumbel_noise((1, tiny_policy.model.config.vocab_size), [g], "cpu")
+            rng.gumbel((1, tiny_policy.model.config.vocab_size), [g], "cpu")
         expected, n = generation.sample(tiny_policy.model, [prompt + prefix], 6, [3], 0, [g])
         assert state.tokens[row, :4].tolist() == prefix
         assert state.tokens[row, 4 : 4 + int(n[0])].tolist() == expected[0, : int(n[0])].tolist()

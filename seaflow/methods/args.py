@@ -7,8 +7,7 @@ from typing import Literal
 
 import torch
 
-from seaflow import cost, generation
-from seaflow.methods.base import prompt_seed
+from seaflow import cost, generation, rng
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.record import Record
 from seaflow.progress import report
@@ -83,43 +82,9 @@ class ARGS(DecodingMethod):
         """Decode ``rows`` prompts; a row's ``forced`` start is emitted as is (no candidate is scored there).
         ``on_token(step)`` is called after every decoded position."""
         forced = forced if forced and any(forced) else None
-        rows, width, k = len(prompt_ids), self.response_width(forced), self.top_k
-        device = self.device
-        start, limit = generation.forced_start(forced, rows, width, device)
-        prefix = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        eos = torch.tensor(self.eos_ids, device=device)
-        gens = generation.row_generators([prompt_seed(self.seed, key, 0, "args") for key in keys], device=device)
-
-        def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
-            logp = torch.log_softmax(logits, dim=-1)
-            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-            scores = top.values.clone()
-            pinned = start[:, step] >= 0 if start is not None and step < start.shape[1] else torch.zeros_like(done)
-            live = (~done & ~pinned).nonzero().squeeze(-1)
-            if self.weight != 0 and live.numel() > 0:
-                scores[live] += self.weight * self.candidate_rewards(
-                    [prompt_ids[i] for i in live.tolist()], [prompts[i] for i in live.tolist()],
-                    prefix[live, :step], top.indices[live], eos,
-                ).to(scores.device)
-            if self.mode == "greedy":
-                pick = scores.argmax(-1)
-            else:
-                u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
-                gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
-                pick = (scores / self.temperature + gumbel).argmax(-1)
-            token = top.indices.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
-            if pinned.any():
-                token = torch.where(pinned, start[:, step], token)
-            prefix[:, step] = token
-            done.logical_or_(torch.isin(token, eos))
-            if limit is not None:
-                done.logical_or_(step + 1 >= limit)  # the row's free budget is spent
-            if on_token is not None:
-                on_token(step)
-            return token
-
-        return generation.sample(self.policy.model, prompt_ids, width, self.eos_ids, self.pad_id, [], choose=choose, forced=forced)
+        choice = RewardGuidedChoice(self, prompt_ids, prompts, self.generators(keys, [0] * len(keys), "args"), on_token)
+        return generation.sample(self.policy.model, prompt_ids, self.response_width(forced), self.eos_ids, self.pad_id, [],
+                                 forced=forced, choose=choice)
 
     def candidate_rewards(self, prompt_ids, prompts, prefix: torch.Tensor, candidates: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
         """``r(x, prefix + v)`` for every row's ``k`` candidates, ``(rows, k)``."""
@@ -131,3 +96,37 @@ class ARGS(DecodingMethod):
         expanded_ids = [ids for ids in prompt_ids for _ in range(k)]
         expanded_prompts = [text for text in prompts for _ in range(k)]
         return self.rewards(expanded_ids, expanded_prompts, tokens, lengths, guide=True).view(rows, k)
+
+
+class RewardGuidedChoice:
+    """ARGS's pick at one step of :func:`seaflow.generation.generate`: the policy's ``top_k`` next
+    tokens, each scored ``log pi + weight * r(x, y_<t + v)``, then the best (greedy) or a draw from
+    ``softmax(score / temperature)`` with the row's own generator (sample). Rows that have ended
+    or whose slot is forced score no candidate."""
+
+    def __init__(self, method: ARGS, prompt_ids: list[list[int]], prompts: list[str], generators, on_token=None):
+        self.method, self.prompt_ids, self.prompts = method, prompt_ids, prompts
+        self.generators, self.on_token = generators, on_token
+
+    def __call__(self, step: generation.Step, logits: torch.Tensor) -> torch.Tensor:
+        method = self.method
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(min(method.top_k, logp.shape[-1]), dim=-1)
+        scores = top.values.clone()
+        pinned = step.forced >= 0 if step.forced is not None else torch.zeros_like(step.live)
+        live = (step.live & ~pinned).nonzero().squeeze(-1)
+        if method.weight != 0 and live.numel() > 0:
+            rows = step.rows[live].tolist()
+            # every row starts at slot 0: the prefix so far is the first ``step.index`` slots
+            scores[live] += method.weight * method.candidate_rewards(
+                [self.prompt_ids[i] for i in rows], [self.prompts[i] for i in rows],
+                step.tokens[step.rows[live], : step.index], top.indices[live], torch.tensor(method.eos_ids, device=logits.device),
+            ).to(scores.device)
+        if method.mode == "greedy":
+            pick = scores.argmax(-1)
+        else:
+            generators = [self.generators[int(i)] for i in step.rows]
+            pick = (scores / method.temperature + rng.gumbel(scores.shape, generators, scores.device)).argmax(-1)
+        if self.on_token is not None:
+            self.on_token(step.index)
+        return top.indices.gather(-1, pick.unsqueeze(-1)).squeeze(-1)

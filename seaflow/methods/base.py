@@ -11,23 +11,18 @@ the same record fields. A subclass declares only its own constructor arguments a
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import lightning as L
 import torch
 
-from seaflow import cost, generation
+from seaflow import cost, generation, rng
 from seaflow.layout import active_mask
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
+from seaflow.methods.pool import Pool, best_of
 from seaflow.methods.record import rounded
 from seaflow.models import EMBEDDED_DEFAULT, LoadedModel, apply_adapter, load_causal_lm
-
-
-def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") -> int:
-    """A 63-bit seed from the run seed, the prompt id and the chain: batch- and rank-independent."""
-    digest = hashlib.sha256(f"{seed}:{prompt_id}:{chain}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+from seaflow.progress import report
 
 
 def with_reward_parts(predict_step):
@@ -59,6 +54,8 @@ class AlignmentMethod(L.LightningModule):
         temperature: sampling temperature of the policy.
         top_p: nucleus sampling threshold of the policy (1.0 = off).
         seed: run seed; each prompt's randomness derives from (seed, prompt id, chain).
+        sample_batch: rows (prompts x candidates or chains) per generation call; bounds memory
+            (e.g. BoN-64 on 4 prompts is 256 rows, generated 64 at a time by default).
         dtype: policy dtype (``float32``, ``bfloat16``, ``float16``); None keeps the checkpoint's.
         trust_remote_code: allow custom model code from the checkpoint.
         adapter: a PEFT adapter (LoRA, ...) of the policy, a local directory or a hub id, merged
@@ -74,17 +71,20 @@ class AlignmentMethod(L.LightningModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
+        sample_batch: int = 64,
         dtype: str | None = None,
         trust_remote_code: bool = False,
         adapter: str | None = None,
     ):
         super().__init__()
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        for key, value, ok, allowed in (
+            ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, ">= 1"),
+            ("temperature", temperature, temperature >= 0, ">= 0"),
+            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"),
+            ("sample_batch", sample_batch, sample_batch >= 1, ">= 1"),
+        ):
+            if not ok:
+                raise ValueError(f"model.init_args.{key} must be {allowed}, got {value}")
         self.policy_name = policy
         self.reward = reward
         self.selection_reward = selection_reward
@@ -92,6 +92,7 @@ class AlignmentMethod(L.LightningModule):
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.sample_batch = sample_batch
         self.dtype_name = dtype
         self.trust_remote_code = trust_remote_code
         self.adapter = adapter
@@ -195,15 +196,64 @@ class AlignmentMethod(L.LightningModule):
         """Response tokens a row holds: the longest forced start plus ``max_new_tokens`` free ones."""
         return self.max_new_tokens + (max(map(len, forced)) if forced else 0)
 
-    def sample_responses(self, prompt_ids: list[list[int]], prompt_keys: list[str], chains: int, purpose: str = "sample",
-                         forced: list[list[int]] | None = None):
-        """Policy samples, one row per (prompt, chain), after each row's ``forced`` start; returns ``(tokens, lengths)``."""
-        seeds = [prompt_seed(self.seed, key, row % chains, purpose) for row, key in enumerate(prompt_keys)]
-        gens = generation.row_generators(seeds, device=self.device)
-        return generation.sample(
-            self.policy.model, prompt_ids, self.response_width(forced), self.eos_ids, self.pad_id,
-            gens, temperature=self.temperature, top_p=self.top_p, forced=forced,
-        )
+    def generators(self, keys: list[str], candidates: list[int], purpose: str) -> list[torch.Generator]:
+        """One generator per row, seeded by (seed, ``keys[i]``, ``candidates[i]``, ``purpose``) (:mod:`seaflow.rng`)."""
+        return rng.row_generators([rng.prompt_seed(self.seed, key, c, purpose) for key, c in zip(keys, candidates)], self.device)
+
+    def sample_rows(
+        self,
+        prompt_ids: list[list[int]],
+        keys: list[str],
+        candidates: list[int],
+        purpose: str = "sample",
+        max_new_tokens: int | None = None,
+        forced: list[list[int]] | None = None,
+        progress: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy samples for explicit (prompt key, candidate index) rows, ``sample_batch`` at a time:
+        the one way a method draws from the policy. Returns ``(tokens, lengths)``.
+
+        Row ``i`` is seeded by ``prompt_seed(seed, keys[i], candidates[i], purpose)``: with
+        ``purpose="sample"`` candidate ``c`` is the same draw for every method (Best-of-N's
+        candidate ``c``, SEA's initial chain ``c``). ``forced[i]`` is row ``i``'s forced start
+        (``data.response_prefix``): the rows hold it and ``max_new_tokens`` free tokens after it.
+        ``progress`` reports each block of rows to the progress bar (a caller with its own unit
+        of progress turns it off).
+        """
+        budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        width = budget + (max(map(len, forced)) if forced else 0)
+        generators = self.generators(keys, candidates, purpose)
+        tokens, lengths = [], []
+        for start in cost.side_by_side(range(0, len(prompt_ids), self.sample_batch)):  # chunks bound memory only
+            stop = start + self.sample_batch
+            chunk = forced[start:stop] if forced else None
+            t, n = generation.sample(
+                self.policy.model, prompt_ids[start:stop], budget + (max(map(len, chunk)) if chunk else 0),
+                self.eos_ids, self.pad_id, generators[start:stop], temperature=self.temperature, top_p=self.top_p, forced=chunk,
+            )
+            tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
+            lengths.append(n)
+            if progress:
+                report(min(stop, len(prompt_ids)), len(prompt_ids), "candidates")  # the progress bar (seaflow/progress.py)
+        return torch.cat(tokens), torch.cat(lengths)
+
+    @torch.no_grad()
+    def best_of_pool(self, batch: dict[str, list], pool: int, keep: int, drawn_after: list[list[int]] | None = None) -> Pool:
+        """The best ``keep`` of ``pool`` policy samples per prompt of ``batch`` (:func:`seaflow.methods.pool.best_of`),
+        candidate ``c`` being Best-of-N's candidate ``c``; the pool is ranked by the :attr:`selector`,
+        ``sample_batch`` rows per reward pass. With ``keep == pool`` nothing is scored.
+        ``drawn_after[p]`` (default prompt ``p``'s ids) is what the samples are drawn after (a
+        proposal prompt); the reward always scores them as replies to the prompt."""
+        if not 1 <= keep <= pool:
+            raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
+        if self.selector is None and keep < pool:
+            raise ValueError("a best-of-pool start ranks samples by reward: set model.init_args.reward")
+        prompt_ids, prompts, keys = self.expand(batch, pool)
+        sampled_ids = prompt_ids if drawn_after is None else [ids for ids in drawn_after for _ in range(pool)]
+        tokens, lengths = self.sample_rows(sampled_ids, keys, [row % pool for row in range(len(keys))],
+                                           forced=self.forced_rows(batch, pool), progress=False)
+        rewards = None if keep == pool else self.selector.score(prompt_ids, prompts, tokens, lengths, self.sample_batch).cpu()
+        return best_of(tokens, lengths, rewards, pool, keep)
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,16 +7,15 @@ from typing import Literal
 
 import torch
 
-from seaflow import generation
+from seaflow import rng
 from seaflow.bias_decode import BiasEnergy
 from seaflow.energies.base import ResponseBatch
-from seaflow.methods.base import AlignmentMethod, prompt_seed
+from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record
 from seaflow.methods.sea import SEA
 from seaflow.refine import refine
 from seaflow.relaxations.base import Relaxation
 from seaflow.relaxations.straight_through import StraightThrough
-from seaflow.rng import RowGenerators
 from seaflow.samplers.base import Sampler
 from seaflow.samplers.langevin import Langevin
 
@@ -138,11 +137,9 @@ class BiasedDecoding(AlignmentMethod):
         With ``forced`` starts row ``i``'s bias begins at the draw of its first free step."""
         if self.init == "greedy" or self.temperature == 0:
             return None
-        generators = generation.row_generators(
-            [prompt_seed(self.seed, key, row % self.chains, "sample") for row, key in enumerate(keys)], device=self.device
-        )
+        generators = self.generators(keys, [row % self.chains for row in range(len(keys))], "sample")
         rows, vocab = len(keys), self.policy.vocab_size
-        noise = [generation.gumbel_noise((rows, vocab), generators, self.device) for _ in range(self.response_width(forced))]
+        noise = [rng.gumbel((rows, vocab), generators, self.device) for _ in range(self.response_width(forced))]
         noise = torch.stack(noise, dim=1)
         if forced:  # sample draws at the forced steps too: row i's free steps are k_i, k_i + 1, ...
             steps = torch.tensor([len(ids) for ids in forced], device=self.device).unsqueeze(1) + torch.arange(self.max_new_tokens, device=self.device)
@@ -155,9 +152,7 @@ class BiasedDecoding(AlignmentMethod):
         prompt_ids, prompts, keys = self.expand(batch, self.chains)
         forced = self.forced_rows(batch, self.chains)  # data.response_prefix: decoded as is, never biased
         rows, width, vocab = len(prompt_ids), self.response_width(forced), self.policy.vocab_size
-        generator = RowGenerators(generation.row_generators(
-            [prompt_seed(self.seed, key, row % self.chains, "refine") for row, key in enumerate(keys)], device=self.device
-        ))
+        generator = rng.RowGenerators(self.generators(keys, [row % self.chains for row in range(rows)], "refine"))
         full = torch.full((rows,), width, dtype=torch.long)
         energy_fn = BiasEnergy(
             self.policy.model, ResponseBatch(prompt_ids, prompts, full, width), self.relaxation, self.reward,

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from seaflow import cost, generation
-from seaflow.methods.base import AlignmentMethod, prompt_seed
+from seaflow import cost
+from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
-from seaflow.progress import report
 
 
 class DecodingMethod(AlignmentMethod):
@@ -24,18 +23,13 @@ class DecodingMethod(AlignmentMethod):
     Besides :class:`AlignmentMethod`'s arguments, passed on as ``**kwargs``:
 
     Args:
-        sample_batch: rows (prompts x candidates) per generation call; bounds memory
-            (e.g. BoN-64 on 4 prompts is 256 rows, generated 64 at a time by default).
         score_batch: rows per reward / reference forward pass.
     """
 
-    def __init__(self, sample_batch: int = 64, score_batch: int = 64, **kwargs):
+    def __init__(self, score_batch: int = 64, **kwargs):
         super().__init__(**kwargs)
-        if sample_batch < 1:
-            raise ValueError(f"sample_batch must be >= 1, got {sample_batch}")
         if score_batch < 1:
             raise ValueError(f"score_batch must be >= 1, got {score_batch}")
-        self.sample_batch = sample_batch
         self.score_batch = score_batch
 
     def _require_reward(self) -> None:
@@ -44,45 +38,6 @@ class DecodingMethod(AlignmentMethod):
                 f"{type(self).__name__} selects by reward: set model.init_args.reward "
                 "(e.g. class_path: LexiconReward)"
             )
-
-    # -- sampling ----------------------------------------------------------------------
-
-    def sample_rows(
-        self,
-        prompt_ids: list[list[int]],
-        keys: list[str],
-        candidates: list[int],
-        purpose: str = "sample",
-        max_new_tokens: int | None = None,
-        forced: list[list[int]] | None = None,
-        progress: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy samples for explicit (prompt key, candidate index) rows, ``sample_batch`` at a time.
-
-        Row ``i`` is seeded by ``prompt_seed(seed, keys[i], candidates[i], purpose)``: with
-        ``purpose="sample"`` candidate ``c`` is the same draw as SEA's initial chain ``c``
-        and as ``AlignmentMethod.sample_responses``. ``forced[i]`` is row ``i``'s forced start
-        (``data.response_prefix``): the rows hold it and ``max_new_tokens`` free tokens after it.
-        ``progress`` reports each block of rows to the progress bar (a caller with its own unit
-        of progress turns it off).
-        """
-        budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        width = budget + (max(map(len, forced)) if forced else 0)
-        seeds = [prompt_seed(self.seed, key, c, purpose) for key, c in zip(keys, candidates)]
-        tokens, lengths = [], []
-        for start in cost.side_by_side(range(0, len(prompt_ids), self.sample_batch)):
-            stop = start + self.sample_batch
-            chunk = forced[start:stop] if forced else None
-            gens = generation.row_generators(seeds[start:stop], device=self.device)
-            t, n = generation.sample(
-                self.policy.model, prompt_ids[start:stop], budget + (max(map(len, chunk)) if chunk else 0),
-                self.eos_ids, self.pad_id, gens, temperature=self.temperature, top_p=self.top_p, forced=chunk,
-            )
-            tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
-            lengths.append(n)
-            if progress:
-                report(min(stop, len(prompt_ids)), len(prompt_ids), "candidates")  # the progress bar (seaflow/progress.py)
-        return torch.cat(tokens), torch.cat(lengths)
 
     # -- scoring -----------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from seaflow.generation import filter_top_p, forced_start, gumbel_noise
+from seaflow import rng
+from seaflow.generation import filter_top_p, forced_start
 from seaflow.layout import build_layout, cache_argument, output_cache
 
 
@@ -106,7 +107,7 @@ class PartialResponses:
             token = self.logits.argmax(-1)
         else:
             scores = filter_top_p(self.logits / self.temperature, self.top_p)
-            token = (scores + gumbel_noise(scores.shape, self.generators, scores.device)).argmax(-1)
+            token = (scores + rng.gumbel(scores.shape, self.generators, scores.device)).argmax(-1)
         if self.start is not None:
             if step < self.start.shape[1]:
                 token = torch.where(self.start[:, step] >= 0, self.start[:, step], token)

@@ -7,7 +7,7 @@ import random
 from typing import Literal
 
 from seaflow import tempered
-from seaflow.methods.base import prompt_seed
+from seaflow.rng import prompt_seed
 from seaflow.methods.search import PartialSearch, first_best
 
 

@@ -11,8 +11,7 @@ import torch
 
 from seaflow import generation
 from seaflow.energies.base import ResponseBatch
-from seaflow.methods.base import AlignmentMethod, prompt_seed
-from seaflow.methods.pool import best_of_pool
+from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
 from seaflow.rng import RowGenerators
 from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
@@ -170,18 +169,16 @@ class SEA(AlignmentMethod):
         vocab = self.policy.vocab_size
         # one random stream per chain, seeded from (seed, prompt id, chain): a prompt's result does
         # not depend on its batch, the batch size or the number of processes
-        generator = RowGenerators(generation.row_generators(
-            [prompt_seed(self.seed, key, row % self.chains, "refine") for row, key in enumerate(keys)], device=self.device
-        ))
+        chain = [row % self.chains for row in range(rows)]
+        generator = RowGenerators(self.generators(keys, chain, "refine"))
 
         # 1. init: logits that decode exactly to the policy's samples (or random logits)
         allowed, pool = None, None
         if self.init == "sample" and self.init_pool is not None:
-            pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool, self.chains,
-                                forced=self.forced_rows(batch))
+            pool = self.best_of_pool(batch, self.init_pool, self.chains)
             tokens0, lengths = pool.tokens, pool.lengths
         elif self.init == "sample":
-            tokens0, lengths = self.sample_responses(prompt_ids, keys, self.chains, forced=forced)
+            tokens0, lengths = self.sample_rows(prompt_ids, keys, chain, forced=forced, progress=False)
         if self.init == "sample":
             reference_logits = None
             if self.init_logits == "reference" or self.restrict_top_k:

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from seaflow import cost, generation
+from seaflow import cost, rng
 from seaflow.energies.base import Reward
 from seaflow.layout import pad_rows
-from seaflow.methods.base import prompt_seed
+from seaflow.rng import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
 from seaflow.methods.partial import PartialResponses
 from seaflow.methods.record import Record
@@ -65,7 +65,7 @@ class PartialSearch(DecodingMethod):
         seeds = [prompt_seed(self.seed, key, c, "sample") for key in keys for c in range(copies)]
         return PartialResponses(
             self.policy.model, prompt_ids, copies, self.response_width(forced), self.eos_ids, self.pad_id,
-            generation.row_generators(seeds, device=self.device), temperature=self.temperature, top_p=self.top_p,
+            rng.row_generators(seeds, device=self.device), temperature=self.temperature, top_p=self.top_p,
             forced=forced, share_prompt=self.share_prompt,
         )
 

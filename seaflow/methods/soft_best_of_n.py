@@ -7,7 +7,7 @@ import random
 import torch
 
 from seaflow import tempered
-from seaflow.methods.base import prompt_seed
+from seaflow.rng import prompt_seed
 from seaflow.methods.best_of_n import BestOfN
 
 

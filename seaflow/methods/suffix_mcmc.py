@@ -15,10 +15,9 @@ import torch
 from typing import Literal
 
 from seaflow.chains import GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
-from seaflow.methods.base import prompt_seed
 from seaflow.methods.decoding import DecodingMethod
-from seaflow.methods.pool import best_of_pool
 from seaflow.methods.record import Record
+from seaflow.rng import prompt_seed
 
 RETURN_RULES = ("best_reward", "likeliest_best", "best_target", "final")  # model.init_args.returns
 
@@ -186,9 +185,8 @@ class GuidedSuffixMCMC(DecodingMethod):
         if self.init_from == "proposal_prompt" and proposal_ids is None:
             raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field "
                              "or data.proposal_system_prompt, or model.init_args.init_from: prompt")
-        pool = best_of_pool(self, batch["prompt_ids"], batch["prompt"], batch["id"], self.init_pool or chains, chains, self.sample_batch,
-                            forced=self.forced_rows(batch),
-                            sample_ids=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
+        pool = self.best_of_pool(batch, self.init_pool or chains, chains,
+                                 drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
         tokens, lengths, candidate = pool.tokens, pool.lengths, pool.candidates
         starts = limits = None
         if forced:

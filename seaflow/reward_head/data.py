@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from seaflow import generation
+from seaflow import generation, rng
 from seaflow.calibrate.data import LabelledJsonl, wheel_file
 from seaflow.data import PromptDataset, collate, read_prompts
 from seaflow.encoding import encode_chat, encode_text
@@ -107,7 +107,7 @@ class CachedResponsesData(L.LightningDataModule):
                 encoded = [encode(tok, item) for item in chunk]
                 tokens, lengths = generation.sample(
                     policy.model, [prompt + forced for prompt, forced in encoded], self.max_new_tokens, eos,
-                    tok.pad_token_id, generation.row_generators([int(item["key"], 16) for item in chunk]),
+                    tok.pad_token_id, rng.row_generators([int(item["key"], 16) for item in chunk]),
                     temperature=self.temperature,
                 )
                 for item, (_, forced), row, n in zip(chunk, encoded, tokens, lengths):
