@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sized, Union
 
@@ -190,6 +191,41 @@ class Aligner:
             yield from (json.loads(json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False)) for record in out)
 
 
+def build(args: list[str]):
+    """The ``seaflow predict`` parser on ``args`` without a Trainer: the parsed config, the method
+    and the data module (``seaflow predict``'s LightningCLI is imported here, when ``load`` runs)."""
+    from seaflow.arguments import ConfigError, summarize_parse_error
+    from seaflow.cli import SeaflowCLI, build_cli, component_names, read_arguments
+
+    class BuildCLI(SeaflowCLI):
+        """The predict parser without a Trainer: parses a config and builds the method and the data
+        module only (``seaflow.load``). ``data.path`` may be left out: the prompts come from the caller."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
+            parser.set_defaults({"data.path": NO_PROMPTS_FILE})
+
+        def parse_arguments(self, parser, args) -> None:
+            """A mistake raises ConfigError (a ValueError) in one line; no SystemExit inside Python."""
+            args = read_arguments(list(args or []), [parser])
+            parser.exit_on_error = False
+            try:
+                # LightningCLI's parse_arguments without its warning about sys.argv (a notebook kernel's own)
+                self.config = parser.parse_args(args)
+            except ArgumentError as err:
+                raise ConfigError(summarize_parse_error(str(err), component_names)) from err
+            finally:
+                parser.exit_on_error = True
+
+        def instantiate_classes(self) -> None:
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
+            self.trainer = None
+
+    return build_cli(args, run=False, cli=BuildCLI)
+
+
 def load(config: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None,
          device: str | torch.device | None = None, verbose: bool = False) -> Aligner:
     """Build the method of a ``seaflow predict`` config, load its models once, return an :class:`Aligner`.
@@ -207,12 +243,11 @@ def load(config: str | Path | Mapping[str, Any] | None = None, overrides: Mappin
     ``data.path`` may be left out (the prompts are given to :meth:`Aligner.align`); the
     ``trainer`` and ``output`` sections are parsed but not used.
     """
-    from seaflow.cli import build_cli
     from seaflow.console import quiet
 
     if not verbose:
         quiet()
-    cli = build_cli(config_args(config) + override_args(overrides), run=False)
+    cli = build(config_args(config) + override_args(overrides))
     method, data = cli.model, cli.datamodule
     method.setup("predict")  # loads the policy and the reward's models
     # the data module reuses the policy's tokenizer instead of loading it again

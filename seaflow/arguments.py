@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from seaflow.components import subclasses
+
 NULLS = ("null", "Null", "NULL", "~")
 
 
@@ -100,7 +102,7 @@ def accepted_arguments(class_path: str, families: Iterable[type] = ()) -> set[st
             return None
     else:
         for family in families:
-            cls = next((c for c in _subclasses(family) if c.__name__ == class_path), None)
+            cls = next((c for c in subclasses(family) if c.__name__ == class_path), None)
             if cls is not None:
                 break
     if not inspect.isclass(cls):
@@ -114,12 +116,6 @@ def accepted_arguments(class_path: str, families: Iterable[type] = ()) -> set[st
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
     return names
-
-
-def _subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
 
 
 def _config_sources(args: list[str]):

@@ -30,9 +30,11 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-import seaflow  # noqa: F401  (imports every built-in component)
+from seaflow import energies, methods, relaxations, samplers, schedules  # noqa: F401  (every built-in component)
 from seaflow.arguments import ConfigError, nested_nulls, summarize_parse_error, warn_switched_class_paths
+from seaflow.components import available, list_components, subclasses
 from seaflow.data import PromptDataModule
+from seaflow.metrics import offline_wandb
 from seaflow.methods.base import AlignmentMethod
 from seaflow.models import ModelLoadError
 from seaflow.resume import RunInUseError, RunMismatchError, config_differences, ways_out
@@ -186,7 +188,7 @@ def method_class(args: list[str]) -> type:
     if not name:
         return SEA
     short = name.rsplit(".", 1)[-1]
-    for cls in _subclasses(AlignmentMethod):
+    for cls in subclasses(AlignmentMethod):
         if cls.__name__ == short and (name == short or f"{cls.__module__}.{short}" == name or "." in name):
             return cls
     module, _, attr = name.rpartition(".")
@@ -311,22 +313,6 @@ def read_arguments(args: list[str], parsers) -> list[str]:
     return nested_nulls(args, [o for p in parsers for action in p._actions for o in action.option_strings])
 
 
-def offline_wandb(trainer) -> None:
-    """A WandbLogger syncs nothing unless the config asks (``mode: online``) or ``WANDB_MODE`` is set,
-    and writes next to the records (``trainer.default_root_dir``, linked from ``output.output_dir``)
-    unless its ``save_dir`` names another directory than the default ``.``."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        # the parser passes every wandb.init argument the config leaves out as None (mode too)
-        if isinstance(logger, WandbLogger) and not logger._offline and logger._wandb_init.get("mode") is None and "WANDB_MODE" not in os.environ:
-            logger._wandb_init["mode"] = "offline"
-        # save_dir's default is "." (the working directory): the run goes next to the records instead
-        if isinstance(logger, WandbLogger) and str(logger._wandb_init.get("dir") or ".") == "." and trainer.default_root_dir:
-            Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
-            logger._wandb_init["dir"] = logger._save_dir = str(trainer.default_root_dir)
-
-
 def component_names(base: type) -> list[str]:
     """The names ``seaflow list`` gives for the components of ``base`` (for an unknown class name)."""
     from seaflow.energies.base import EnergyTerm
@@ -339,54 +325,6 @@ def component_names(base: type) -> list[str]:
         if issubclass(base, family):
             return available(base, contract)
     return []
-
-
-def list_components() -> str:
-    """Human-readable listing of every component family: the imported subclasses of each base
-    that implement its contract (intermediate bases such as DecodingMethod left out)."""
-    import lightning as L
-
-    import seaflow.console  # noqa: F401  (its progress bar is a callback)
-    from seaflow.energies.base import EnergyTerm, Reward
-    from seaflow.methods.base import AlignmentMethod as Method
-    from seaflow.prompt_sets import PREFIX, PROMPT_SETS
-    from seaflow.relaxations.base import Relaxation
-    from seaflow.samplers.base import Sampler
-    from seaflow.schedules import Schedule
-
-    energies = available(EnergyTerm, "value")
-    rewards = [name for name in energies if name in {cls.__name__ for cls in _subclasses(Reward)}]
-    callbacks = sorted({
-        cls.__name__ for cls in _subclasses(L.Callback)
-        if not cls.__name__.startswith("_") and not cls.__module__.startswith(("lightning", "pytorch_lightning"))
-        and cls.__module__ != __name__
-    })
-    rows = [
-        ("methods", available(Method, "predict_step")),
-        ("samplers", available(Sampler, "step")),
-        ("schedules", available(Schedule, "__call__")),
-        ("relaxations", available(Relaxation, "forward")),
-        ("rewards", rewards),
-        ("reference", [name for name in energies if name not in rewards]),
-        ("callbacks", callbacks + ["(and Lightning's, lightning.pytorch.callbacks)"]),
-        ("prompt sets", [f"{PREFIX}{name}" for name in sorted(PROMPT_SETS)] + ["(data.path; or a .jsonl/.json/.csv/.txt file)"]),
-    ]
-    return "\n".join(f"{title + ':':<13} {', '.join(names)}" for title, names in rows)
-
-
-def available(family: type, contract: str) -> list[str]:
-    """Names of the components of ``family``: its subclasses, built-in or user-defined, that
-    implement the ``contract`` method (intermediate bases do not); private (``_``) names left out."""
-    return sorted({
-        cls.__name__ for cls in _subclasses(family)
-        if not cls.__name__.startswith("_") and getattr(cls, contract) is not getattr(family, contract)
-    })
-
-
-def _subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
 
 
 def _list(args: list[str]) -> None:
@@ -420,39 +358,10 @@ def _validate(args: list[str]) -> None:
     _fit(["validate"] + args)
 
 
-class BuildCLI(SeaflowCLI):
-    """The predict parser without a Trainer: parses a config and builds the method and the data
-    module only (``seaflow.load``). ``data.path`` may be left out: the prompts come from the caller."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        from seaflow.api import NO_PROMPTS_FILE
-
-        parser.set_defaults({"data.path": NO_PROMPTS_FILE})
-
-    def parse_arguments(self, parser, args) -> None:
-        """A mistake raises ConfigError (a ValueError) in one line; no SystemExit inside Python."""
-        args = read_arguments(list(args or []), [parser])
-        parser.exit_on_error = False
-        try:
-            # LightningCLI's parse_arguments without its warning about sys.argv (a notebook kernel's own)
-            self.config = parser.parse_args(args)
-        except ArgumentError as err:
-            raise ConfigError(summarize_parse_error(str(err), component_names)) from err
-        finally:
-            parser.exit_on_error = True
-
-    def instantiate_classes(self) -> None:
-        self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
-        self.trainer = None
-
-
-def build_cli(args: list[str] | None, run: bool = True) -> SeaflowCLI:
-    """The ``seaflow predict`` LightningCLI on ``args``; ``run=False`` parses and builds the method
-    and the data module without a Trainer (what ``seaflow.load`` does)."""
-    return (SeaflowCLI if run else BuildCLI)(
+def build_cli(args: list[str] | None, run: bool = True, cli: type[SeaflowCLI] = SeaflowCLI) -> SeaflowCLI:
+    """The ``seaflow predict`` LightningCLI on ``args``; ``run=False`` with ``cli`` a subclass that
+    builds no Trainer parses and builds the method and the data module only (``seaflow.load``)."""
+    return cli(
         AlignmentMethod,
         PromptDataModule,
         parser_kwargs={"prog": "seaflow", "description": DESCRIPTION, "predict": {"description": PREDICT_HELP}},

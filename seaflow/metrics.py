@@ -46,6 +46,7 @@ import hashlib
 import math
 import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -454,3 +455,19 @@ def mean_traces(traces: list[dict[str, list[float]]]) -> dict[str, list[float]]:
                 if not math.isnan(v):
                     slots[t].append(v)
     return {name: [statistics.fmean(v) if v else math.nan for v in slots] for name, slots in sums.items()}
+
+
+def offline_wandb(trainer) -> None:
+    """A WandbLogger syncs nothing unless the config asks (``mode: online``) or ``WANDB_MODE`` is set,
+    and writes next to the records (``trainer.default_root_dir``, linked from ``output.output_dir``)
+    unless its ``save_dir`` names another directory than the default ``.``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        # the parser passes every wandb.init argument the config leaves out as None (mode too)
+        if isinstance(logger, WandbLogger) and not logger._offline and logger._wandb_init.get("mode") is None and "WANDB_MODE" not in os.environ:
+            logger._wandb_init["mode"] = "offline"
+        # save_dir's default is "." (the working directory): the run goes next to the records instead
+        if isinstance(logger, WandbLogger) and str(logger._wandb_init.get("dir") or ".") == "." and trainer.default_root_dir:
+            Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
+            logger._wandb_init["dir"] = logger._save_dir = str(trainer.default_root_dir)

@@ -130,7 +130,7 @@ import importlib, inspect, json, pkgutil
 import lightning as L
 from jsonargparse import ArgumentParser
 import seaflow
-from seaflow.cli import _subclasses, list_components
+from seaflow.components import list_components, subclasses as _subclasses
 from seaflow.energies.base import EnergyTerm
 from seaflow.methods.base import AlignmentMethod
 from seaflow.relaxations.base import Relaxation

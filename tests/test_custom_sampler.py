@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 from test_cli import read_jsonl, tiny_config
 
-from seaflow.cli import list_components, main
+from seaflow.cli import main
+from seaflow.components import list_components
 
 DOC = Path(__file__).parent.parent / "docs" / "extending.md"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seaflow.cli import list_components, main
+from seaflow.cli import main
+from seaflow.components import list_components
 
 DOC = Path(__file__).parent.parent / "docs" / "extending.md"
 

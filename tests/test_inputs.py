@@ -450,7 +450,8 @@ def _accepts(key: str) -> bool:
 
     from lightning import Trainer
 
-    from seaflow.cli import LINKED, _subclasses
+    from seaflow.cli import LINKED
+    from seaflow.components import subclasses as _subclasses
     from seaflow.data import PromptDataModule
     from seaflow.energies.base import EnergyTerm
     from seaflow.methods.base import AlignmentMethod

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from seaflow.cli import available
+from seaflow.components import available
 from seaflow.relaxations import GumbelSoftmax, Relaxation, Softmax, StraightThrough
 from seaflow.schedules import Linear
 

@@ -326,7 +326,7 @@ def test_wandb_logger_is_offline_unless_configured(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
-    from seaflow.cli import offline_wandb
+    from seaflow.metrics import offline_wandb
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
 

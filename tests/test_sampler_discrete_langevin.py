@@ -25,7 +25,7 @@ from seaflow.testing.samplers import P_VALUE, CountingEnergy, chi2_quantile, one
 from tiny import run_config_on_tiny
 
 from seaflow import SEA
-from seaflow.cli import available
+from seaflow.components import available
 from seaflow.energies import LexiconReward, ReferenceLogLikelihood
 from seaflow.energies.base import ResponseBatch
 from seaflow.refine import EnergyFunction

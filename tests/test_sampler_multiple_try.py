@@ -19,7 +19,7 @@ import test_sampler_discrete_langevin as dl  # module import: importing its test
 from tiny import run_config_on_tiny
 
 from seaflow import SEA
-from seaflow.cli import available
+from seaflow.components import available
 from seaflow.energies import LexiconReward
 from seaflow.relaxations import OneHot
 from seaflow.rng import RowGenerators

@@ -11,7 +11,7 @@ def fit_main(args: list[str]) -> None:
 
     from lightning.pytorch.cli import LightningCLI
 
-    from seaflow.cli import offline_wandb
+    from seaflow.metrics import offline_wandb
 
     class FitCLI(LightningCLI):
         """LightningCLI whose WandbLogger stays offline unless asked (as for ``seaflow predict``)."""

@@ -100,6 +100,6 @@ class RelaxationContract:
             torch.testing.assert_close(probs.sum(-1), torch.ones(self.shape[:-1]), atol=self.atol, rtol=0)
 
     def test_listed(self):
-        from seaflow.cli import available
+        from seaflow.components import available
 
         assert self.relaxation_class.__name__ in available(Relaxation, "forward"), "not listed by seaflow list"

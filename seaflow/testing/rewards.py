@@ -150,6 +150,6 @@ class RewardContract:
             assert values[0] > values[1], f"{better!r} scores {float(values[0]):.4g}, not above {worse!r} ({float(values[1]):.4g})"
 
     def test_listed(self):
-        from seaflow.cli import available
+        from seaflow.components import available
 
         assert self.reward_class.__name__ in available(EnergyTerm, "value"), "not listed by seaflow list"

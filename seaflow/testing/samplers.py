@@ -27,7 +27,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from seaflow.cli import available
+from seaflow.components import available
 from seaflow.samplers import EnergyFn, FunctionEnergy, Sampler
 from seaflow.schedules import Constant, Linear
 
