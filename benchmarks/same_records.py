@@ -4,6 +4,7 @@ record the records once, then check that a later tree writes the same ones.
     python benchmarks/same_records.py list                        # the cases, one per line
     python benchmarks/same_records.py record DIR [--only a,b]     # run the cases, keep DIR/<case>/predictions.jsonl
     python benchmarks/same_records.py compare DIR [--only a,b]    # run them again, compare with DIR's
+    python benchmarks/same_records.py diff DIR OTHER [--only a,b] # compare two stored sets, run nothing
 
 A refactoring that should not change any output (generation, the engines, the method bases)
 must leave every record equal: the records are compared value by value with keys sorted, the
@@ -166,8 +167,9 @@ def differences(expected, actual, path: str = "") -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("list", "record", "compare"))
+    parser.add_argument("action", choices=("list", "record", "compare", "diff"))
     parser.add_argument("dir", nargs="?", type=Path, help="where the stored records are (record writes them there)")
+    parser.add_argument("other", nargs="?", type=Path, help="diff: the other stored set (e.g. DIR/rerun after a compare)")
     parser.add_argument("--only", default=None, help="comma-separated case names (default: all)")
     args = parser.parse_args()
     names = list(CASES) if args.only is None else args.only.split(",")
@@ -185,10 +187,14 @@ def main() -> None:
             records = run(name, stored)
             print(f"{name}: {len(records)} records stored in {stored / name}")
         return
+    if args.action == "diff" and args.other is None:
+        raise SystemExit("diff needs DIR and OTHER, two folders of stored records")
     failed = []
     for name in names:
+        if args.action == "diff" and not ((stored / name).is_dir() and (args.other / name).is_dir()):
+            continue
         expected = load(stored / name)
-        actual = run(name, stored / "rerun")
+        actual = load(args.other.resolve() / name) if args.action == "diff" else run(name, stored / "rerun")
         found = differences([json.loads(json.dumps(r, sort_keys=True)) for r in expected],
                             [json.loads(json.dumps(r, sort_keys=True)) for r in actual])
         print(f"{name}: {'same records' if not found else f'{len(found)} differences'}")

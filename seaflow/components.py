@@ -12,7 +12,7 @@ from __future__ import annotations
 
 def list_components() -> str:
     """Human-readable listing of every component family: the imported subclasses of each base
-    that implement its contract (intermediate bases such as DecodingMethod left out)."""
+    that implement its contract (intermediate bases such as DiscreteMethod and RefinementMethod left out)."""
     import lightning as L
 
     import seaflow.console  # noqa: F401  (its progress bar is a callback)

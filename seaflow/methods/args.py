@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 
 from seaflow import cost, generation, rng
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 from seaflow.progress import report
 
 
-class ARGS(DecodingMethod):
+class ARGS(DiscreteMethod):
     """ARGS: at each position, rescore the policy's top-k next tokens with the reward.
 
     For every candidate token ``v`` among the policy's ``top_k`` most likely next tokens,
@@ -32,7 +32,7 @@ class ARGS(DecodingMethod):
         top_k: candidates per position (the ARGS paper's default: 10).
         weight: reward weight w (ARGS: 1.0-1.5).
         mode: ``greedy`` or ``sample``.
-        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`; ``temperature``
+        (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`; ``temperature``
         applies to ``mode: sample``)
     """
 

@@ -6,11 +6,11 @@ import time
 
 import torch
 
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 
 
-class BestOfN(DecodingMethod):
+class BestOfN(DiscreteMethod):
     """Best-of-N: sample ``n`` responses per prompt, return the one with the highest discrete reward.
 
     Candidates are generated ``sample_batch`` rows at a time and scored ``score_batch`` rows
@@ -23,7 +23,7 @@ class BestOfN(DecodingMethod):
         n: candidates per prompt.
         keep_candidates: write every candidate's text to the record (``candidate_responses``);
             candidate rewards are always written.
-        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`)
+        (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
     def __init__(self, n: int = 16, keep_candidates: bool = True, **kwargs):

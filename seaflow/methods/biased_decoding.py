@@ -10,17 +10,12 @@ import torch
 from seaflow import rng
 from seaflow.bias_decode import BiasEnergy
 from seaflow.energies.base import ResponseBatch
-from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record
-from seaflow.methods.sea import SEA
+from seaflow.methods.refinement import RefinementMethod
 from seaflow.refine import refine
-from seaflow.relaxations.base import Relaxation
-from seaflow.relaxations.straight_through import StraightThrough
-from seaflow.samplers.base import Sampler
-from seaflow.samplers.langevin import Langevin
 
 
-class BiasedDecoding(AlignmentMethod):
+class BiasedDecoding(RefinementMethod):
     """Biased decoding (as in BOLT): gradient steps on a per-position bias, the policy decodes.
 
     The continuous variable is a bias ``b`` of shape ``(chains, L, V)`` added to the policy's
@@ -53,51 +48,36 @@ class BiasedDecoding(AlignmentMethod):
     backward pass, and the reward on the decoded tokens; plus one decode without gradient
     for the last iterate.
 
-    Besides :class:`AlignmentMethod`'s arguments (``policy``, ``reward`` r(x, y), ``max_new_tokens``,
-    the policy's ``temperature`` for the starts, ``seed``, ...; ``top_p`` must be 1, the bias is
-    added to the full next-token distribution):
+    Besides :class:`RefinementMethod`'s arguments (the ``sampler`` moving the bias, default
+    Langevin, any sampler of ``seaflow.samplers`` for continuous states; the ``relaxation`` of
+    ``logits + b`` into the token fed on, whose forward value must be one-hot: ``StraightThrough``,
+    default, ``OneHot``, whose gradient is the identity and so reaches tokens the policy gives
+    almost no probability, or hard ``GumbelSoftmax``; ``alpha``, ``reference_weight`` of
+    ``-log pi_ref`` of the decoded tokens, ``chains``, ``trace_every``, ``max_faults``) and
+    :class:`AlignmentMethod`'s (``policy``, ``reward`` r(x, y), ``max_new_tokens``, the policy's
+    ``temperature`` for the starts, ``seed``, ...; ``top_p`` must be 1, the bias is added to the
+    full next-token distribution):
 
     Args:
-        sampler: moves the bias (default: Langevin); any sampler of ``seaflow.samplers`` for
-            continuous states.
-        relaxation: how ``logits + b`` becomes the token fed on; its forward value must be
-            one-hot (``StraightThrough``, default; ``OneHot``, whose gradient is the identity
-            and so reaches tokens the policy gives almost no probability; hard ``GumbelSoftmax``).
-        alpha: reward weight.
-        reference_weight: weight of ``-log pi_ref`` of the decoded tokens.
         bias_weight: weight of ``||b - b0||^2 / 2``; 0 leaves the bias free.
         through_policy: the gradient of each position's choice also flows through the policy's
             logits into the earlier positions (BOLT). False: ``b_t`` alone carries it; with
             ``relaxation: OneHot`` each ``b_t`` then receives the gradient of the energy with
             respect to the decoded one-hot tokens, which reaches tokens the policy almost
             never writes (see docs/method.md).
-        chains: chains per prompt.
         steps: sampler steps.
         init: ``sample`` (each chain starts at a policy sample, see above) or ``greedy``.
-        trace_every: keep every n-th iteration in the per-prompt trace.
-        max_faults: see :class:`seaflow.SEA`.
     """
 
     def __init__(
         self,
-        sampler: Sampler | None = None,
-        relaxation: Relaxation | None = None,
-        alpha: float = 1.0,
-        reference_weight: float = 1.0,
         bias_weight: float = 0.0,
         through_policy: bool = True,
-        chains: int = 4,
         steps: int = 10,
         init: Literal["sample", "greedy"] = "sample",
-        trace_every: int = 1,
-        max_faults: int = 3,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if chains < 1:
-            raise ValueError(f"chains must be >= 1, got {chains}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        super().__init__(steps=steps, **kwargs)
         if init not in ("sample", "greedy"):
             raise ValueError(f"init must be 'sample' or 'greedy', got {init!r}")
         if self.top_p != 1.0:
@@ -106,27 +86,9 @@ class BiasedDecoding(AlignmentMethod):
             )
         if not bias_weight >= 0:
             raise ValueError(f"bias_weight must be >= 0, got {bias_weight}")
-        if max_faults < 1:
-            raise ValueError(f"max_faults must be >= 1, got {max_faults}")
-        if self.reward is None and alpha != 0:
-            raise ValueError("BiasedDecoding needs a reward (set model.init_args.reward) unless alpha is 0")
-        if alpha != 0:
-            self.require_gradient("BiasedDecoding")
-        self.sampler = sampler if sampler is not None else Langevin()
-        self.relaxation = relaxation if relaxation is not None else StraightThrough()
-        self.alpha = alpha
-        self.reference_weight = reference_weight
         self.bias_weight = bias_weight
         self.through_policy = through_policy
-        self.chains = chains
-        self.steps = steps
         self.init = init
-        self.trace_every = max(1, trace_every)
-        self.max_faults = max_faults
-
-    # chains are selected and recorded exactly as SEA's: the best chain by discrete reward
-    select = SEA.select
-    records = SEA.records
 
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
         return self.align(batch)

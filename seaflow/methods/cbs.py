@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from seaflow.layout import pad_rows
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 from seaflow.progress import report
 
@@ -20,7 +20,7 @@ class Beam:
     finished: bool
 
 
-class CBS(DecodingMethod):
+class CBS(DiscreteMethod):
     """Chunk-level beam search: keep ``beams`` partial responses, grow them ``chunk_length`` tokens at a time.
 
     Each round, every open beam is extended by ``samples_per_beam`` chunks of
@@ -40,7 +40,7 @@ class CBS(DecodingMethod):
         beams: beam width w (default 4).
         samples_per_beam: chunks sampled per beam k (default 4).
         chunk_length: tokens per chunk l (default 10).
-        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`)
+        (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
     def __init__(self, beams: int = 4, samples_per_beam: int = 4, chunk_length: int = 10, **kwargs):

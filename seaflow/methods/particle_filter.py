@@ -52,7 +52,7 @@ class ParticleFilter(PartialSearch):
         ess_threshold: resample when the effective sample size is below this share of the
             particles (1: at every block unless the weights are equal; 0: never).
         final: ``best`` or ``sample``.
-        (others: see :class:`~seaflow.methods.search.PartialSearch`, :class:`DecodingMethod`
+        (others: see :class:`~seaflow.methods.search.PartialSearch`, :class:`DiscreteMethod`
         and :class:`AlignmentMethod`)
     """
 

@@ -6,17 +6,17 @@ import time
 
 import torch
 
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 
 
-class Sample(DecodingMethod):
+class Sample(DiscreteMethod):
     """The policy's own sample, scored with the reward when one is configured.
 
     The draw is candidate 0 of the ``sample`` stream, i.e. the same response as Best-of-N's
     first candidate and SEA's first initial chain for the same seed and prompt id, so
     comparisons across methods are paired. Set ``temperature: 0`` for the greedy decode.
-    Takes :class:`DecodingMethod`'s arguments; ``reward`` is optional.
+    Takes :class:`DiscreteMethod`'s arguments; ``reward`` is optional.
     """
 
     @torch.no_grad()

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from seaflow import generation
 from seaflow.energies.base import ResponseBatch
-from seaflow.methods.base import AlignmentMethod
-from seaflow.methods.record import Record, make_record
+from seaflow.methods.record import Record
+from seaflow.methods.refinement import RefinementMethod
 from seaflow.rng import RowGenerators
 from seaflow.refine import EnergyFunction, initial_logits, random_logits, refine
 from seaflow.relaxations.base import Relaxation
-from seaflow.relaxations.straight_through import StraightThrough
-from seaflow.samplers.base import Sampler
-from seaflow.samplers.langevin import Langevin
 
 
-class SEA(AlignmentMethod):
+class SEA(RefinementMethod):
     """Inference-time alignment by Langevin refinement of response logits.
 
     For each prompt: sample ``chains`` responses from the policy (or start from random
@@ -30,15 +26,13 @@ class SEA(AlignmentMethod):
     through the ``relaxation``, decode, score the discrete tokens and return the chain with
     the highest reward. See docs/method.md for the choices the paper leaves open.
 
-    Besides :class:`AlignmentMethod`'s arguments (``policy``, ``reward`` r(x, y), ``max_new_tokens``,
-    the policy's ``temperature`` and ``top_p`` for the initial samples, ``seed``, ...):
+    Besides :class:`RefinementMethod`'s arguments (the ``sampler`` moving ``y``, the ``relaxation``
+    of ``y`` into model inputs, ``alpha``, ``reference_weight``, ``chains``: the paper uses 4, 1 is
+    the single-chain ablation, ``trace_every``, ``max_faults``) and :class:`AlignmentMethod`'s
+    (``policy``, ``reward`` r(x, y), ``max_new_tokens``, the policy's ``temperature`` and ``top_p``
+    for the initial samples, ``seed``, ...):
 
     Args:
-        sampler: the sampler moving ``y`` (default: Langevin).
-        relaxation: how ``y`` becomes model inputs (default: straight-through).
-        alpha: reward weight; 0 is the "w/o reward" ablation (the reward still selects).
-        reference_weight: weight of ``-log pi_ref``; 0 is the "w/o reference" ablation.
-        chains: chains per prompt (the paper uses 4; 1 is the single-chain ablation).
         steps: sampler steps T.
         init: ``sample`` (policy samples) or ``random`` (the random-init ablation).
         init_logits: how samples become logits: ``reference`` (the policy's log-probs with the
@@ -52,10 +46,6 @@ class SEA(AlignmentMethod):
         decode_top_k: candidates per position for guided decoding.
         restrict_top_k: if set, each position may only move among the policy's top-k tokens
             at initialisation (plus the sampled token), as COLD decoding does; needs ``init: sample``.
-        trace_every: keep every n-th iteration in the per-prompt trace.
-        max_faults: a chain whose energy, gradient or new state is non-finite is rolled back
-            to its last finite state with half the step size; after ``max_faults`` such faults
-            in a row it is dropped (frozen and left out of selection). Logged in ``faults``.
         init_pool: with ``init: sample``, start the chains from the best ``chains`` of this many
             policy samples per prompt (Best-of-N's candidates; sampled and scored inside the
             method, so counted in its cost); null = the first ``chains`` samples. The records'
@@ -71,11 +61,6 @@ class SEA(AlignmentMethod):
 
     def __init__(
         self,
-        sampler: Sampler | None = None,
-        relaxation: Relaxation | None = None,
-        alpha: float = 1.0,
-        reference_weight: float = 1.0,
-        chains: int = 4,
         steps: int = 30,
         init: Literal["sample", "random"] = "sample",
         init_logits: Literal["reference", "one_hot"] = "reference",
@@ -84,20 +69,13 @@ class SEA(AlignmentMethod):
         decode: Literal["argmax", "best", "guided"] = "argmax",
         decode_top_k: int = 10,
         restrict_top_k: int | None = None,
-        trace_every: int = 1,
-        max_faults: int = 3,
         init_pool: int | None = None,
         patience: int | None = None,
         compile: bool | str = False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if chains < 1:
-            raise ValueError(f"chains must be >= 1, got {chains}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if alpha != alpha or reference_weight != reference_weight:
-            raise ValueError(f"alpha and reference_weight must be numbers, got {alpha} and {reference_weight}")
+        super().__init__(steps=steps, **kwargs)
+        chains = self.chains
         if init not in ("sample", "random"):
             raise ValueError(f"init must be 'sample' or 'random', got {init!r}")
         if init_logits not in ("reference", "one_hot"):
@@ -106,19 +84,11 @@ class SEA(AlignmentMethod):
             raise ValueError(f"decode must be 'argmax', 'best' or 'guided', got {decode!r}")
         if restrict_top_k is not None and (restrict_top_k < 1 or init != "sample"):
             raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
-        if max_faults < 1:
-            raise ValueError(f"max_faults must be >= 1, got {max_faults}")
         if init_pool is not None and (init != "sample" or init_pool < chains or self.selector is None):
             raise ValueError(
                 f"model.init_args.init_pool ({init_pool}) needs init: sample, a reward to rank the pool, and "
                 f"init_pool >= chains ({chains}); set it to null for the first {chains} samples"
             )
-        if self.reward is None and alpha != 0:
-            raise ValueError("SEA needs a reward (set model.init_args.reward) unless alpha is 0")
-        if alpha != 0:
-            self.require_gradient(type(self).__name__)
-        self.sampler = sampler if sampler is not None else Langevin()
-        self.relaxation = relaxation if relaxation is not None else StraightThrough()
         if self.sampler.needs_one_hot_gradient and not self.relaxation.one_hot_gradient:
             warnings.warn(
                 f"{type(self.sampler).__name__} reads the energy's gradient as dE/d(one-hot tokens), but the relaxation "
@@ -127,10 +97,6 @@ class SEA(AlignmentMethod):
                 f"follow a worse guide.",
                 stacklevel=2,
             )
-        self.alpha = alpha
-        self.reference_weight = reference_weight
-        self.chains = chains
-        self.steps = steps
         self.init = init
         self.init_logits = init_logits
         self.init_margin = init_margin
@@ -138,8 +104,6 @@ class SEA(AlignmentMethod):
         self.decode = decode
         self.decode_top_k = decode_top_k
         self.restrict_top_k = restrict_top_k
-        self.trace_every = max(1, trace_every)
-        self.max_faults = max_faults
         self.init_pool = init_pool
         if patience is not None and not (isinstance(patience, int) and patience >= 1):
             raise ValueError(f"model.init_args.patience must be an integer >= 1 or null (every chain runs every step), got {patience!r}")
@@ -238,88 +202,6 @@ class SEA(AlignmentMethod):
             self.policy.model, prompt_ids, y, lengths, self.eos_ids, self.pad_id, self.decode_top_k, forced=forced
         )
 
-    def select(self, reward0: torch.Tensor, reward: torch.Tensor, dropped: torch.Tensor | None) -> Selection:
-        """Per prompt, the chain with the highest discrete reward after refinement; the best initial
-        sample when no chain is usable. Dropped chains (numerical faults) and non-finite rewards never win."""
-        chains = self.chains
-        n_prompts = len(reward) // chains
-        dropped = dropped.cpu() if dropped is not None else torch.zeros(len(reward), dtype=torch.bool)
-        usable = torch.where(torch.isfinite(reward) & ~dropped, reward, float("-inf")).view(n_prompts, chains)
-        usable0 = torch.where(torch.isfinite(reward0), reward0, float("-inf")).view(n_prompts, chains)
-        best_initial = [p * chains + int(usable0[p].argmax()) for p in range(n_prompts)]
-        fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
-        rows = [best_initial[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]
-        return Selection(rows=rows, best_initial=best_initial, fallback=fallback)
-
-    def records(self, batch, tokens0, lengths0, initial, tokens, lengths, final, trace, elapsed, evaluations, pool=None) -> list[Record]:
-        """One record per prompt: the selected chain (:meth:`select`) and every chain's summary."""
-        chains, n_prompts = self.chains, len(batch["id"])
-        texts0 = self.decode_text(tokens0, lengths0)
-        plain = None  # with a pool: the plain sample (candidate 0) of each prompt, for the initial_* fields
-        if pool is not None and pool.rewards is not None:
-            first_ll, _ = self.reference_stats(batch["prompt_ids"], batch["prompt"], pool.first_tokens, pool.first_lengths)
-            plain = {
-                "text": self.decode_text(pool.first_tokens, pool.first_lengths),
-                "ll": self.per_token(first_ll, pool.first_lengths),
-            }
-        texts = self.decode_text(tokens, lengths)
-        ll0 = self.per_token(initial["ref_token_logprobs"], lengths0)
-        ll = self.per_token(final["ref_token_logprobs"], lengths)
-        reward0 = initial["reward"].float().cpu()
-        reward = final["reward"].float().cpu()
-        selection = self.select(reward0, reward, trace.dropped)
-        stacked = trace.stacked()
-        out = []
-        for p in range(n_prompts):
-            rows = slice(p * chains, (p + 1) * chains)
-            row, first = selection.rows[p], selection.best_initial[p]
-            # the returned response: a refined chain, or the best initial sample (its per-position
-            # reference statistics come from the discrete scoring of either)
-            if selection.fallback[p]:
-                picked, picked_tokens, picked_lengths, picked_reward, picked_ll = initial, tokens0, lengths0, reward0, ll0
-            else:
-                picked, picked_tokens, picked_lengths, picked_reward, picked_ll = final, tokens, lengths, reward, ll
-            response = self.response_fields(
-                picked_tokens[row], int(picked_lengths[row]), float(picked_reward[row]), picked_ll[row],
-                picked["ref_token_logprobs"][row], picked["ref_token_entropy"][row],
-            )
-            surrogate = {}
-            if "surrogate_reward" in final:  # a selection_reward selected; reward guided
-                surrogate = {
-                    "surrogate_reward": float(picked["surrogate_reward"][row]),
-                    "chain_surrogate_rewards": final["surrogate_reward"][rows].tolist(),
-                }
-            out.append(make_record(
-                batch, p, self.method_name(), **response, **surrogate,
-                chain=row - p * chains,
-                initial_response=texts0[p * chains] if plain is None else plain["text"][p],
-                initial_reward=float(reward0[p * chains] if plain is None else pool.rewards[p, 0]),
-                initial_ref_logprob_per_token=ll0[p * chains] if plain is None else plain["ll"][p],
-                initial_best_response=texts0[first],
-                initial_best_reward=float(reward0[first]),
-                chain_rewards=reward[rows].tolist(),
-                chain_initial_rewards=reward0[rows].tolist(),
-                chain_ref_logprob_per_token=ll[rows],
-                chain_responses=texts[rows],
-                chain_response_tokens=[int(v) for v in lengths[rows]],
-                trace={name: values[:: self.trace_every, row].tolist() for name, values in stacked.items()},
-                trace_mean_reward=stacked["reward"][:: self.trace_every, rows].mean(1).tolist() if "reward" in stacked else None,
-                steps=self.steps,
-                energy_evaluations=evaluations,
-                faults=[
-                    {**event, "chain": event["chain"] - p * chains}
-                    for event in trace.faults if rows.start <= event["chain"] < rows.stop
-                ],
-                fallback="initial_best" if selection.fallback[p] else None,
-                **({} if plain is None else {
-                    "chain_initial_candidates": [int(c) for c in pool.candidates[rows]],
-                    "init_pool": self.init_pool,
-                    "pool_rewards": pool.rewards[p].tolist(),
-                }),
-                wall_time_s=elapsed / n_prompts,
-            ))
-        return out
-
 
 def pin_forced(allowed: torch.Tensor | None, forced: list[list[int]], shape: tuple[int, int, int], device) -> torch.Tensor:
     """``allowed`` with each row's forced start pinned: at position t < len(forced[i]) only
@@ -332,13 +214,3 @@ def pin_forced(allowed: torch.Tensor | None, forced: list[list[int]], shape: tup
             pinned[i, : len(ids)] = False
             pinned[i, positions, torch.tensor(ids, device=device)] = True
     return pinned
-
-
-@dataclass
-class Selection:
-    """SEA's choice per prompt: the returned row (prompt-major, ``chains`` rows per prompt), the
-    best initial sample's row, and whether the returned row is that initial sample (no chain usable)."""
-
-    rows: list[int]
-    best_initial: list[int]
-    fallback: list[bool]

@@ -16,14 +16,14 @@ from seaflow import cost, rng
 from seaflow.energies.base import Reward
 from seaflow.layout import pad_rows
 from seaflow.rng import prompt_seed
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.partial import PartialResponses
 from seaflow.methods.record import Record
 from seaflow.models import LoadedModel
 from seaflow.progress import report
 
 
-class PartialSearch(DecodingMethod):
+class PartialSearch(DiscreteMethod):
     """Base of :class:`SpeculativeRejection` and :class:`ParticleFilter`; see the module docstring.
 
     A subclass sets ``rows_per_prompt`` and implements :meth:`search`. Prompts are searched in
@@ -36,7 +36,7 @@ class PartialSearch(DecodingMethod):
         share_prompt: run each prompt through the policy once and copy its keys and values to
             its rows (the same tokens, fewer FLOPs); false (default) runs every row's prompt,
             as Best-of-N and every other method do, so costs compare like with like.
-        (others: see :class:`DecodingMethod` and :class:`AlignmentMethod`)
+        (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
     rows_per_prompt: int = 1

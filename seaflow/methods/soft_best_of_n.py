@@ -33,7 +33,7 @@ class SoftBestOfN(BestOfN):
 
     Args:
         reward_temperature: lambda, in the reward's units (>= 0).
-        (others: see :class:`BestOfN`, :class:`DecodingMethod` and :class:`AlignmentMethod`)
+        (others: see :class:`BestOfN`, :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
     def __init__(self, reward_temperature: float = 0.1, **kwargs):

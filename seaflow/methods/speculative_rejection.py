@@ -36,7 +36,7 @@ class SpeculativeRejection(PartialSearch):
         decision_points: response tokens decoded at each pruning (increasing; points at or past
             ``max_new_tokens`` are ignored).
         keep_fraction: share of the live candidates kept at each decision point, in (0, 1].
-        (others: see :class:`~seaflow.methods.search.PartialSearch`, :class:`DecodingMethod`
+        (others: see :class:`~seaflow.methods.search.PartialSearch`, :class:`DiscreteMethod`
         and :class:`AlignmentMethod`)
     """
 

@@ -15,14 +15,14 @@ import torch
 from typing import Literal
 
 from seaflow.chains import GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
-from seaflow.methods.decoding import DecodingMethod
+from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 from seaflow.rng import prompt_seed
 
 RETURN_RULES = ("best_reward", "likeliest_best", "best_target", "final")  # model.init_args.returns
 
 
-class GuidedSuffixMCMC(DecodingMethod):
+class GuidedSuffixMCMC(DiscreteMethod):
     """Gradient-guided suffix resampling with an exact Metropolis test (see the module docstring).
 
     Per prompt, ``chains`` chains start from policy samples (or, with ``init_pool``, from the
@@ -72,7 +72,7 @@ class GuidedSuffixMCMC(DecodingMethod):
             step costs ``tries`` suffix generations per chain, all in one batch with the same
             sequential model calls as one; 1 = the plain Metropolis step. Plain suffix moves
             only (no token moves, no steered proposals).
-        (others: see :class:`DecodingMethod`; ``temperature`` and ``top_p`` must stay 1.0)
+        (others: see :class:`DiscreteMethod`; ``temperature`` and ``top_p`` must stay 1.0)
     """
 
     def __init__(

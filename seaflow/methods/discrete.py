@@ -1,11 +1,11 @@
-"""What the decoding baselines (Sample, BestOfN, ARGS, CBS) share on top of AlignmentMethod.
+"""What the methods that work on token ids share on top of AlignmentMethod: GuidedSuffixMCMC, Sample,
+BestOfN, ARGS and CBS (SEA and BiasedDecoding move a continuous variable instead: methods/refinement.py).
 
-These methods pick discrete tokens directly (no continuous refinement). They sample with
-per-row generators seeded by (run seed, prompt id, candidate index, purpose), so a
-prompt's result does not depend on the other prompts in its batch; they score candidates
-with the reward term on token ids, in slices of ``score_batch`` rows; and they write the
-same core record fields as SEA, plus the per-position reference statistics that
-``seaflow.metrics`` turns into the KL-per-position curve.
+These methods sample, search over and return discrete responses: they score candidates with
+the reward on token ids, ``score_batch`` rows per pass (:meth:`DiscreteMethod.rewards`), and
+write one record per prompt for the response they chose (:meth:`DiscreteMethod.records`), with
+the per-position reference statistics that ``seaflow.metrics`` turns into the KL-per-position
+curve.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
 
 
-class DecodingMethod(AlignmentMethod):
-    """Base of the token-level baselines; see the module docstring.
+class DiscreteMethod(AlignmentMethod):
+    """Base of the methods that choose among token sequences; see the module docstring.
 
     Besides :class:`AlignmentMethod`'s arguments, passed on as ``**kwargs``:
 
