@@ -14,7 +14,6 @@ with Best-of-N at the smallest N whose FLOPs reach the method's, prompt by promp
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -23,15 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seaflow.energies.text import resolve_callable  # noqa: E402
+from seaflow.report import bootstrap  # noqa: E402
 from seaflow.writer import read_records  # noqa: E402
 
 CURVE = (1, 4, 8, 16, 32, 64)
-
-
-def bootstrap(values: list[float], boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(boot))
-    return means[int(0.025 * boot)], means[int(0.975 * boot) - 1]
 
 
 def main() -> None:
@@ -55,13 +49,13 @@ def main() -> None:
         if k > n:
             continue
         best = [max(scores[i][:k]) for i in ids]
-        low, high = bootstrap(best)
+        _, low, high = bootstrap(best)
         print(f"| Best-of-{k} (true reward) | {statistics.fmean(best):.3f} [{low:.3f}, {high:.3f}] | - | "
               f"{statistics.fmean(flops[i] * k for i in ids) / 1e9:.0f} |")
     rows = []
     for d, recs in runs.items():
         values = [recs[i]["reward"] for i in ids]
-        low, high = bootstrap(values)
+        _, low, high = bootstrap(values)
         print(f"| {d} | {statistics.fmean(values):.3f} [{low:.3f}, {high:.3f}] | "
               f"{statistics.fmean(recs[i]['ref_logprob_per_token'] for i in ids):.2f} | "
               f"{statistics.fmean(recs[i]['cost']['flops'] for i in ids) / 1e9:.0f} |")
@@ -74,7 +68,7 @@ def main() -> None:
     print("\n| method | Best-of-N at equal FLOPs (median N) | difference in true reward [95% CI] | wins / ties / losses |")
     print("|---|---|---|---|")
     for d, diffs, ns in rows:
-        low, high = bootstrap(diffs)
+        _, low, high = bootstrap(diffs)
         wins = sum(x > 1e-9 for x in diffs)
         losses = sum(x < -1e-9 for x in diffs)
         print(f"| {d} | {statistics.median(ns):.0f} | {statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}] | "

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -57,7 +56,7 @@ from seaflow.data import read_prompts  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
 from seaflow.report import (  # noqa: E402,F401  (the paired statistics are used and tested from here too)
-    AXES, best_of_first, bootstrap, cost_of, equal_cost_n, paired_bootstrap, sign_flip_p, sign_test_p, soft_best_of_first,
+    AXES, best_of_first, bootstrap, cost_of, equal_cost_n, sign_flip_p, sign_test_p, soft_best_of_first,
 )
 from seaflow.writer import read_records  # noqa: E402
 
@@ -431,7 +430,7 @@ def rival_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict
 
 def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma: list[tuple[float, float]],
                  n: list[tuple[int, bool]]) -> dict:
-    low, high = paired_bootstrap(diffs, 2000)
+    _, low, high = bootstrap(diffs, 2000)  # the mean paired difference's interval, prompts resampled
     wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
     return {
         "task": task, "method": method, "budget": budget, "prompts": len(diffs),

@@ -232,8 +232,9 @@ class SuffixProposals:
         return SuffixProposals(self.model, self.cache.rows(index), self.width, self.eos_ids, self.pad_id, self.top_k, limits=limits)
 
     @torch.no_grad()
-    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor, log_probs: bool = False):
-        """``(kv, candidates, slot log-probabilities)`` of given responses: one pass over them.
+    def read(self, tokens: torch.Tensor, lengths: torch.Tensor, log_probs: bool = False):
+        """What a chain state needs about given responses, from one pass of the policy over them
+        (it reads them, :meth:`propose` writes): ``(kv, candidates, slot log-probabilities)``.
 
         ``kv`` needs a re-wrappable cache, ``candidates`` a ``top_k``; the per-slot
         log-probabilities (:func:`slot_log_probs`, ``(B, L)``) come only with ``log_probs``.
@@ -351,10 +352,10 @@ def resample_suffixes(
     at EOS, which is not part of the response. Returns ``(tokens (B, L), lengths (B,),
     candidates (B, L, top_k) | None)``: ``candidates[b, u]`` are the policy's ``top_k`` most
     likely tokens at slot ``u`` given the new response's prefix ``y'_<u`` (slots ``< length``).
-    (:class:`SuffixProposals` without a chain state: the kept prefixes are encoded first.)
+    (:class:`SuffixProposals` without a chain state: the kept prefixes are read first.)
     """
     proposals = SuffixProposals(model, cache, tokens.shape[1], eos_ids, pad_id, top_k)
-    kv, candidates, _ = proposals.encode(tokens, cuts.to(tokens.device))
+    kv, candidates, _ = proposals.read(tokens, cuts.to(tokens.device))
     new = proposals.propose(tokens, cuts, kv, candidates, cuts, generators)
     return new.tokens, new.lengths, new.candidates
 
@@ -707,7 +708,7 @@ def run_chains(
     rows = tokens.shape[0]
     steered = target_log_prob is not None
     track = steered or track_target
-    kv, candidates, log_probs = proposals.encode(tokens, lengths, log_probs=track)
+    kv, candidates, log_probs = proposals.read(tokens, lengths, log_probs=track)
     reward, log_q, grad, parts = cuts_fn(tokens, lengths, candidates)
     if token_moves is not None and grad is None:
         raise ValueError("token moves need the reward's gradient: build GradientCuts with keep_grad=True")

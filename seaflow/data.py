@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.energies.base import PromptText
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines
 from seaflow.resume import RunDirectory
 
 

@@ -5,7 +5,7 @@ fields every method writes it reports, when the records allow:
 
 * ``win_rate_vs_initial`` / ``win_rate_vs_initial_best``: share of prompts whose returned
   reward beats the initial sample (SEA, Best-of-N) / the best initial sample (SEA);
-* the task's own judges (:data:`TASK_METRICS`), only on records whose ``task`` asks for
+* the task's own metrics (:data:`TASK_METRICS`), only on records whose ``task`` asks for
   them (prompt sets set it; a prompt file's ``task`` field or ``data.task`` for files):
   ``harmful_rate`` (task ``harmful``): share of responses with no refusal phrase
   (:mod:`seaflow.refusal`, the AdvBench criterion); ``accuracy`` (``math``): share of
@@ -64,7 +64,7 @@ def _mean(values: list[float]) -> float | None:
     return float(statistics.fmean(values)) if values else None
 
 
-# -- the tasks' judges --------------------------------------------------------------------
+# -- the tasks' metrics -------------------------------------------------------------------
 
 _vader = None
 
@@ -99,9 +99,10 @@ def _keyword_hits(record: dict[str, Any]) -> float | None:
     return sum(hits) / len(hits)
 
 
-# per-response judges, by metric name: the run-level value is their mean over the task's records
-JUDGES = {"harmful_rate": _harmful, "accuracy": _accuracy, "positive_rate": _positive, "keyword_hit_rate": _keyword_hits}
-# which judges a task gets (a record's ``task``: prompt sets set it, files through data.task)
+# per-response metrics of a task, by name (a record's response -> a value): the run-level value is their
+# mean over the task's records. (The judges of seaflow/judges.py are held-out scorers for benchmarks.)
+RESPONSE_METRICS = {"harmful_rate": _harmful, "accuracy": _accuracy, "positive_rate": _positive, "keyword_hit_rate": _keyword_hits}
+# which metrics a task gets (a record's ``task``: prompt sets set it, files through data.task)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "harmful": ("harmful_rate",),
     "math": ("accuracy",),
@@ -112,12 +113,12 @@ TASKS = tuple(TASK_METRICS) + ("general",)
 
 
 def task_values(record: dict[str, Any]) -> dict[str, float]:
-    """The judges of the record's task on its response (none without a task or a response)."""
+    """The metrics of the record's task on its response (none without a task or a response)."""
     if not isinstance(record.get("response"), str):
         return {}
     values = {}
     for name in TASK_METRICS.get(record.get("task") or "general", ()):
-        value = JUDGES[name](record)
+        value = RESPONSE_METRICS[name](record)
         if value is not None:
             values[name] = value
     return values
@@ -274,7 +275,7 @@ class PredictionMetrics(L.Callback):
     and what a researcher keeps of a run in wandb.
 
     Means of reward, reference log-likelihood per token (fluency), response length and wall
-    time, the judges of each record's task (:data:`TASK_METRICS`: harmful rate, accuracy,
+    time, the metrics of each record's task (:data:`TASK_METRICS`: harmful rate, accuracy,
     positive rate, keyword hit rate; only for records of that task) and distinct-1/2 over all
     responses (:class:`DistinctN`). The same definitions as :func:`summarize`, so the final
     values equal summary.json's on one process and on several. They are logged once, at the
@@ -308,7 +309,7 @@ class PredictionMetrics(L.Callback):
         self.wandb_project = wandb_project
         self.wandb_mode = wandb_mode
         # every process holds every metric (the synchronisation visits them in the same order)
-        self.metrics = {name: MeanMetric(nan_strategy="ignore") for name in self.FIELDS + tuple(JUDGES)}
+        self.metrics = {name: MeanMetric(nan_strategy="ignore") for name in self.FIELDS + tuple(RESPONSE_METRICS)}
         self.distinct = {f"distinct_{n}": DistinctN(n) for n in (1, 2)}
         self.final: dict[str, float] = {}
         self.rows: list[tuple[int, list]] = []  # (index, table row) of this process's records

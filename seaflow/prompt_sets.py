@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines
 
 PREFIX = "prompt_set:"
 

@@ -5,7 +5,7 @@ recomputed from the records with :func:`seaflow.metrics.summarize`, so runs writ
 older seaflow get the current metrics) and writes to ``DIR``:
 
 * ``report.md``: one row per run: method, prompts, and as a mean with a bootstrap 95%
-  interval over prompts (:func:`bootstrap`): the returned reward, the judge of the records'
+  interval over prompts (:func:`bootstrap`): the returned reward, the metric of the records'
   task (harmful rate, accuracy, positive rate, keyword hit rate; seaflow.metrics), fluency
   (mean log pi_ref per response token), FLOPs and wall time per prompt (the records'
   ``cost``) and its sequential depth; then distinct-2 and the paired win rate over a ``Sample``
@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from seaflow.metrics import JUDGES, task_values, summarize
+from seaflow.metrics import RESPONSE_METRICS, task_values, summarize
 from seaflow.writer import PREDICTIONS, SUMMARY, read_records
 
 BOOTSTRAP = 2000  # resamples for every interval
@@ -180,24 +180,24 @@ def run_seed(run: "Run") -> int:
     return int((model.get("init_args") or {}).get("seed", 0) or 0)
 
 
-def judges_of(runs: list[Run]) -> list[str]:
-    """The task judges any run's records have, in seaflow.metrics' order."""
+def task_metrics_of(runs: list[Run]) -> list[str]:
+    """The task metrics any run's records have, in seaflow.metrics' order."""
     present = {name for run in runs for record in run.records for name in task_values(record)}
-    return [name for name in JUDGES if name in present]
+    return [name for name in RESPONSE_METRICS if name in present]
 
 
 def table(runs: list[Run]) -> str:
     baseline = next((run for run in runs if run.method == "Sample"), None)
-    judges = judges_of(runs)
-    header = (["run", "method", "prompts", "reward"] + [name.replace("_", " ") for name in judges]
+    metrics = task_metrics_of(runs)
+    header = (["run", "method", "prompts", "reward"] + [name.replace("_", " ") for name in metrics]
               + ["fluency (log p_ref/token)", "GFLOPs/prompt", "time/prompt (s)", "sequential depth", "distinct-2", "win vs Sample"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         records = run.records
-        judged = [task_values(r) for r in records]
+        measured = [task_values(r) for r in records]
         row = [run.directory.name, run.method, str(len(records)), _interval([r.get("reward") for r in records])]
-        for name in judges:
-            row.append(_interval([j.get(name) for j in judged], percent=True))
+        for name in metrics:
+            row.append(_interval([m.get(name) for m in measured], percent=True))
         row += [
             _interval([r.get("ref_logprob_per_token") for r in records]),
             _interval([_cost(r, "flops") for r in records], digits=1, scale=1e9),
@@ -404,13 +404,6 @@ def plot_nll_per_position(runs: list[Run], path: Path, min_prompts: int = 2) -> 
 # -- like for like: paired over prompts at equal cost ---------------------------------------------
 
 
-def paired_bootstrap(diffs: list[float], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the mean of paired differences (prompts resampled)."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(boot))
-    return means[int(0.025 * boot)], means[min(int(0.975 * boot), boot - 1)]
-
-
 def sign_flip_p(diffs: list[float], draws: int = 20000, seed: int = 0) -> float:
     """Two-sided p-value of the paired sign-flip permutation test of mean difference 0.
 
@@ -447,7 +440,7 @@ def equal_cost_n(value: float, record: dict[str, Any], axis: str = "flops") -> t
 
 def paired_summary(diffs: list[float]) -> dict[str, Any]:
     """Mean paired difference, its bootstrap interval, wins / ties / losses and both p-values."""
-    low, high = paired_bootstrap(diffs)
+    _, low, high = bootstrap(diffs)  # the mean paired difference's interval, prompts resampled
     wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
     return {"prompts": len(diffs), "diff": statistics.fmean(diffs), "low": low, "high": high, "wins": wins,
             "ties": len(diffs) - wins - losses, "losses": losses, "p": sign_flip_p(diffs), "p_sign": sign_test_p(wins, losses)}

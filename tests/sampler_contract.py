@@ -3,4 +3,4 @@
 location keep importing it from here."""
 
 from seaflow.testing.samplers import *  # noqa: F401,F403
-from seaflow.testing.samplers import CountingEnergy, P_VALUE, TARGETS, chi2_quantile, check_gaussian_moments, one_thread, run_chains  # noqa: F401
+from seaflow.testing.samplers import CountingEnergy, P_VALUE, TARGETS, chi2_quantile, check_gaussian_moments, one_thread, run_sampler  # noqa: F401

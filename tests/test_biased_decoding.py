@@ -1,4 +1,4 @@
-"""Biased decoding (seaflow/bias_decode.py, seaflow.methods.BiasedDecoding) on tiny random models."""
+"""Biased decoding (seaflow/logit_bias.py, seaflow.methods.BiasedDecoding) on tiny random models."""
 
 import copy
 import math
@@ -10,7 +10,7 @@ import yaml
 
 from seaflow import generation
 from seaflow import layout as L
-from seaflow.bias_decode import BiasEnergy, biased_decode, prompt_state
+from seaflow.logit_bias import BiasEnergy, biased_decode, prompt_state
 from seaflow.energies import LexiconReward
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.methods import BestOfN, BiasedDecoding

@@ -78,8 +78,8 @@ LAYERS = {
     "Lightning": ("seaflow.methods", "seaflow.data", "seaflow.writer", "seaflow.metrics", "seaflow.console", "seaflow.resume"),
     "loops": ("seaflow.refine", "seaflow.chains"),
     "language": ("seaflow.energies", "seaflow.relaxations", "seaflow.layout", "seaflow.models", "seaflow.encoding",
-                 "seaflow.generation", "seaflow.cost", "seaflow.bias_decode", "seaflow.judges", "seaflow.refusal",
-                 "seaflow.prompt_sets", "seaflow.lines"),
+                 "seaflow.generation", "seaflow.cost", "seaflow.logit_bias", "seaflow.judges", "seaflow.refusal",
+                 "seaflow.prompt_sets", "seaflow.files"),
     "numbers": ("seaflow.samplers", "seaflow.schedules", "seaflow.rng", "seaflow.progress", "seaflow.tempered"),
 }
 

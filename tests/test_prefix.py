@@ -215,7 +215,7 @@ def test_biased_decoding_starts_at_the_policy_sample_after_the_forced_start(tiny
 def test_zero_bias_is_the_greedy_continuation_of_the_forced_start(tiny_policy):
     """biased_decode with bias 0 after per-row starts = the policy's greedy decode of prompt + start."""
     from seaflow import generation
-    from seaflow.bias_decode import biased_decode, prompt_state
+    from seaflow.logit_bias import biased_decode, prompt_state
     from seaflow.relaxations.straight_through import StraightThrough
 
     model, tok = tiny_policy.model, tiny_policy.tokenizer

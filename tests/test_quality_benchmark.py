@@ -48,11 +48,18 @@ def test_best_reply_of_first_picks_the_first_maximum_among_the_first_n():
     assert quality.best_reply_of_first(record, 4) == ("d", 0.9)
 
 
-def test_paired_bootstrap_brackets_the_mean():
+def test_the_paired_interval_brackets_the_mean():
     diffs = [0.1, 0.3, -0.2, 0.4, 0.0, 0.25, 0.15, -0.05]
-    low, high = quality.paired_bootstrap(diffs, 2000)
+    entry = quality.paired_entry("t", "m", "b", diffs, [], [(1, True)] * len(diffs))
+    low, high = entry["low"], entry["high"]
     assert low < statistics.fmean(diffs) < high
     assert low > min(diffs) and high < max(diffs)
+
+
+def test_every_benchmark_resamples_with_the_reports_bootstrap():
+    """One bootstrap (seaflow.report.bootstrap): no benchmark keeps a copy that could drift."""
+    for script in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py"):
+        assert ".choices(" not in script.read_text(), f"{script.name} resamples by itself: use seaflow.report.bootstrap"
 
 
 def test_sign_test_p_is_the_exact_binomial_tail():

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from seaflow.testing.samplers import TARGETS, SamplerContract, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, SamplerContract, run_sampler, one_thread  # noqa: F401  (one_thread: autouse)
 
 from seaflow.samplers import AdaptiveLangevin, FunctionEnergy, Langevin
 
@@ -64,7 +64,7 @@ def test_step_adaptation_reaches_the_target_acceptance():
     target = TARGETS["anisotropic-10d"]
     for start_step in (0.01, 3.0):  # far too small and far too large
         sampler = AdaptiveLangevin(start_step / target.lambda_max, preconditioner="none", target_accept=0.574)
-        _, history, _ = run_chains(sampler, target.energy, target.start(512), 400)
+        _, history, _ = run_sampler(sampler, target.energy, target.start(512), 400)
         rate = float(history["accept"][-100:].mean())
         assert abs(rate - 0.574) < 0.08, f"start step {start_step}: acceptance {rate:.3f}"
 
@@ -95,7 +95,7 @@ def test_preconditioner_tracks_gradient_scale():
     ratio = x.var(0) / variances
     assert torch.all((ratio > 0.75) & (ratio < 1.3)), ratio
     assert torch.all(x.mean(0).abs() / variances.sqrt() < 0.2)  # sampling error ~0.044
-    plain, _, _ = run_chains(Langevin(0.1 * variances.min().item()), energy_fn, start, steps)
+    plain, _, _ = run_sampler(Langevin(0.1 * variances.min().item()), energy_fn, start, steps)
     assert plain.mean(0)[-1] / variances[-1].sqrt() > 0.5  # still remembers the start (3 sd out)
 
 
@@ -103,5 +103,5 @@ def test_scalar_and_no_preconditioner():
     target = TARGETS["anisotropic-10d"]
     for mode in ("scalar", "none"):
         sampler = AdaptiveLangevin(0.01, preconditioner=mode)
-        x, history, _ = run_chains(sampler, target.energy, target.start(4), 3)
+        x, history, _ = run_sampler(sampler, target.energy, target.start(4), 3)
         assert x.shape == (4, 10) and history["step_size"].shape == (3, 4)

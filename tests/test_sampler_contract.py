@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from seaflow.testing.samplers import TARGETS, check_gaussian_moments, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, check_gaussian_moments, one_thread, run_sampler  # noqa: F401  (one_thread: autouse)
 import test_sampler_langevin  # module imports: importing the classes would collect them twice
 import test_sampler_mala
 
@@ -75,9 +75,9 @@ def test_mala_without_hastings_ratio_fails():
     eta = 1.0 / target.lambda_max
     steps = math.ceil(8 / (eta * target.lambda_min))
     start = target.start(2000)
-    exact, _, _ = run_chains(MALA(eta), target.energy, start, steps)
+    exact, _, _ = run_sampler(MALA(eta), target.energy, start, steps)
     check_gaussian_moments(exact, target)
-    wrong, _, _ = run_chains(_NoHastingsMALA(eta), target.energy, start, steps)
+    wrong, _, _ = run_sampler(_NoHastingsMALA(eta), target.energy, start, steps)
     with pytest.raises(AssertionError, match="off target"):
         check_gaussian_moments(wrong, target)
 

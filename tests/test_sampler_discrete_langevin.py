@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from seaflow.testing.samplers import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import P_VALUE, CountingEnergy, chi2_quantile, one_thread, run_sampler  # noqa: F401  (one_thread: autouse)
 from tiny import run_config_on_tiny
 
 from seaflow import SEA
@@ -128,7 +128,7 @@ CHAINS, STEPS = 4000, 40
 
 
 def sample(sampler: Sampler, target: Potts, steps: int = STEPS, chains: int = CHAINS, seed: int = 0):
-    return run_chains(sampler, target, target.start(chains), steps, seed)
+    return run_sampler(sampler, target, target.start(chains), steps, seed)
 
 
 class WithoutProposalRatio(DiscreteLangevin):
@@ -252,7 +252,7 @@ def test_optimisation_mode_never_raises_the_energy(proposal_temperature):
     target = Potts(seed=5, coupling=1.5)
     sampler = DiscreteLangevin(step_size=0.5, noise_scale=0.0, proposal_temperature=proposal_temperature)
     start = torch.nn.functional.one_hot(torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0)), 4).float()
-    x, history, _ = run_chains(sampler, target, start, 30)
+    x, history, _ = run_sampler(sampler, target, start, 30)
     energies = torch.cat([history["energy"], target.energy_fn(x)[0].unsqueeze(0)])
     assert torch.all(energies[1:] <= energies[:-1] + 1e-9), "an accepted move raised the energy"
     if proposal_temperature is not None:

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from seaflow.testing.samplers import TARGETS, SamplerContract, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, SamplerContract, run_sampler, one_thread  # noqa: F401  (one_thread: autouse)
 
 from seaflow.samplers import HMC
 
@@ -37,7 +37,7 @@ class TestHMC(SamplerContract):
 def _energy_error(step_size, target, leapfrog):
     sampler = HMC(step_size, leapfrog_steps=leapfrog, noise_scale=1.0)
     start = target.start(256).double() + torch.randn(256, target.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    _, history, _ = run_chains(sampler, target.energy, start, 1, seed=0)
+    _, history, _ = run_sampler(sampler, target.energy, start, 1, seed=0)
     return history["hamiltonian_error"].abs().max().item(), history["accept"].mean().item()
 
 
@@ -55,7 +55,7 @@ def test_unadjusted_hmc_takes_every_end_point():
     target = TARGETS["anisotropic-10d"]
     sampler = HMC(0.1, leapfrog_steps=3, metropolis=False)
     start = target.start(8)
-    x, history, evaluations = run_chains(sampler, target.energy, start, 4)
+    x, history, evaluations = run_sampler(sampler, target.energy, start, 4)
     assert "accept" not in history and "hamiltonian_error" in history
     assert evaluations == 1 + 4 * 3
 
@@ -67,7 +67,7 @@ def test_one_leapfrog_step_is_mala():
     target = TARGETS["anisotropic-10d"]
     start = target.start(16).double()
     epsilon, mass = 0.3, 2.0
-    hmc, _, _ = run_chains(HMC(epsilon, leapfrog_steps=1, mass=mass, metropolis=False), target.energy, start, 1, seed=4)
+    hmc, _, _ = run_sampler(HMC(epsilon, leapfrog_steps=1, mass=mass, metropolis=False), target.energy, start, 1, seed=4)
     generator = torch.Generator().manual_seed(4)
     noise = torch.randn(start.shape, generator=generator, dtype=start.dtype)
     eta = epsilon ** 2 / (2 * mass)

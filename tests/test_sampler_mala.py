@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from seaflow.testing.samplers import TARGETS, SamplerContract, check_gaussian_moments, run_chains, one_thread  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import TARGETS, SamplerContract, check_gaussian_moments, run_sampler, one_thread  # noqa: F401  (one_thread: autouse)
 
 from seaflow.samplers import MALA, Langevin
 
@@ -27,10 +27,10 @@ def test_metropolis_removes_the_discretisation_bias():
     eta = 1.0 / target.lambda_max
     steps = math.ceil(8 / (eta * target.lambda_min))
     start = target.start(2000)
-    exact, history, _ = run_chains(MALA(eta), target.energy, start, steps)
+    exact, history, _ = run_sampler(MALA(eta), target.energy, start, steps)
     check_gaussian_moments(exact, target)
     assert 0.3 < float(history["accept"].mean()) < 0.95
-    biased, _, _ = run_chains(Langevin(eta), target.energy, start, steps)
+    biased, _, _ = run_sampler(Langevin(eta), target.energy, start, steps)
     with pytest.raises(AssertionError, match="covariance|variance"):
         check_gaussian_moments(biased, target)
 
@@ -38,6 +38,6 @@ def test_metropolis_removes_the_discretisation_bias():
 def test_huge_steps_are_rejected_not_accepted():
     target = TARGETS["anisotropic-10d"]
     start = target.start(64)
-    x, history, _ = run_chains(MALA(50.0 / target.lambda_max), target.energy, start, 5)
+    x, history, _ = run_sampler(MALA(50.0 / target.lambda_max), target.energy, start, 5)
     assert float(history["accept"].mean()) < 0.05
     assert x.isfinite().all()

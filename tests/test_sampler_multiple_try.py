@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from seaflow.testing.samplers import CountingEnergy, one_thread, run_chains  # noqa: F401  (one_thread: autouse)
+from seaflow.testing.samplers import CountingEnergy, one_thread, run_sampler  # noqa: F401  (one_thread: autouse)
 import test_sampler_discrete_langevin as dl  # module import: importing its tests would collect them twice
 from tiny import run_config_on_tiny
 
@@ -107,7 +107,7 @@ def test_greedy_selection_never_raises_the_energy(proposal_temperature, noise_sc
     sampler = MultipleTryDiscreteLangevin(tries=4, selection=selection, step_size=0.5, noise_scale=noise_scale,
                                           proposal_temperature=proposal_temperature)
     start = torch.nn.functional.one_hot(torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0)), 4).float()
-    x, history, _ = run_chains(sampler, target, start, 20)
+    x, history, _ = run_sampler(sampler, target, start, 20)
     energies = torch.cat([history["energy"], target.energy_fn(x)[0].unsqueeze(0)])
     assert torch.all(energies[1:] <= energies[:-1] + 1e-6), "an accepted move raised the energy"
     assert float(energies[-1].mean()) < float(energies[0].mean())

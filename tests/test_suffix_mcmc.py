@@ -253,9 +253,9 @@ def moves_chi_square(model, steps, rate=0.0, random_direction=False, steer=False
     target_log_prob = None
     if steer:
         scorer = SuffixProposals(model, prompt_cache(model, [PROMPT] * chains, PAD, WIDTH), WIDTH, [EOS], PAD)
-        target_log_prob = lambda t, n: scorer.encode(t, n, log_probs=True)[2].sum(1)  # noqa: E731
+        target_log_prob = lambda t, n: scorer.read(t, n, log_probs=True)[2].sum(1)  # noqa: E731
         if drop == "importance":
-            target_log_prob = lambda t, n: proposals.encode(t, n, log_probs=True)[2].sum(1)  # noqa: E731
+            target_log_prob = lambda t, n: proposals.read(t, n, log_probs=True)[2].sum(1)  # noqa: E731
     moves = TokenMoves(rate, ALPHA, temperature, [EOS], random_direction=random_direction) if rate else None
     cuts = GradientCuts(small_score, ALPHA, temperature=0.3, floor=0.05, keep_grad=rate > 0)
     run = run_chains(
@@ -364,7 +364,7 @@ def test_likeliest_best_is_the_likeliest_of_the_highest_reward_states_visited(sm
     run = run_chains(proposals, tokens[start], lengths[start], cuts, ALPHA, steps,
                      lambda step: [step * 7919 + row for row in range(chains)], track_target=True)
     scorer = SuffixProposals(small_lm, prompt_cache(small_lm, [PROMPT] * len(states), PAD, WIDTH), WIDTH, [EOS], PAD)
-    log_pi = {s: float(v) for s, v in zip(states, scorer.encode(tokens, lengths, log_probs=True)[2].sum(1))}
+    log_pi = {s: float(v) for s, v in zip(states, scorer.read(tokens, lengths, log_probs=True)[2].sum(1))}
     reward = {s: float(small_score(tokens[i:i + 1], lengths[i:i + 1], False)[0] > 0.5) for i, s in enumerate(states)}
     key = lambda s: (reward[s], log_pi[s])  # noqa: E731
     assert len(seen) == steps + 1
@@ -385,10 +385,10 @@ def test_slot_log_probs_sum_to_the_sequence_log_probability(small_lm):
     states, tokens, lengths, _ = enumerate_target(small_lm)
     cache = prompt_cache(small_lm, [PROMPT] * len(states), PAD, WIDTH)
     proposals = SuffixProposals(small_lm, cache, WIDTH, [EOS], PAD)
-    total = proposals.encode(tokens, lengths, log_probs=True)[2].sum(1).double()
+    total = proposals.read(tokens, lengths, log_probs=True)[2].sum(1).double()
     assert math.isclose(float(total.exp().sum()), 1.0, abs_tol=1e-4)  # a distribution over all 40 responses
     uncached = SuffixProposals(small_lm, PromptCache(None, [PROMPT] * len(states)), WIDTH, [EOS], PAD)
-    assert torch.allclose(uncached.encode(tokens, lengths, log_probs=True)[2].sum(1).double(), total, atol=1e-4)
+    assert torch.allclose(uncached.read(tokens, lengths, log_probs=True)[2].sum(1).double(), total, atol=1e-4)
 
 
 # -- the pieces ------------------------------------------------------------------------------

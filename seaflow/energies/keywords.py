@@ -11,7 +11,7 @@ import torch
 
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.models import LoadedModel
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines
 
 
 def keyword_hits(text: str, keywords: list[str]) -> list[bool]:

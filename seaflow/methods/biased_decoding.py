@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from seaflow import rng
-from seaflow.bias_decode import BiasEnergy
+from seaflow.logit_bias import BiasEnergy
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.record import Record
 from seaflow.methods.refinement import RefinementMethod

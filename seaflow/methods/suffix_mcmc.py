@@ -216,7 +216,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
             scorer = SuffixProposals(model, prompt_cache(model, prompt_ids, self.pad_id, width), width, self.eos_ids, self.pad_id)
 
             def target_log_prob(t, n):
-                return scorer.encode(t, n, log_probs=True)[2].sum(1)
+                return scorer.read(t, n, log_probs=True)[2].sum(1)
 
         def seeds(step: int) -> list[int]:
             return [prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}") for row, key in enumerate(keys)]

@@ -13,12 +13,13 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from seaflow import generation, rng
-from seaflow.calibrate.data import LabelledJsonl, wheel_file
+from seaflow.calibrate.data import LabelledJsonl
+from seaflow.files import wheel_file
 from seaflow.data import PromptDataset, collate, read_prompts
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
 from seaflow.refusal import is_refusal
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines
 
 log = logging.getLogger(__name__)
 

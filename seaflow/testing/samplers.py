@@ -195,8 +195,8 @@ class CountingEnergy:
         return self.energy_fn(x)
 
 
-def run_chains(sampler: Sampler, energy_fn: EnergyFn, x: torch.Tensor, steps: int, seed: int = 0):
-    """Run ``steps`` steps as ``seaflow.refine`` does; return the final sample, the stacked
+def run_sampler(sampler: Sampler, energy_fn: EnergyFn, x: torch.Tensor, steps: int, seed: int = 0):
+    """Run ``steps`` steps of ``sampler`` on every row of ``x`` (a chain each) as ``seaflow.refine`` does; return the final sample, the stacked
     per-step values the loop records (``SamplerOutput.trace``) and the outputs' evaluation count."""
     generator = torch.Generator().manual_seed(seed)
     state = sampler.init_state(x, steps)
@@ -266,7 +266,7 @@ class SamplerContract:
     def sample(self, target: GaussianTarget, seed: int = 0, sampler: Sampler | None = None):
         sampler = sampler if sampler is not None else self.make_sampler(self.step_size_for(target), target=target)
         chains = self.chains if target.dim <= 10 else self.chains_high_dim
-        return run_chains(sampler, target.energy, target.start(chains), self.num_steps_for(target), seed)
+        return run_sampler(sampler, target.energy, target.start(chains), self.num_steps_for(target), seed)
 
     def check_sampling(self, target: GaussianTarget, sampler: Sampler | None = None, seed: int = 0):
         samples, history, _ = self.sample(target, seed, sampler)
@@ -289,7 +289,7 @@ class SamplerContract:
         target = TARGETS[target_name]
         sampler, steps = self.optimiser_for(target)
         start = target.start(8)
-        x, history, _ = run_chains(sampler, target.energy, start, steps)
+        x, history, _ = run_sampler(sampler, target.energy, start, steps)
         initial = target.energy_fn(start)[0]
         final = target.energy_fn(x)[0]
         assert torch.all(final <= 1e-8 * initial), f"{target_name}: energy {final.max():.3g} not at the minimum 0 (from {initial.max():.3g})"
@@ -301,9 +301,9 @@ class SamplerContract:
         target = TARGETS["anisotropic-10d"]
         sampler = self.make_sampler(self.step_size_for(target))
         start = target.start(16)
-        a, history_a, _ = run_chains(sampler, target.energy, start, 30, seed=7)
-        b, history_b, _ = run_chains(sampler, target.energy, start, 30, seed=7)
-        c, _, _ = run_chains(sampler, target.energy, start, 30, seed=8)
+        a, history_a, _ = run_sampler(sampler, target.energy, start, 30, seed=7)
+        b, history_b, _ = run_sampler(sampler, target.energy, start, 30, seed=7)
+        c, _, _ = run_sampler(sampler, target.energy, start, 30, seed=8)
         assert torch.equal(a, b)
         for name in history_a:
             assert torch.equal(history_a[name], history_b[name]), name
@@ -323,8 +323,8 @@ class SamplerContract:
 
         start = torch.randn(chains, length * vocab, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
         sampler = self.make_sampler(0.05)
-        flat, flat_history, _ = run_chains(sampler, FunctionEnergy(flat_energy), start, 5, seed=3)
-        logits, history, _ = run_chains(sampler, FunctionEnergy(logits_energy), start.reshape(chains, length, vocab), 5, seed=3)
+        flat, flat_history, _ = run_sampler(sampler, FunctionEnergy(flat_energy), start, 5, seed=3)
+        logits, history, _ = run_sampler(sampler, FunctionEnergy(logits_energy), start.reshape(chains, length, vocab), 5, seed=3)
         assert logits.shape == (chains, length, vocab)
         torch.testing.assert_close(logits.reshape(chains, -1), flat)
         for name, values in history.items():
@@ -377,14 +377,14 @@ class SamplerContract:
         target = TARGETS["anisotropic-10d"]
         step = self.step_size_for(target)
         start = target.start(8)
-        plain, _, _ = run_chains(self.make_sampler(step, 1.0), target.energy, start, 10, seed=1)
-        constant, _, _ = run_chains(self.make_sampler(Constant(step), Constant(1.0)), target.energy, start, 10, seed=1)
+        plain, _, _ = run_sampler(self.make_sampler(step, 1.0), target.energy, start, 10, seed=1)
+        constant, _, _ = run_sampler(self.make_sampler(Constant(step), Constant(1.0)), target.energy, start, 10, seed=1)
         torch.testing.assert_close(plain, constant)
-        annealed, _, _ = run_chains(self.make_sampler(step, Linear(1.0, 0.0)), target.energy, start, 10, seed=1)
+        annealed, _, _ = run_sampler(self.make_sampler(step, Linear(1.0, 0.0)), target.energy, start, 10, seed=1)
         assert not torch.allclose(plain, annealed)
         broken = self.make_sampler(Linear(step, -step), 1.0)
         with pytest.raises(ValueError, match="step_size"):
-            run_chains(broken, target.energy, start, 10)
+            run_sampler(broken, target.energy, start, 10)
 
     @pytest.mark.parametrize("argument, value", [("step_size", -0.1), ("step_size", 0.0), ("noise_scale", -1.0), ("step_size", float("nan"))])
     def test_rejects_bad_values(self, argument, value):

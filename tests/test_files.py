@@ -5,7 +5,7 @@ import json
 
 from seaflow.calibrate.data import LabelledJsonl
 from seaflow.energies.keywords import read_keywords
-from seaflow.lines import physical_lines
+from seaflow.files import physical_lines
 from seaflow.prompt_sets import PromptSet, _parse_lines
 from seaflow.reward_head.data import read_cache, read_prompt_source
 
