@@ -123,13 +123,7 @@ class AdaptiveLangevin(Sampler):
         state.cache["second_moment"] = average
         return 1.0 / (self.epsilon + average.sqrt())
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         metropolis = self.target_accept is not None
         start, evaluations = self.energy_at(x, energy_fn, state) if metropolis else (energy_fn(x), 1)
         adapting = state.progress < self.adapt_until

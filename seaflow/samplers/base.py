@@ -155,13 +155,7 @@ class Sampler:
             step_scale=torch.ones(x.shape[0], dtype=x.dtype, device=x.device),
         )
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         raise NotImplementedError
 
     # helpers shared by implementations -------------------------------------------------

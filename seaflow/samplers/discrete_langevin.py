@@ -171,13 +171,7 @@ class DiscreteLangevin(Sampler):
 
     # -- the step ------------------------------------------------------------------------------
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         if x.dim() < 2:
             raise ValueError(
                 f"DiscreteLangevin reads the last dimension of the state as categories and needs a state of shape "

@@ -74,13 +74,7 @@ class HMC(Sampler):
         self.noise_scale = noise_scale
         self.metropolis_correction = metropolis
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         start, evaluations = self.energy_at(x, energy_fn, state)
         epsilon = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x)
         if self.jitter > 0:

@@ -29,13 +29,7 @@ class Langevin(Sampler):
         self.step_size = step_size
         self.noise_scale = noise_scale
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         start = energy_fn(x)
         eta = self.per_chain(self.chain_step(self.scheduled("step_size", self.step_size, state), state, x), x)
         noise = self.scheduled("noise_scale", self.noise_scale, state)

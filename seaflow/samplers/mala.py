@@ -48,13 +48,7 @@ class MALA(Sampler):
         self.step_size = step_size
         self.noise_scale = noise_scale
 
-    def step(
-        self,
-        x: torch.Tensor,
-        energy_fn: EnergyFn,
-        state: SamplerState,
-        generator: torch.Generator | None = None,
-    ) -> SamplerOutput:
+    def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         start, evaluations = self.energy_at(x, energy_fn, state)
         eta_chain = self.chain_step(self.scheduled("step_size", self.step_size, state), state, x)
         eta = self.per_chain(eta_chain, x)
