@@ -143,6 +143,7 @@ class Generation:
     slots: torch.Tensor  # (b,) the slot each of them writes next
     done: torch.Tensor  # (b,) bool: ended (EOS or limit)
     context: Context  # cache, mask, positions and logits of the batch
+    first_slot: int = 0  # the lowest slot any row started at
     steps: int = 0  # tokens each row of the batch has chosen so far (written or not)
 
     @classmethod
@@ -166,7 +167,7 @@ class Generation:
         slots = torch.zeros(rows, dtype=torch.long, device=device) if slots is None else slots.to(device)
         tokens = torch.full((rows, width), pad_id, dtype=torch.long, device=device) if tokens is None else tokens
         return cls(tokens, Stops.of(eos_ids, limits), start, pad_id, torch.arange(rows, device=device), slots,
-                   slots >= limits, context)
+                   slots >= limits, context, first_slot=int(slots.min()) if rows else 0)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -227,12 +228,12 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
     end, the remaining rows'). Returns ``state``, moved on.
     """
     context = state.context
-    taken = 0
-    while not bool(state.done.all()) and (steps is None or taken < steps):
+    finished, taken = bool(state.done.all()), 0
+    while not finished and (steps is None or taken < steps):
         rows, slots = state.rows, state.slots
         live = ~state.done
         forced = None
-        if state.forced is not None and bool((slots < state.forced.shape[1]).any()):
+        if state.forced is not None and state.first_slot + state.steps < state.forced.shape[1]:  # some row may be in its start
             forced = torch.where(slots < state.forced.shape[1],
                                  state.forced[rows, slots.clamp(max=state.forced.shape[1] - 1)], -1)
         step = Step(rows, slots, live, forced, state.tokens, state.steps)
@@ -250,7 +251,8 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
         state.slots = slots + 1
         state.steps += 1
         taken += 1
-        if bool(state.done.all()):
+        finished = bool(state.done.all())
+        if finished:
             break
         if narrow is not None and int(state.done.sum()) >= narrow * len(rows):  # the batch keeps its unfinished rows
             if on_leave is not None:
@@ -267,7 +269,7 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
         )
         context = Context(output_cache(out), mask, context.positions + 1, at_least_float32(out.logits[:, -1]))
     state.context = context
-    if on_leave is not None and bool(state.done.all()):
+    if on_leave is not None and finished:
         on_leave(state.rows, torch.arange(len(state.rows), device=state.rows.device), context.cache)
     return state
 
@@ -356,10 +358,16 @@ class GumbelSample:
 
     def __init__(self, generators: Sequence[torch.Generator]):
         self.generators = list(generators)
+        self._rows, self._batch = None, []
+
+    def noise(self, step: Step, shape, device) -> torch.Tensor:
+        """Gumbel noise of ``shape``, row ``j`` from the generator of the batch's ``j``-th response."""
+        if step.rows is not self._rows:  # the batch changed (it is narrowed, or a new one): pick its generators once
+            self._rows, self._batch = step.rows, [self.generators[i] for i in step.rows.tolist()]
+        return rng.gumbel(shape, self._batch, device)
 
     def __call__(self, step: Step, scores: torch.Tensor) -> torch.Tensor:
-        generators = [self.generators[int(i)] for i in step.rows]
-        return (scores + rng.gumbel(scores.shape, generators, scores.device)).argmax(-1)
+        return (scores + self.noise(step, scores.shape, scores.device)).argmax(-1)
 
 
 class Greedy:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from seaflow import cost, generation, rng
+from seaflow import cost, generation
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 from seaflow.progress import report
@@ -106,7 +106,7 @@ class RewardGuidedChoice:
 
     def __init__(self, method: ARGS, prompt_ids: list[list[int]], prompts: list[str], generators, on_token=None):
         self.method, self.prompt_ids, self.prompts = method, prompt_ids, prompts
-        self.generators, self.on_token = generators, on_token
+        self.draws, self.on_token = generation.GumbelSample(generators), on_token
 
     def __call__(self, step: generation.Step, logits: torch.Tensor) -> torch.Tensor:
         method = self.method
@@ -125,8 +125,7 @@ class RewardGuidedChoice:
         if method.mode == "greedy":
             pick = scores.argmax(-1)
         else:
-            generators = [self.generators[int(i)] for i in step.rows]
-            pick = (scores / method.temperature + rng.gumbel(scores.shape, generators, scores.device)).argmax(-1)
+            pick = (scores / method.temperature + self.draws.noise(step, scores.shape, scores.device)).argmax(-1)
         if self.on_token is not None:
             self.on_token(step.index)
         return top.indices.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
