@@ -56,6 +56,17 @@ class LoadedModel:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[0]
 
+    @property
+    def eos_ids(self) -> list[int]:
+        """The ids that end a response: the generation config's, else the tokenizer's EOS."""
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        return [i for i in ids if i is not None] or [self.tokenizer.eos_token_id]
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SEAFLOW_CACHE", Path.home() / ".cache" / "seaflow"))

@@ -151,14 +151,11 @@ class AlignmentMethod(L.LightningModule):
 
     @property
     def eos_ids(self) -> list[int]:
-        ids = self.policy.model.generation_config.eos_token_id
-        ids = ids if isinstance(ids, list) else [ids]
-        tok_eos = self.policy.tokenizer.eos_token_id
-        return [i for i in ids if i is not None] or [tok_eos]
+        return self.policy.eos_ids
 
     @property
     def pad_id(self) -> int:
-        return self.policy.tokenizer.pad_token_id
+        return self.policy.pad_id
 
     # -- shared steps ----------------------------------------------------------------------
 

@@ -97,8 +97,7 @@ class CachedResponsesData(L.LightningDataModule):
         log.warning("sampling %d policy responses into %s (cached; later runs reuse them)", len(todo), path)
         policy = load_policy()
         tok = policy.tokenizer
-        eos = policy.model.generation_config.eos_token_id
-        eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None] or [tok.eos_token_id]
+        eos = policy.eos_ids
         path.parent.mkdir(parents=True, exist_ok=True)
         from tqdm.auto import tqdm
 
