@@ -24,9 +24,10 @@ scores of the rows in the batch for the choice (:class:`Temperature`, :class:`To
 the batch, the slot each writes, which of them still write.
 
 A :class:`Generation` can be resumed: ``generate(..., steps=k)`` writes at most ``k`` tokens per
-row and returns with them fed to the model, so the next call continues where it stopped; in
-between, :meth:`Generation.select` keeps, drops, reorders or repeats rows, their cache with
-them (block-wise search over partial responses).
+row and returns, the last ones not yet fed to the model (a row dropped now costs nothing more),
+so the next call continues where it stopped; in between, :meth:`Generation.select` keeps,
+drops, reorders or repeats rows, their cache with them, and :meth:`Generation.so_far` gives the
+responses so far (block-wise search over partial responses: methods/partial.py).
 
 Each row's randomness is its own generator (:mod:`seaflow.rng`), so a row's sample does not
 depend on the other rows of its batch, on the batch size or on the number of processes.
@@ -54,6 +55,11 @@ class Context:
     mask: torch.Tensor  # (b, keys) long: the attention mask of what the cache holds
     positions: torch.Tensor  # (b,) long: the position id of each row's next slot
     logits: torch.Tensor  # (b, V) float32 (float64 for a float64 model): the next-token logits of each row
+
+    def select(self, index: torch.Tensor) -> "Context":
+        """The rows ``index`` (repeats copy a row, its keys and values included); the cache is changed in place."""
+        self.cache.batch_select_indices(index)
+        return Context(self.cache, self.mask[index], self.positions[index], self.logits[index])
 
 
 @torch.no_grad()
@@ -145,6 +151,7 @@ class Generation:
     context: Context  # cache, mask, positions and logits of the batch
     first_slot: int = 0  # the lowest slot any row started at
     steps: int = 0  # tokens each row of the batch has chosen so far (written or not)
+    pending: torch.Tensor | None = None  # (b,) the last chosen tokens, fed to the model when the next step needs them
 
     @classmethod
     def start(cls, context: Context, width: int, eos_ids: Sequence[int], pad_id: int, *, slots: torch.Tensor | None = None,
@@ -177,19 +184,23 @@ class Generation:
     def finished(self) -> bool:
         return bool(self.done.all())
 
-    def select(self, index: torch.Tensor) -> "Generation":
+    def so_far(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, lengths)`` of the responses so far: an ended row's whole response, a live row's written slots."""
+        lengths = self.stops.lengths.clone()
+        live = ~self.done
+        lengths[self.rows[live]] = self.slots[live]
+        return self.tokens[:, : max(int(lengths.max()), 1)], lengths
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> "Generation":
         """The responses ``index`` (repeats allowed) as a new batch, cache included: row ``j`` of the
         result continues response ``index[j]``. The model's batch must hold every response."""
         if len(self.rows) != self.tokens.shape[0]:
             raise ValueError("select needs every response in the model's batch: generate without narrow")
-        index = index.to(self.tokens.device)
-        context = self.context
-        context.cache.batch_select_indices(index)
-        picked = Context(context.cache, context.mask[index], context.positions[index], context.logits[index])
+        index = torch.as_tensor(index, dtype=torch.long, device=self.tokens.device)
         stops = Stops(self.stops.eos, self.stops.limits[index], self.stops.lengths[index])
         return replace(self, tokens=self.tokens[index], stops=stops, forced=None if self.forced is None else self.forced[index],
                        rows=torch.arange(len(index), device=index.device), slots=self.slots[index], done=self.done[index],
-                       context=picked)
+                       context=self.context.select(index), pending=None if self.pending is None else self.pending[index])
 
 
 @dataclass
@@ -218,11 +229,11 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
              on_leave: Callable[[torch.Tensor, torch.Tensor, Any], None] | None = None) -> Generation:
     """Write ``state``'s responses until every row has ended (or ``steps`` more tokens per row).
 
-    Each step: the ``rules`` rewrite the batch's next-token logits in order, ``choose`` picks one
-    token per row, a forced token replaces the choice at its slot, the ``records`` read the
-    logits and the token, :class:`Stops` ends rows at EOS
-    or at their limit, the written tokens go into ``state.tokens``, and the rows still writing feed
-    their token to the model. Ended rows stay in the batch (their mask says so) unless
+    Each step: the last step's tokens are fed to the model (only now, so a row dropped between
+    blocks is never fed), the ``rules`` rewrite the batch's next-token logits in order, ``choose``
+    picks one token per row, a forced token replaces the choice at its slot, the ``records`` read
+    the logits and the token, :class:`Stops` ends rows at EOS or at their limit, and the written
+    tokens go into ``state.tokens``. Ended rows stay in the batch (their mask says so) unless
     ``narrow``: once that share of the batch has ended it is cut to the rest, after
     ``on_leave(responses, batch rows, cache)`` has read the leaving rows' cache (and, at the
     end, the remaining rows'). Returns ``state``, moved on.
@@ -230,6 +241,14 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
     context = state.context
     finished, taken = bool(state.done.all()), 0
     while not finished and (steps is None or taken < steps):
+        if state.pending is not None:
+            mask = torch.cat([context.mask, (~state.done).long().unsqueeze(1)], dim=1)
+            out = model(
+                input_ids=state.pending.unsqueeze(1), attention_mask=mask, position_ids=context.positions.unsqueeze(1),
+                use_cache=True, **{cache_argument(model): context.cache},
+            )
+            context = Context(output_cache(out), mask, context.positions + 1, at_least_float32(out.logits[:, -1]))
+            state.pending = None
         rows, slots = state.rows, state.slots
         live = ~state.done
         forced = None
@@ -258,16 +277,10 @@ def generate(model: torch.nn.Module, state: Generation, choose: Choice, rules: S
             if on_leave is not None:
                 on_leave(rows[state.done], state.done.nonzero().squeeze(1), context.cache)
             keep = (~state.done).nonzero().squeeze(1)
-            context.cache.batch_select_indices(keep)
-            context = Context(context.cache, context.mask[keep], context.positions[keep], context.logits)
+            context = context.select(keep)
             token = token[keep]
             state.rows, state.slots, state.done = state.rows[keep], state.slots[keep], state.done[keep]
-        mask = torch.cat([context.mask, (~state.done).long().unsqueeze(1)], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=context.positions.unsqueeze(1),
-            use_cache=True, **{cache_argument(model): context.cache},
-        )
-        context = Context(output_cache(out), mask, context.positions + 1, at_least_float32(out.logits[:, -1]))
+        state.pending = token
     state.context = context
     if on_leave is not None and finished:
         on_leave(state.rows, torch.arange(len(state.rows), device=state.rows.device), context.cache)

@@ -14,6 +14,7 @@ and ``metropolis``) so both kinds of generator work.
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Callable, Sequence
 
 import torch
@@ -24,6 +25,11 @@ def prompt_seed(seed: int, prompt_id: str, chain: int, purpose: str = "sample") 
     batch- and rank-independent."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{chain}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def prompt_stream(seed: int, prompt_id: str, purpose: str) -> random.Random:
+    """A Python random stream of a prompt's own (a resampling, a soft choice), from :func:`prompt_seed`."""
+    return random.Random(prompt_seed(seed, prompt_id, 0, purpose))
 
 
 def row_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:

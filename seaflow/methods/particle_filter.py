@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import random
 from typing import Literal
 
-from seaflow import tempered
-from seaflow.rng import prompt_seed
+from seaflow import rng, tempered
 from seaflow.methods.search import PartialSearch, first_best
 
 
@@ -90,7 +88,7 @@ class ParticleFilter(PartialSearch):
         state = self.begin(prompt_ids, keys, forced)
         owners = [p for p in range(len(keys)) for _ in range(count)]
         row_ids, row_prompts = [prompt_ids[p] for p in owners], [prompts[p] for p in owners]
-        streams = [random.Random(prompt_seed(self.seed, key, 0, "particle-filter")) for key in keys]
+        streams = [rng.prompt_stream(self.seed, key, "particle-filter") for key in keys]
         log_weight = [[0.0] * count for _ in keys]
         level = [[0.0] * count for _ in keys]  # each particle's r / lambda at its last scoring
         ess: list[list[float]] = [[] for _ in keys]

@@ -12,10 +12,9 @@ import time
 
 import torch
 
-from seaflow import cost, rng
+from seaflow import cost
 from seaflow.energies.base import Reward
 from seaflow.layout import pad_rows
-from seaflow.rng import prompt_seed
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.partial import PartialResponses
 from seaflow.methods.record import Record
@@ -62,11 +61,10 @@ class PartialSearch(DiscreteMethod):
     def begin(self, prompt_ids: list[list[int]], keys: list[str], forced: list[list[int]] | None) -> PartialResponses:
         """``rows_per_prompt`` rows per prompt, row ``c`` seeded as Best-of-N's candidate ``c``."""
         copies = self.rows_per_prompt
-        seeds = [prompt_seed(self.seed, key, c, "sample") for key in keys for c in range(copies)]
+        generators = self.generators([key for key in keys for _ in range(copies)], list(range(copies)) * len(keys), "sample")
         return PartialResponses(
             self.policy.model, prompt_ids, copies, self.response_width(forced), self.eos_ids, self.pad_id,
-            rng.row_generators(seeds, device=self.device), temperature=self.temperature, top_p=self.top_p,
-            forced=forced, share_prompt=self.share_prompt,
+            generators, temperature=self.temperature, top_p=self.top_p, forced=forced, share_prompt=self.share_prompt,
         )
 
     def score_so_far(self, state: PartialResponses, prompt_ids: list[list[int]], prompts: list[str],

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from seaflow import tempered
-from seaflow.rng import prompt_seed
+from seaflow import rng, tempered
 from seaflow.methods.best_of_n import BestOfN
 
 
@@ -15,8 +12,8 @@ def soft_choice(rewards: list[float], reward_temperature: float, seed: int, prom
     """``(candidate, probability)`` Soft Best-of-N returns for one prompt's candidate ``rewards``:
     one draw from ``softmax(r / reward_temperature)`` with the prompt's own stream (run seed, prompt
     id), the same whatever the batch, so a report replays it from a Best-of-N run's rewards."""
-    rng = random.Random(prompt_seed(seed, prompt_id, 0, "soft-best-of-n"))
-    return tempered.choose(rewards, reward_temperature, rng)
+    stream = rng.prompt_stream(seed, prompt_id, "soft-best-of-n")
+    return tempered.choose(rewards, reward_temperature, stream)
 
 
 class SoftBestOfN(BestOfN):
