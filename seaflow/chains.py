@@ -737,6 +737,7 @@ def run_chains(
         gens = rng.row_generators(seeds(step), device=device)
         # cut and accept draws (and the move's) come first from each row's generator, then the suffix's Gumbel noise
         draws = rng.rand((rows, 2 if token_moves is None and multiple is None else 3), rng.RowGenerators(gens), device)
+        # 1. cut: t ~ q(t | y) (a token move draws among the token slots only)
         bias = order = None
         if token_moves is None:
             moving = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -750,12 +751,16 @@ def run_chains(
         if token_moves is not None:
             bias = token_moves.bias(state.grad, row_index, cuts, order)
             bias = torch.where(moving.unsqueeze(1), bias, torch.zeros_like(bias))
-        if multiple is not None:  # several suffixes per chain from the same cut (see MultipleTries)
+        # 2. resample: keep y_<t, the policy writes y'_>=t (a token move's first token from the gradient-tilted policy;
+        #    with several tries MultipleTries writes them all, picks one by its weight and gives its test's log ratio)
+        if multiple is not None:
             new, new_reward, new_log_q, new_grad, new_parts, log_ratio = multiple.step(
                 state, cuts, gens, draws[:, 2], try_seeds(step), alpha, correct_cut)
         else:
             new = proposals.propose(state.tokens, state.lengths, state.kv, state.candidates, cuts, gens,
                                     log_probs=state.log_probs, first_bias=bias)
+        # 3. accept: log u < alpha (r(y') - r(y)) + log q(t | y') - log q(t | y), plus the token move's and the steered terms
+        if multiple is None:
             new_reward, new_log_q, new_grad, new_parts = cuts_fn(new.tokens, new.lengths, new.candidates)
             new_reward = new_reward.float()
             log_ratio = alpha * (new_reward - state.reward)

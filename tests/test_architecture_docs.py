@@ -30,3 +30,18 @@ def test_the_engine_example_prints_the_default_methods_reply(tiny_models, tiny_p
     records, _ = run_method(method, tiny_policy, rows=[{"id": "demo-01", "prompt": "Describe your morning in two sentences.", "index": 0}])
     assert printed[0] == records[0]["response"]
     assert printed[1].startswith(f"reward {records[0]['reward']:.3f}")
+
+
+def test_the_default_methods_steps_are_numbered_in_the_code_as_in_its_docstrings():
+    """predict_step and the chain loop carry "# 1. ..." comments in the order their module
+    docstrings number the steps (diffusers' step() is the model)."""
+    import inspect
+
+    from seaflow import chains
+    from seaflow.methods import suffix_mcmc
+
+    for module, function in ((suffix_mcmc, suffix_mcmc.GuidedSuffixMCMC.predict_step), (chains, chains.run_chains)):
+        named = re.findall(r"^(\d)\. \*\*(.+?)\*\*", module.__doc__, re.M)
+        commented = re.findall(r"# (\d)\. ([^:]+):", inspect.getsource(inspect.unwrap(function)))
+        assert len(named) >= 3 and [n for n, _ in commented] == [n for n, _ in named]
+        assert all(comment.startswith(name) for (_, name), (_, comment) in zip(named, commented)), (named, commented)

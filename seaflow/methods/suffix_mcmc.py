@@ -1,21 +1,29 @@
 """``seaflow.methods.GuidedSuffixMCMC``: the policy rewrites a suffix, a Metropolis test on the reward accepts.
 
 The LightningModule around the engine in :mod:`seaflow.chains` (the cut distribution, the
-suffix proposals, the chain loop and the derivation of the exact acceptance ratio): it
-draws the initial samples, wires the reward, the policy and the per-step seeds into
-:func:`seaflow.chains.run_chains`, picks each prompt's best visited state and writes its records.
+suffix proposals, the chain loop and the derivation of the exact acceptance ratio). One
+``predict_step``, numbered as the code numbers it:
+
+1. **start**: each chain at a policy sample (:meth:`~seaflow.methods.base.AlignmentMethod.best_of_pool`:
+   chain ``c`` is Best-of-N's candidate ``c``; with ``init_pool`` the best ``chains`` of that many);
+2. **wire** the engine: the prompts' keys and values, the suffix proposals, the cut rule on the
+   reward's gradient, the per-step seeds;
+3. **run the chains**: :func:`seaflow.chains.run_chains`, ``steps`` steps of cut, resample,
+   accept (its own 1. to 3.), every chain of every prompt at once;
+4. **choose** each prompt's state by the return rule (``returns``);
+5. **record** it: the shared record fields and each chain's summary and trace (:meth:`GuidedSuffixMCMC.chain_extras`).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 
-from typing import Literal
-
-from seaflow.chains import GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
+from seaflow.chains import ChainRun, GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
 from seaflow.methods.discrete import DiscreteMethod
+from seaflow.methods.pool import Pool
 from seaflow.methods.record import Record
 from seaflow.rng import prompt_seed
 
@@ -170,6 +178,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0, dataloader_idx: int = 0) -> list[Record]:
+        """One batch, ``chains`` rows per prompt: 1. start, 2. wire, 3. run the chains, 4. choose, 5. record."""
         started = time.perf_counter()
         chains = self.chains
         prompt_ids, prompts, keys = self.expand(batch, chains)
@@ -185,9 +194,10 @@ class GuidedSuffixMCMC(DiscreteMethod):
         if self.init_from == "proposal_prompt" and proposal_ids is None:
             raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field "
                              "or data.proposal_system_prompt, or model.init_args.init_from: prompt")
+        # 1. start: chain c at Best-of-N's candidate c (with init_pool, the best `chains` of that many samples)
         pool = self.best_of_pool(batch, self.init_pool or chains, chains,
                                  drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
-        tokens, lengths, candidate = pool.tokens, pool.lengths, pool.candidates
+        tokens, lengths = pool.tokens, pool.lengths
         starts = limits = None
         if forced:
             starts = torch.tensor([len(ids) for ids in forced], device=tokens.device)
@@ -198,6 +208,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
                     "remove it from data.response_prefix (or the data.response_prefix_field texts), or shorten it with "
                     "data.response_prefix_tokens"
                 )
+        # 2. wire the engine: the prompts' keys and values, the proposals, the cut rule on the reward's gradient, the seeds
         model = self.policy.model
         cache = prompt_cache(model, prompt_ids if proposal_ids is None else proposal_ids, self.pad_id, width)
         top_k = min(self.cut_top_k, self.policy.vocab_size) if (self.guided and self.cut_top_k is not None) else None
@@ -225,11 +236,12 @@ class GuidedSuffixMCMC(DiscreteMethod):
             return [[prompt_seed(self.seed, key, row % chains, f"suffix-mcmc-{step}-try-{k}") for row, key in enumerate(keys)]
                     for k in range(1, self.tries)]
 
+        # 3. run the chains: `steps` steps of cut, resample, accept, every chain at once (seaflow/chains.py)
         run = run_chains(proposals, tokens, lengths, cuts_fn, self.alpha, self.steps, seeds, token_moves=token_moves,
                          target_log_prob=target_log_prob, track_target=self.returns != "best_reward",
                          tries=self.tries, try_seeds=try_seeds)
+        # 4. choose: per prompt, the chain whose state the return rule ranks first (ties: the earlier chain)
         n_prompts = len(batch["id"])
-        best = run.best_reward.cpu().view(n_prompts, chains)
         candidates = {  # each return rule's state per row: (tokens, lengths, reward, ranking value)
             "best_reward": (run.best_tokens, run.best_lengths, run.best_reward, run.best_reward),
         }
@@ -243,13 +255,27 @@ class GuidedSuffixMCMC(DiscreteMethod):
                                             torch.where(reward_.view(n_prompts, chains) == top, value_.view(n_prompts, chains),
                                                         torch.full_like(top, float("-inf"))).view(-1))
         chosen = {
-            rule: (torch.arange(n_prompts) * chains + _finite_rank(value).cpu().view(n_prompts, chains).argmax(-1))  # ties: the earlier chain
+            rule: torch.arange(n_prompts) * chains + _finite_rank(value).cpu().view(n_prompts, chains).argmax(-1)
             for rule, (_, _, _, value) in candidates.items()
         }
         rows = chosen[self.returns]
-        chosen_chain = rows - torch.arange(n_prompts) * chains
         elapsed = time.perf_counter() - started  # the method's own work; what follows is for metrics
+        # 5. record: the chosen state of each prompt, with every chain's summary and trace
         device_rows = rows.to(tokens.device)
+        out_tokens, out_lengths, out_rewards, _ = candidates[self.returns]
+        return self.records(
+            batch, [prompt_ids[int(r)] for r in rows], [prompts[int(r)] for r in rows], out_tokens[device_rows],
+            out_lengths[device_rows], out_rewards.cpu()[rows], elapsed, self.chain_extras(run, pool, candidates, chosen),
+        )
+
+    def chain_extras(self, run: ChainRun, pool: Pool, candidates: dict[str, tuple], chosen: dict[str, torch.Tensor]) -> list[dict]:
+        """Each prompt's record fields beyond the shared ones: the returned chain, every chain's
+        start, best and final state, acceptance and trace, and with more than one return rule the
+        other rules' replies (docs/outputs.md)."""
+        chains = self.chains
+        n_prompts = len(chosen[self.returns])
+        chosen_chain = chosen[self.returns] - torch.arange(n_prompts) * chains
+        best = run.best_reward.cpu().view(n_prompts, chains)
         final_texts = self.decode_text(run.final.tokens, run.final.lengths)
         acceptance = run.acceptance
         extras = []
@@ -260,7 +286,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
                 "chain": int(chosen_chain[p]),
                 "chain_best_rewards": best[p].tolist(),
                 "chain_initial_rewards": initial.tolist(),
-                "chain_initial_candidates": [int(c) for c in candidate[span]],
+                "chain_initial_candidates": [int(c) for c in pool.candidates[span]],
                 "chain_rewards": run.final.reward[span].cpu().tolist(),
                 "chain_responses": final_texts[span],
                 "chain_acceptance": acceptance[span].tolist(),
@@ -296,14 +322,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
             if pool.rewards is not None:
                 extra["pool_rewards"] = pool.rewards[p].tolist()
             extras.append(extra)
-        chosen_ids = [prompt_ids[int(r)] for r in rows]
-        chosen_prompts = [prompts[int(r)] for r in rows]
-        out_tokens, out_lengths, out_rewards, _ = candidates[self.returns]
-        return self.records(
-            batch, chosen_ids, chosen_prompts, out_tokens[device_rows], out_lengths[device_rows],
-            out_rewards.cpu()[rows], elapsed, extras,
-        )
-
+        return extras
 
 def _finite_rank(values: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
