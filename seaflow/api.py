@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sized, Union
 
@@ -194,8 +193,7 @@ class Aligner:
 def build(args: list[str]):
     """The ``seaflow predict`` parser on ``args`` without a Trainer: the parsed config, the method
     and the data module (``seaflow predict``'s LightningCLI is imported here, when ``load`` runs)."""
-    from seaflow.arguments import ConfigError, summarize_parse_error
-    from seaflow.cli import SeaflowCLI, build_cli, component_names, read_arguments
+    from seaflow.cli import SeaflowCLI, build_cli
 
     class BuildCLI(SeaflowCLI):
         """The predict parser without a Trainer: parses a config and builds the method and the data
@@ -206,16 +204,9 @@ def build(args: list[str]):
             parser.set_defaults({"data.path": NO_PROMPTS_FILE})
 
         def parse_arguments(self, parser, args) -> None:
-            """A mistake raises ConfigError (a ValueError) in one line; no SystemExit inside Python."""
-            args = read_arguments(list(args or []), [parser])
-            parser.exit_on_error = False
-            try:
-                # LightningCLI's parse_arguments without its warning about sys.argv (a notebook kernel's own)
-                self.config = parser.parse_args(args)
-            except ArgumentError as err:
-                raise ConfigError(summarize_parse_error(str(err), component_names)) from err
-            finally:
-                parser.exit_on_error = True
+            """The caller's arguments only, never sys.argv (a notebook kernel's own); a mistake raises
+            ConfigError (a ValueError) in one line, no SystemExit inside Python."""
+            super().parse_arguments(parser, list(args or []))
 
         def instantiate_classes(self) -> None:
             self.config_init = self.parser.instantiate_classes(self.config)
