@@ -18,7 +18,8 @@ of the reply under the policy and under Gemma-3-270m (another family), FLOPs, wa
 sequential depth per prompt (the records' ``cost``), each mean with a bootstrap 95% interval
 over prompts, and the machine and load each cell ran under. Best-of-N is a curve over N read
 from one run's candidates (candidate c is the same draw for every N; its FLOPs and wall time
-are the run's times N/n, generation being one row per candidate; its depth is the run's). A
+are the run's times N/n, generation being one row per candidate after one shared pass over the
+prompt, which is pro-rated too, in Best-of-N's favour; its depth is the run's). A
 method with ``from: best_of_n`` and a ``reward_temperature`` is Soft Best-of-N read off the
 same candidates (the draw ``seaflow.methods.SoftBestOfN`` makes), at no cost of its own. NLLs
 are cached in ``<output_dir>/nll_cache.json``. The goal check compares each other method with

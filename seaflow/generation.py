@@ -63,10 +63,22 @@ class Context:
 
 
 @torch.no_grad()
-def prefill(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int) -> Context:
-    """One pass over the left-padded ``prompt_ids``: their cache and the logits that predict the next token."""
+def prefill(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, share: bool = True) -> Context:
+    """One pass over the left-padded ``prompt_ids``: the rows' cache and the logits that predict their next token.
+
+    With ``share`` (the default) rows with the same prompt share one pass over it, its keys and
+    values copied to each of them: the same context as a pass per row (to float rounding) for
+    a fraction of the FLOPs, as a serving stack's prefix cache gives (Best-of-N's rows are one
+    prompt ``n`` times). ``share=False`` runs every row's prompt.
+    """
     device = model.get_input_embeddings().weight.device
-    return prefill_layout(model, build_prefix_layout(prompt_ids, torch.zeros(len(prompt_ids), dtype=torch.long), pad_id).to(device))
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids] if share else list(range(len(prompt_ids)))
+    passed = [list(ids) for ids in distinct] if share else prompt_ids
+    context = prefill_layout(model, build_prefix_layout(passed, torch.zeros(len(passed), dtype=torch.long), pad_id).to(device))
+    if len(passed) == len(prompt_ids):  # every prompt distinct: the rows are the pass's rows, in order
+        return context
+    return context.select(torch.tensor(index, device=device))
 
 
 @torch.no_grad()
@@ -431,6 +443,7 @@ def sample(
     forced: list[list[int]] | None = None,
     choose: Choice | None = None,
     rules: Sequence[Rule] = (),
+    share_prompt: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Continuations of left-padded prompts with a KV cache: ``(tokens (B, max_new_tokens), lengths (B,))``.
 
@@ -443,11 +456,12 @@ def sample(
     draw is still made), and the row then has ``max_new_tokens - max(len(f) for f in forced)``
     free tokens, the same for every row whatever the others' start (callers pass
     ``max_new_tokens`` = the longest start + the free budget; :func:`forced_start`).
+    Rows with the same prompt share its pass (:func:`prefill`; ``share_prompt=False``: one pass per row).
     """
     if choose is None:
         choose, sampling = sampling_rule(generators, temperature, top_p)
         rules = [*rules, *sampling]
-    state = Generation.start(prefill(model, prompt_ids, pad_id), max_new_tokens, eos_ids, pad_id, forced=forced)
+    state = Generation.start(prefill(model, prompt_ids, pad_id, share_prompt), max_new_tokens, eos_ids, pad_id, forced=forced)
     generate(model, state, choose, rules)
     return state.tokens, state.lengths
 

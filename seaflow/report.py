@@ -240,7 +240,8 @@ class Curve:
 
 def best_of_n_curve(run: Run, soft: float | None = None) -> Curve | None:
     """Best-of-N for N = 1, 2, 4, ... up to the run's N from its candidates; FLOPs and wall time =
-    the run's x N / n (generation and scoring are one row per candidate; for wall time an
+    the run's x N / n (generation and scoring are one row per candidate; the prompt's one shared
+    pass is pro-rated too, a little less than Best-of-N pays for it; for wall time an
     approximation: small batches use the machine less well), sequential depth the run's (N rows
     run side by side). ``soft``: Soft Best-of-N with that lambda instead, the same draw
     :class:`~seaflow.methods.SoftBestOfN` makes (:func:`soft_best_of_first`)."""

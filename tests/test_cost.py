@@ -93,10 +93,11 @@ def test_best_of_n_counts_n_candidates_by_l_tokens(tiny_models, tiny_policy):
     steps = min(int(lengths.max()), width - 1)
     batch_cost = cost.add(records[0]["cost"], records[1]["cost"])
     policy, reward = batch_cost["models"]["policy"], batch_cost["models"]["reward"]
-    # generation: one prompt pass, then one cached position per row and step; the metric-only
-    # reference pass over the returned responses is not counted
-    assert policy["forward_tokens"] == rows * prompt_width + rows * steps
-    assert policy["head_tokens"] == rows * (1 + steps)
+    # generation: one pass per prompt (its n rows share it), then one cached position per row and
+    # step; the metric-only reference pass over the returned responses is not counted
+    prompts = rows // n
+    assert policy["forward_tokens"] == prompts * prompt_width + rows * steps
+    assert policy["head_tokens"] == prompts + rows * steps
     assert policy["backward_tokens"] == reward["backward_tokens"] == 0
     # reward: the cached prompt once, then the responses (as wide as the longest)
     assert reward["forward_tokens"] == rows * prompt_width + rows * max(int(lengths.max()), 1)
@@ -118,9 +119,11 @@ def test_sea_counts_forward_and_backward_per_step(tiny_models, tiny_policy):
     batch_cost = cost.add(records[0]["cost"], records[1]["cost"])
     policy, reward = batch_cost["models"]["policy"], batch_cost["models"]["reward"]
     evaluations = steps + 1  # one gradient evaluation per Langevin step, and the last iterate's
-    # policy: sampling; the reference logits of the samples (init); the reference term's prefix;
-    # the response tail (L - 1 slots: the last slot predicts nothing) per evaluation
-    assert policy["forward_tokens"] == (rows * prompt_width + rows * gen_steps) + (rows * prompt_width + rows * (width - 1)) \
+    # policy: sampling (one pass per prompt, shared by its chains); the reference logits of the
+    # samples (init); the reference term's prefix; the response tail (L - 1 slots: the last slot
+    # predicts nothing) per evaluation
+    prompts = rows // chains
+    assert policy["forward_tokens"] == (prompts * prompt_width + rows * gen_steps) + (rows * prompt_width + rows * (width - 1)) \
         + rows * prompt_width + evaluations * rows * (width - 1)
     assert policy["backward_tokens"] == steps * rows * (width - 1)
     # straight-through's forward is one-hot: embedded by a row lookup, only the backward product is dense

@@ -47,6 +47,27 @@ def test_sample_is_the_loop_from_the_prefill(tiny_policy):
     assert torch.equal(state.tokens, tokens) and torch.equal(state.lengths, lengths)
 
 
+def test_rows_of_one_prompt_share_its_prefill_and_write_the_same_tokens(tiny_policy):
+    from seaflow import cost
+
+    model, ids, eos, pad = setup(tiny_policy)
+    cost.watch(model, "policy")  # as a method's attach does
+    rows = [ids[0], ids[1], ids[0], ids[2], ids[0], ids[1]]  # three distinct prompts, interleaved
+    results = {}
+    for share in (True, False):
+        with torch.no_grad(), cost.CostMeter() as meter:
+            results[share] = generation.sample(model, rows, WIDTH, eos, pad, generators(len(rows)), share_prompt=share)
+        results[share] += (meter.totals(),)
+    (shared, shared_n, shared_cost), (own, own_n, own_cost) = results[True], results[False]
+    assert torch.equal(shared, own) and torch.equal(shared_n, own_n)
+    prefill_width = max(map(len, ids))  # left-padded to the longest prompt either way
+    assert own_cost["forward_tokens"] - shared_cost["forward_tokens"] == (len(rows) - 3) * prefill_width
+    assert own_cost["models"]["policy"]["head_tokens"] - shared_cost["models"]["policy"]["head_tokens"] == len(rows) - 3
+    context = generation.prefill(model, rows, pad)  # and each row's context is its prompt's
+    alone = generation.prefill(model, [ids[0]], pad, share=False)
+    torch.testing.assert_close(context.logits[4], alone.logits[0])
+
+
 def test_narrowing_the_batch_changes_no_token_and_hands_over_every_row_once(tiny_policy):
     model, ids, eos, pad = setup(tiny_policy)
     wide = start(tiny_policy, limits=torch.tensor([2, WIDTH, 5]))

@@ -229,16 +229,19 @@ def test_particle_filter_resamples_by_tempered_weights_and_is_seeded_per_prompt(
     assert all(s["reward"] in s["particle_rewards"] for s in sampled)
 
 
-def test_particle_filter_cost_is_the_hand_count(tiny_policy):
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_particle_filter_cost_is_the_hand_count(tiny_policy, share_prompt):
     particles, prompts = 4, PROMPTS[:2]
-    method = without_eos(ParticleFilter(policy="tiny", reward=LexiconReward(), particles=particles, block=3,
-                                        max_new_tokens=WIDTH, reward_temperature=0.01, ess_threshold=1.0))
+    method = without_eos(ParticleFilter(policy="tiny", reward=LexiconReward(), particles=particles, block=3, max_new_tokens=WIDTH,
+                                        reward_temperature=0.01, ess_threshold=1.0, share_prompt=share_prompt))
     records, items = direct(method, tiny_policy, prompts=prompts)
     rows, width = particles * len(prompts), max(len(it["prompt_ids"]) for it in items)
     total = cost.add(records[0]["cost"], records[1]["cost"])
-    # resampling copies keys and values: the model work is Best-of-4's, a prefill and WIDTH - 1 cached steps per row
-    assert total["forward_tokens"] == rows * width + rows * (WIDTH - 1)
-    assert total["models"]["policy"]["head_tokens"] == rows * WIDTH
+    # resampling copies keys and values: the model work is Best-of-4's, a prefill (one per prompt when
+    # shared, else one per row) and WIDTH - 1 cached steps per row
+    prefilled = len(prompts) if share_prompt else rows
+    assert total["forward_tokens"] == prefilled * width + rows * (WIDTH - 1)
+    assert total["models"]["policy"]["head_tokens"] == prefilled + rows * (WIDTH - 1)
     assert records[0]["cost"]["sequential_depth"] == WIDTH
 
 

@@ -33,22 +33,18 @@ class PartialResponses:
         temperature, top_p: the policy's sampling rule.
         forced: each row's forced response start (``data.response_prefix``) or None.
         share_prompt: run each prompt through the model once and copy its keys and values to
-            its rows (fewer FLOPs, the same tokens); False runs every row's prompt, as
-            :func:`seaflow.generation.sample` does.
+            its rows (fewer FLOPs, the same tokens; :func:`seaflow.generation.prefill`); False
+            runs every row's prompt.
     """
 
     @torch.no_grad()
     def __init__(self, model, prompt_ids: list[list[int]], copies: int, width: int, eos_ids: list[int], pad_id: int,
                  generators: list[torch.Generator], temperature: float = 1.0, top_p: float = 1.0,
-                 forced: list[list[int]] | None = None, share_prompt: bool = False):
+                 forced: list[list[int]] | None = None, share_prompt: bool = True):
         rows = len(prompt_ids) * copies
         if len(generators) != rows:
             raise ValueError(f"{len(generators)} generators for {rows} rows")
-        if share_prompt:  # every row of a prompt starts from its prompt's keys and values
-            context = generation.prefill(model, prompt_ids, pad_id)
-            context = context.select(torch.arange(len(prompt_ids), device=context.logits.device).repeat_interleave(copies))
-        else:
-            context = generation.prefill(model, [ids for ids in prompt_ids for _ in range(copies)], pad_id)
+        context = generation.prefill(model, [ids for ids in prompt_ids for _ in range(copies)], pad_id, share=share_prompt)
         self.model, self.temperature, self.top_p = model, temperature, top_p
         self.state = generation.Generation.start(context, width, eos_ids, pad_id, forced=forced)
         self.use(generators)

@@ -33,14 +33,14 @@ class PartialSearch(DiscreteMethod):
             the reward that selects (``selection_reward`` when set, else ``reward``) on the text
             so far. The finished responses are always ranked by the reward that selects.
         share_prompt: run each prompt through the policy once and copy its keys and values to
-            its rows (the same tokens, fewer FLOPs); false (default) runs every row's prompt,
-            as Best-of-N and every other method do, so costs compare like with like.
+            its rows (the same tokens, fewer FLOPs), as every method's policy samples do
+            (:func:`seaflow.generation.prefill`); false runs every row's prompt.
         (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
     rows_per_prompt: int = 1
 
-    def __init__(self, partial_reward: Reward | None = None, share_prompt: bool = False, **kwargs):
+    def __init__(self, partial_reward: Reward | None = None, share_prompt: bool = True, **kwargs):
         super().__init__(**kwargs)
         self._require_reward()
         self.partial_reward = partial_reward
