@@ -444,6 +444,7 @@ def sample(
     choose: Choice | None = None,
     rules: Sequence[Rule] = (),
     share_prompt: bool = True,
+    records: Sequence[Record] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Continuations of left-padded prompts with a KV cache: ``(tokens (B, max_new_tokens), lengths (B,))``.
 
@@ -457,12 +458,13 @@ def sample(
     free tokens, the same for every row whatever the others' start (callers pass
     ``max_new_tokens`` = the longest start + the free budget; :func:`forced_start`).
     Rows with the same prompt share its pass (:func:`prefill`; ``share_prompt=False``: one pass per row).
+    The ``records`` read the policy's logits and the chosen tokens (e.g. :class:`RecordLogProbs`).
     """
     if choose is None:
         choose, sampling = sampling_rule(generators, temperature, top_p)
         rules = [*rules, *sampling]
     state = Generation.start(prefill(model, prompt_ids, pad_id, share_prompt), max_new_tokens, eos_ids, pad_id, forced=forced)
-    generate(model, state, choose, rules)
+    generate(model, state, choose, rules, records)
     return state.tokens, state.lengths
 
 

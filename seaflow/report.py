@@ -66,10 +66,12 @@ def bootstrap(values: list[float | None], boot: int = BOOTSTRAP, seed: int = 0) 
 
 def best_of_first(record: dict[str, Any], n: int) -> tuple[int, float]:
     """``(candidate, reward)`` Best-of-``n`` returns on a Best-of-N record's first ``n``
-    candidates: candidate ``c`` is the same draw for every N, ties go to the earlier one."""
-    rewards = record["candidate_rewards"][:n]
-    best = max(range(len(rewards)), key=lambda c: (rewards[c], -c))
-    return best, rewards[best]
+    candidates: candidate ``c`` is the same draw for every N; ties go to the earlier one, or to
+    the likeliest when the run returned ``likeliest_best`` (its ``candidate_ref_logprobs``)."""
+    rewards = [r if math.isfinite(r) else -math.inf for r in record["candidate_rewards"][:n]]
+    likelihood = record.get("candidate_ref_logprobs") if record.get("returns") == "likeliest_best" else None
+    best = max(range(len(rewards)), key=lambda c: (rewards[c], likelihood[c] if likelihood else 0.0, -c))
+    return best, record["candidate_rewards"][best]
 
 
 def soft_best_of_first(record: dict[str, Any], n: int, reward_temperature: float, seed: int) -> tuple[int, float]:

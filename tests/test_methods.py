@@ -11,7 +11,7 @@ import yaml
 
 from seaflow import generation
 from seaflow.cli import main
-from seaflow.energies import LexiconReward
+from seaflow.energies import CallableReward, LexiconReward
 from seaflow.methods import ARGS, CBS, BestOfN, Sample
 from seaflow.methods.record import FIELDS, Cost, make_record
 
@@ -90,6 +90,38 @@ def test_best_of_n_keeps_the_max_and_candidate_zero_is_the_sample(tiny_policy):
         assert b["candidate_responses"][0] == s["response"]
         assert b["initial_reward"] == pytest.approx(s["reward"])
     assert len({r for b in best for r in b["candidate_responses"]}) > 4  # the candidates differ
+
+
+def test_best_of_n_likeliest_best_returns_the_likeliest_of_the_best(tiny_policy):
+    from seaflow.report import best_of_first
+
+    n, width = 6, 6
+    nonempty = CallableReward("builtins.bool")  # 1 for any non-empty reply: most candidates tie
+    method = BestOfN(policy="tiny", reward=nonempty, n=n, max_new_tokens=width, returns="likeliest_best")
+    records, items = direct(method, tiny_policy)
+    plain, _ = direct(BestOfN(policy="tiny", reward=nonempty, n=n, max_new_tokens=width), tiny_policy)
+    assert [r["candidate"] for r in plain] == [r["candidate_rewards"].index(1.0) for r in plain]  # best_reward: the earlier
+    prompt_ids, _, keys = method.expand({k: [it[k] for it in items] for k in items[0]}, n)
+    with torch.no_grad():  # the same draws; log pi_ref(y | x) by one plain forward pass per candidate
+        tokens, lengths = method.sample_rows(prompt_ids, keys, [r % n for r in range(len(keys))])
+        direct_ll = []
+        for row, ids in enumerate(prompt_ids):
+            length, start = int(lengths[row]), len(ids) - 1
+            logp = torch.log_softmax(tiny_policy.model(torch.tensor([ids + tokens[row, :length].tolist()])).logits[0].float(), -1)
+            ll = sum(float(logp[start + t, tokens[row, t]]) for t in range(length))
+            if length < width:  # it ended: the probability of EOS there
+                ll += float(logp[start + length, method.eos_ids].logsumexp(-1))
+            direct_ll.append(ll)
+    for p, record in enumerate(records):
+        expected, rewards = direct_ll[p * n : (p + 1) * n], record["candidate_rewards"]
+        assert record["candidate_ref_logprobs"] == pytest.approx(expected, abs=1e-4)
+        likeliest = lambda k: max((c for c in range(k) if rewards[c] == max(rewards[:k])), key=lambda c: expected[c])  # noqa: E731
+        assert record["candidate"] == likeliest(n)
+        assert best_of_first(record, n)[0] == record["candidate"]  # the report reads the same rule off the record
+        assert best_of_first(record, 3)[0] == likeliest(3)
+    assert [r["candidate"] for r in records] != [r["candidate"] for r in plain]
+    with pytest.raises(ValueError, match="returns must be one of best_reward, likeliest_best, got 'final'.*model.init_args.returns"):
+        BestOfN(policy="tiny", reward=nonempty, returns="final")
 
 
 def test_results_do_not_depend_on_batch_composition(tiny_policy):

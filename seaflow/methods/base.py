@@ -206,6 +206,7 @@ class AlignmentMethod(L.LightningModule):
         max_new_tokens: int | None = None,
         forced: list[list[int]] | None = None,
         progress: bool = True,
+        log_probs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy samples for explicit (prompt key, candidate index) rows, ``sample_batch`` at a time:
         the one way a method draws from the policy. Returns ``(tokens, lengths)``.
@@ -215,7 +216,10 @@ class AlignmentMethod(L.LightningModule):
         candidate ``c``, SEA's initial chain ``c``). ``forced[i]`` is row ``i``'s forced start
         (``data.response_prefix``): the rows hold it and ``max_new_tokens`` free tokens after it.
         ``progress`` reports each block of rows to the progress bar (a caller with its own unit
-        of progress turns it off).
+        of progress turns it off). ``log_probs`` (``(rows, width)``, zeros) receives, at no extra
+        model work, the policy's log-probability of each written token (of EOS at the slot where
+        a row ends; :class:`~seaflow.generation.RecordLogProbs`): a row's sum is its
+        ``log pi_ref(y | x)`` whatever the sampling temperature.
         """
         budget = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         width = budget + (max(map(len, forced)) if forced else 0)
@@ -224,9 +228,11 @@ class AlignmentMethod(L.LightningModule):
         for start in cost.side_by_side(range(0, len(prompt_ids), self.sample_batch)):  # chunks bound memory only
             stop = start + self.sample_batch
             chunk = forced[start:stop] if forced else None
+            records = [] if log_probs is None else [generation.RecordLogProbs(log_probs[start:stop], self.eos_ids)]
             t, n = generation.sample(
                 self.policy.model, prompt_ids[start:stop], budget + (max(map(len, chunk)) if chunk else 0),
                 self.eos_ids, self.pad_id, generators[start:stop], temperature=self.temperature, top_p=self.top_p, forced=chunk,
+                records=records,
             )
             tokens.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=self.pad_id))
             lengths.append(n)

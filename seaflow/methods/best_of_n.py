@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
+
+RETURN_RULES = ("best_reward", "likeliest_best")  # model.init_args.returns
 
 
 class BestOfN(DiscreteMethod):
@@ -17,22 +20,31 @@ class BestOfN(DiscreteMethod):
     at a time, so N=64 on many prompts stays within memory. Candidate ``c`` is the same draw
     as SEA's initial chain ``c`` (same seed and prompt id); candidate 0 is the plain
     :class:`Sample`, recorded as ``initial_*`` so the summary reports the win rate over it.
-    Ties go to the earlier candidate.
+    Ties go to the earlier candidate, or with ``returns: likeliest_best`` to the likeliest.
 
     Args:
         n: candidates per prompt.
         keep_candidates: write every candidate's text to the record (``candidate_responses``);
             candidate rewards are always written.
+        returns: ``best_reward`` (the highest reward, the earlier candidate on a tie) or
+            ``likeliest_best`` (the highest reward, among equal rewards the candidate likeliest
+            under the policy, ``log pi_ref(y | x)`` read while sampling at no extra model work;
+            GuidedSuffixMCMC's rule of the same name). A reward with few values (the fraction of
+            keywords present) ties often; the records then add ``candidate_ref_logprobs``.
         (others: see :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
-    def __init__(self, n: int = 16, keep_candidates: bool = True, **kwargs):
+    def __init__(self, n: int = 16, keep_candidates: bool = True,
+                 returns: Literal["best_reward", "likeliest_best"] = "best_reward", **kwargs):
         super().__init__(**kwargs)
         if n < 1:
             raise ValueError(f"n (candidates per prompt) must be >= 1, got {n}")
+        if returns not in RETURN_RULES:
+            raise ValueError(f"returns must be one of {', '.join(RETURN_RULES)}, got {returns!r}; set model.init_args.returns")
         self._require_reward()
         self.n = n
         self.keep_candidates = keep_candidates
+        self.returns = returns
 
     def method_name(self) -> str:
         return f"BestOfN-{self.n}"
@@ -42,10 +54,13 @@ class BestOfN(DiscreteMethod):
         started = time.perf_counter()
         n = self.n
         prompt_ids, prompts, keys = self.expand(batch, n)
-        tokens, lengths = self.sample_rows(prompt_ids, keys, [row % n for row in range(len(keys))], forced=self.forced_rows(batch, n))
+        forced = self.forced_rows(batch, n)
+        log_probs = torch.zeros(len(keys), self.response_width(forced), device=self.device) if self.returns == "likeliest_best" else None
+        tokens, lengths = self.sample_rows(prompt_ids, keys, [row % n for row in range(len(keys))], forced=forced, log_probs=log_probs)
         rewards = self.rewards(prompt_ids, prompts, tokens, lengths).cpu()
         grouped = rewards.view(-1, n)
-        best, chosen = self.choose(grouped, batch["id"])
+        likelihood = None if log_probs is None else log_probs.sum(-1).cpu().view(-1, n)
+        best, chosen = self.choose(grouped, batch["id"], likelihood)
         rows = torch.arange(len(batch["id"])) * n + best
         elapsed = time.perf_counter() - started  # the method's own work; what follows is for metrics
         first = torch.arange(len(batch["id"])) * n
@@ -65,13 +80,21 @@ class BestOfN(DiscreteMethod):
             }
             if texts is not None:
                 extra["candidate_responses"] = texts[p * n : (p + 1) * n]
+            if likelihood is not None:
+                extra["candidate_ref_logprobs"] = likelihood[p].tolist()
+                extra["returns"] = self.returns
             extras.append(extra)
         chosen_ids = [prompt_ids[int(r)] for r in rows]
         chosen_prompts = [prompts[int(r)] for r in rows]
         returned = grouped.gather(1, best.unsqueeze(1)).squeeze(1)
         return self.records(batch, chosen_ids, chosen_prompts, tokens[rows], lengths[rows], returned, elapsed, extras)
 
-    def choose(self, rewards: torch.Tensor, ids: list[str]) -> tuple[torch.Tensor, list[dict]]:
+    def choose(self, rewards: torch.Tensor, ids: list[str], likelihood: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict]]:
         """The returned candidate of each prompt from the ``(prompts, n)`` rewards, and fields for
-        its record: the first maximum (ties go to the earlier candidate)."""
-        return rewards.argmax(-1), [{} for _ in ids]
+        its record: the first maximum; with ``likelihood`` (``(prompts, n)`` log pi_ref), the
+        likeliest of the maxima (then the earlier one). A non-finite reward ranks last."""
+        ranked = torch.where(torch.isfinite(rewards), rewards, float("-inf"))
+        if likelihood is None:
+            return ranked.argmax(-1), [{} for _ in ids]
+        top = ranked == ranked.max(-1, keepdim=True).values
+        return torch.where(top, likelihood, float("-inf")).argmax(-1), [{} for _ in ids]

@@ -74,6 +74,7 @@ class Record(TypedDict, total=False):
     candidate_rewards: list[float]
     candidate_responses: list[str]
     n: int
+    candidate_ref_logprobs: list[float]
     # ARGS
     top_k: int
     weight: float

@@ -40,12 +40,15 @@ class SoftBestOfN(BestOfN):
                 f"reward_temperature must be >= 0 (0: Best-of-N), got {reward_temperature}; "
                 "set model.init_args.reward_temperature"
             )
+        if self.returns != "best_reward":
+            raise ValueError(f"SoftBestOfN draws its candidate from softmax(r / lambda): returns must be best_reward, "
+                             f"got {self.returns!r}; remove model.init_args.returns")
         self.reward_temperature = reward_temperature
 
     def method_name(self) -> str:
         return f"SoftBestOfN-{self.n}"
 
-    def choose(self, rewards: torch.Tensor, ids: list[str]) -> tuple[torch.Tensor, list[dict]]:
+    def choose(self, rewards: torch.Tensor, ids: list[str], likelihood: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict]]:
         picks, fields = [], []
         for row, prompt_id in zip(rewards.tolist(), ids):
             candidate, probability = soft_choice(row, self.reward_temperature, self.seed, prompt_id)
