@@ -169,9 +169,6 @@ class GuidedSuffixMCMC(DiscreteMethod):
         self.init_from = init_from
         self.tries = tries
 
-    def method_name(self) -> str:
-        return "GuidedSuffixMCMC"
-
     @property
     def guided(self) -> bool:
         return self.cut_temperature is not None and self.cut_floor < 1
