@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seaflow.checks import require, require_one_of
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.energies.base import PromptText
 from seaflow.files import physical_lines
@@ -360,21 +361,17 @@ class PromptDataModule(L.LightningDataModule):
             )
         from seaflow.metrics import TASKS
 
-        if task is not None and task not in TASKS:
-            raise ValueError(f"data.task must be one of {', '.join(TASKS)} (or null), got {task!r}")
+        require_one_of("data.task", task, (*TASKS, None))
         if response_prefix is not None and response_prefix_field is not None:
             raise ValueError(
                 f"set one of data.response_prefix ({response_prefix!r}) and data.response_prefix_field "
                 f"({response_prefix_field!r}), not both"
             )
-        if response_prefix_tokens is not None and response_prefix_tokens < 0:
-            raise ValueError(f"data.response_prefix_tokens must be >= 0 (or null for the whole prefix), got {response_prefix_tokens}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"data.limit must be >= 1 (or null for every prompt), got {limit}")
-        if on_bad_prompt not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_prompt must be 'error' or 'skip', got {on_bad_prompt!r}")
+        require(response_prefix_tokens is None or response_prefix_tokens >= 0, "data.response_prefix_tokens",
+                response_prefix_tokens, ">= 0 or null (the whole prefix)")
+        require(batch_size >= 1, "data.batch_size", batch_size, ">= 1")
+        require(limit is None or limit >= 1, "data.limit", limit, ">= 1 or null (every prompt)")
+        require_one_of("data.on_bad_prompt", on_bad_prompt, ("error", "skip"))
         self.path = path
         self.prompt_field = prompt_field
         self.id_field = id_field

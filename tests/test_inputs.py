@@ -296,7 +296,7 @@ def test_data_limit_below_one_is_rejected(tmp_path, tiny_models, capsys, limit):
         main(["predict", "--config", str(config), "--data.limit", limit])
     assert exited.value.code != 0
     err = capsys.readouterr().err
-    assert f"data.limit must be >= 1 (or null for every prompt), got {limit}" in err
+    assert f"data.limit must be >= 1 or null (every prompt), got {limit}" in err
     assert err.count("data.limit must be") == 1 and "Traceback" not in err
     assert not (tmp_path / "run" / "predictions.jsonl").exists()
 

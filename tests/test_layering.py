@@ -80,7 +80,8 @@ LAYERS = {
     "language": ("seaflow.energies", "seaflow.relaxations", "seaflow.layout", "seaflow.models", "seaflow.encoding",
                  "seaflow.generation", "seaflow.cost", "seaflow.logit_bias", "seaflow.judges", "seaflow.refusal",
                  "seaflow.prompt_sets", "seaflow.files"),
-    "numbers": ("seaflow.samplers", "seaflow.schedules", "seaflow.rng", "seaflow.progress", "seaflow.tempered"),
+    "numbers": ("seaflow.samplers", "seaflow.schedules", "seaflow.rng", "seaflow.progress", "seaflow.tempered",
+                "seaflow.checks"),
 }
 
 

@@ -179,7 +179,7 @@ def test_skip_policy_records_bad_rows_and_keeps_the_rest(tmp_path):
     assert [p["id"] for p in data.prompts] == ["a", "d"]
     assert [(s["line"], s["id"]) for s in data.skipped] == [(2, None), (3, "b"), (4, "a"), (5, "c")]
     assert "malformed JSON" in data.skipped[0]["reason"] and "duplicate id 'a'" in data.skipped[2]["reason"]
-    with pytest.raises(ValueError, match="on_bad_prompt must be 'error' or 'skip', got 'ignore'"):
+    with pytest.raises(ValueError, match="data.on_bad_prompt must be one of 'error', 'skip', got 'ignore'"):
         PromptDataModule(path=str(path), on_bad_prompt="ignore")
 
 
@@ -222,10 +222,10 @@ def test_missing_chat_template_is_named(tiny_models):
 @pytest.mark.parametrize("model_args, expected", [
     ({"sampler": {"class_path": "NoSuchSampler"}}, ["model.init_args.sampler: unknown class name 'NoSuchSampler'; available: AdaptiveLangevin, DiscreteLangevin, HMC, Langevin, MALA"]),
     ({"chains": "four"}, ["model.init_args.chains: got 'four'; expected an integer"]),
-    ({"chains": -2}, ["chains must be >= 1, got -2"]),
+    ({"chains": -2}, ["model.init_args.chains must be >= 1, got -2"]),
     ({"sampler": {"class_path": "Langevin", "init_args": {"step_size": -0.5}}}, ["Langevin step_size must be a finite number > 0", "got -0.5"]),
-    ({"max_new_tokens": 0}, ["max_new_tokens must be >= 1, got 0"]),
-    ({"alpha": float("nan")}, ["alpha and reference_weight must be numbers, got nan"]),
+    ({"max_new_tokens": 0}, ["model.init_args.max_new_tokens must be >= 1, got 0"]),
+    ({"alpha": float("nan")}, ["model.init_args.alpha must be a number, got nan"]),
 ])
 def test_bad_config_values_are_named(tmp_path, tiny_models, capsys, model_args, expected):
     config = tiny_config(tmp_path, tiny_models, **model_args)

@@ -246,15 +246,15 @@ def test_particle_filter_cost_is_the_hand_count(tiny_policy, share_prompt):
 
 
 def test_search_methods_validate_their_arguments():
-    with pytest.raises(ValueError, match="reward_temperature must be >= 0.*model.init_args.reward_temperature"):
+    with pytest.raises(ValueError, match=r"model.init_args.reward_temperature must be >= 0 \(0: Best-of-N\), got -1"):
         SoftBestOfN(policy="tiny", reward=LexiconReward(), reward_temperature=-1)
-    with pytest.raises(ValueError, match="decision_points must be increasing.*got \\[8, 4\\]"):
+    with pytest.raises(ValueError, match=r"model.init_args.decision_points must be increasing.*got \[8, 4\]"):
         SpeculativeRejection(policy="tiny", reward=LexiconReward(), decision_points=[8, 4])
-    with pytest.raises(ValueError, match="keep_fraction must be in \\(0, 1\\], got 0"):
+    with pytest.raises(ValueError, match=r"model.init_args.keep_fraction must be in \(0, 1\], got 0"):
         SpeculativeRejection(policy="tiny", reward=LexiconReward(), keep_fraction=0)
-    with pytest.raises(ValueError, match="reward_temperature must be > 0"):
+    with pytest.raises(ValueError, match="model.init_args.reward_temperature must be > 0"):
         ParticleFilter(policy="tiny", reward=LexiconReward(), reward_temperature=0)
-    with pytest.raises(ValueError, match="resampling must be one of systematic, multinomial, got 'stratified'"):
+    with pytest.raises(ValueError, match="model.init_args.resampling must be one of 'systematic', 'multinomial', got 'stratified'"):
         ParticleFilter(policy="tiny", reward=LexiconReward(), resampling="stratified")
     with pytest.raises(ValueError, match="ParticleFilter selects by reward"):
         ParticleFilter(policy="tiny", reward=None)

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from seaflow import cost, generation
+from seaflow.checks import require, require_one_of
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 from seaflow.progress import report
@@ -38,10 +39,8 @@ class ARGS(DiscreteMethod):
 
     def __init__(self, top_k: int = 10, weight: float = 1.0, mode: Literal["greedy", "sample"] = "greedy", **kwargs):
         super().__init__(**kwargs)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if mode not in ("greedy", "sample"):
-            raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+        require(top_k >= 1, "model.init_args.top_k", top_k, ">= 1")
+        require_one_of("model.init_args.mode", mode, ("greedy", "sample"))
         if mode == "sample" and self.temperature <= 0:
             raise ValueError(f"mode: sample needs temperature > 0, got {self.temperature}; use mode: greedy instead")
         if weight != 0:

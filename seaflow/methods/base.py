@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from seaflow import cost, generation, rng
+from seaflow.checks import require
 from seaflow.layout import active_mask
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.energies.reference import ReferenceLogLikelihood
@@ -77,14 +78,10 @@ class AlignmentMethod(L.LightningModule):
         adapter: str | None = None,
     ):
         super().__init__()
-        for key, value, ok, allowed in (
-            ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, ">= 1"),
-            ("temperature", temperature, temperature >= 0, ">= 0"),
-            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"),
-            ("sample_batch", sample_batch, sample_batch >= 1, ">= 1"),
-        ):
-            if not ok:
-                raise ValueError(f"model.init_args.{key} must be {allowed}, got {value}")
+        require(max_new_tokens >= 1, "model.init_args.max_new_tokens", max_new_tokens, ">= 1")
+        require(temperature >= 0, "model.init_args.temperature", temperature, ">= 0")
+        require(0 < top_p <= 1, "model.init_args.top_p", top_p, "in (0, 1]")
+        require(sample_batch >= 1, "model.init_args.sample_batch", sample_batch, ">= 1")
         self.policy_name = policy
         self.reward = reward
         self.selection_reward = selection_reward

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from seaflow.checks import require, require_one_of
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
 
@@ -37,10 +38,8 @@ class BestOfN(DiscreteMethod):
     def __init__(self, n: int = 16, keep_candidates: bool = True,
                  returns: Literal["best_reward", "likeliest_best"] = "best_reward", **kwargs):
         super().__init__(**kwargs)
-        if n < 1:
-            raise ValueError(f"n (candidates per prompt) must be >= 1, got {n}")
-        if returns not in RETURN_RULES:
-            raise ValueError(f"returns must be one of {', '.join(RETURN_RULES)}, got {returns!r}; set model.init_args.returns")
+        require(n >= 1, "model.init_args.n", n, ">= 1 (candidates per prompt)")
+        require_one_of("model.init_args.returns", returns, RETURN_RULES)
         self._require_reward()
         self.n = n
         self.keep_candidates = keep_candidates

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from seaflow import rng
+from seaflow.checks import require, require_one_of
 from seaflow.logit_bias import BiasEnergy
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.record import Record
@@ -78,14 +79,12 @@ class BiasedDecoding(RefinementMethod):
         **kwargs,
     ):
         super().__init__(steps=steps, **kwargs)
-        if init not in ("sample", "greedy"):
-            raise ValueError(f"init must be 'sample' or 'greedy', got {init!r}")
+        require_one_of("model.init_args.init", init, ("sample", "greedy"))
         if self.top_p != 1.0:
             raise ValueError(
                 f"BiasedDecoding adds its bias to the full next-token distribution: model.init_args.top_p must be 1.0, got {self.top_p}"
             )
-        if not bias_weight >= 0:
-            raise ValueError(f"bias_weight must be >= 0, got {bias_weight}")
+        require(bias_weight >= 0, "model.init_args.bias_weight", bias_weight, ">= 0")
         self.bias_weight = bias_weight
         self.through_policy = through_policy
         self.init = init

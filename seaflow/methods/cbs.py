@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seaflow.checks import require
 from seaflow.layout import pad_rows
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
@@ -45,9 +46,9 @@ class CBS(DiscreteMethod):
 
     def __init__(self, beams: int = 4, samples_per_beam: int = 4, chunk_length: int = 10, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("beams", beams), ("samples_per_beam", samples_per_beam), ("chunk_length", chunk_length)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require(beams >= 1, "model.init_args.beams", beams, ">= 1")
+        require(samples_per_beam >= 1, "model.init_args.samples_per_beam", samples_per_beam, ">= 1")
+        require(chunk_length >= 1, "model.init_args.chunk_length", chunk_length, ">= 1")
         self._require_reward()
         self.beams = beams
         self.samples_per_beam = samples_per_beam

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from seaflow import cost
+from seaflow.checks import require
 from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
 
@@ -28,8 +29,7 @@ class DiscreteMethod(AlignmentMethod):
 
     def __init__(self, score_batch: int = 64, **kwargs):
         super().__init__(**kwargs)
-        if score_batch < 1:
-            raise ValueError(f"score_batch must be >= 1, got {score_batch}")
+        require(score_batch >= 1, "model.init_args.score_batch", score_batch, ">= 1")
         self.score_batch = score_batch
 
     def _require_reward(self) -> None:

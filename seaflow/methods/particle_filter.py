@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 from seaflow import rng, tempered
+from seaflow.checks import require, require_one_of
 from seaflow.methods.search import PartialSearch, first_best
 
 
@@ -59,18 +60,13 @@ class ParticleFilter(PartialSearch):
                  resampling: Literal["systematic", "multinomial"] = "systematic", ess_threshold: float = 0.5,
                  final: Literal["best", "sample"] = "best", **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("particles", particles), ("block", block)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}; set model.init_args.{name}")
-        if not reward_temperature > 0:
-            raise ValueError(f"reward_temperature must be > 0 (.inf ignores the reward), got {reward_temperature}; "
-                             "set model.init_args.reward_temperature")
-        for name, value, allowed in (("potential", potential, ("difference", "value")),
-                                     ("resampling", resampling, tuple(tempered.RESAMPLERS)), ("final", final, ("best", "sample"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}; set model.init_args.{name}")
-        if not 0 <= ess_threshold <= 1:
-            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}; set model.init_args.ess_threshold")
+        require(particles >= 1, "model.init_args.particles", particles, ">= 1")
+        require(block >= 1, "model.init_args.block", block, ">= 1")
+        require(reward_temperature > 0, "model.init_args.reward_temperature", reward_temperature, "> 0 (.inf ignores the reward)")
+        require_one_of("model.init_args.potential", potential, ("difference", "value"))
+        require_one_of("model.init_args.resampling", resampling, tempered.RESAMPLERS)
+        require_one_of("model.init_args.final", final, ("best", "sample"))
+        require(0 <= ess_threshold <= 1, "model.init_args.ess_threshold", ess_threshold, "in [0, 1]")
         self.particles = particles
         self.rows_per_prompt = particles
         self.block = block

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seaflow.checks import require
 from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
 from seaflow.relaxations.base import Relaxation
@@ -53,14 +54,11 @@ class RefinementMethod(AlignmentMethod):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if chains < 1:
-            raise ValueError(f"chains must be >= 1, got {chains}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if alpha != alpha or reference_weight != reference_weight:
-            raise ValueError(f"alpha and reference_weight must be numbers, got {alpha} and {reference_weight}")
-        if max_faults < 1:
-            raise ValueError(f"max_faults must be >= 1, got {max_faults}")
+        require(chains >= 1, "model.init_args.chains", chains, ">= 1")
+        require(steps >= 0, "model.init_args.steps", steps, ">= 0")
+        require(alpha == alpha, "model.init_args.alpha", alpha, "a number")
+        require(reference_weight == reference_weight, "model.init_args.reference_weight", reference_weight, "a number")
+        require(max_faults >= 1, "model.init_args.max_faults", max_faults, ">= 1")
         if self.reward is None and alpha != 0:
             raise ValueError(f"{type(self).__name__} needs a reward (set model.init_args.reward) unless alpha is 0")
         if alpha != 0:

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from seaflow import generation
+from seaflow.checks import require, require_one_of
 from seaflow.energies.base import ResponseBatch
 from seaflow.methods.record import Record
 from seaflow.methods.refinement import RefinementMethod
@@ -76,14 +77,11 @@ class SEA(RefinementMethod):
     ):
         super().__init__(steps=steps, **kwargs)
         chains = self.chains
-        if init not in ("sample", "random"):
-            raise ValueError(f"init must be 'sample' or 'random', got {init!r}")
-        if init_logits not in ("reference", "one_hot"):
-            raise ValueError(f"init_logits must be 'reference' or 'one_hot', got {init_logits!r}")
-        if decode not in ("argmax", "best", "guided"):
-            raise ValueError(f"decode must be 'argmax', 'best' or 'guided', got {decode!r}")
-        if restrict_top_k is not None and (restrict_top_k < 1 or init != "sample"):
-            raise ValueError(f"restrict_top_k must be >= 1 and needs init: sample, got {restrict_top_k} with init {init!r}")
+        require_one_of("model.init_args.init", init, ("sample", "random"))
+        require_one_of("model.init_args.init_logits", init_logits, ("reference", "one_hot"))
+        require_one_of("model.init_args.decode", decode, ("argmax", "best", "guided"))
+        require(restrict_top_k is None or (restrict_top_k >= 1 and init == "sample"), "model.init_args.restrict_top_k",
+                restrict_top_k, f">= 1 with init: sample (init is {init!r}) or null")
         if init_pool is not None and (init != "sample" or init_pool < chains or self.selector is None):
             raise ValueError(
                 f"model.init_args.init_pool ({init_pool}) needs init: sample, a reward to rank the pool, and "
@@ -105,8 +103,8 @@ class SEA(RefinementMethod):
         self.decode_top_k = decode_top_k
         self.restrict_top_k = restrict_top_k
         self.init_pool = init_pool
-        if patience is not None and not (isinstance(patience, int) and patience >= 1):
-            raise ValueError(f"model.init_args.patience must be an integer >= 1 or null (every chain runs every step), got {patience!r}")
+        require(patience is None or (isinstance(patience, int) and patience >= 1), "model.init_args.patience", patience,
+                "an integer >= 1 or null (every chain runs every step)")
         self.patience = patience
         self.compile = compile
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from seaflow import rng, tempered
+from seaflow.checks import require
 from seaflow.methods.best_of_n import BestOfN
 
 
@@ -35,11 +36,7 @@ class SoftBestOfN(BestOfN):
 
     def __init__(self, reward_temperature: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        if not reward_temperature >= 0:
-            raise ValueError(
-                f"reward_temperature must be >= 0 (0: Best-of-N), got {reward_temperature}; "
-                "set model.init_args.reward_temperature"
-            )
+        require(reward_temperature >= 0, "model.init_args.reward_temperature", reward_temperature, ">= 0 (0: Best-of-N)")
         if self.returns != "best_reward":
             raise ValueError(f"SoftBestOfN draws its candidate from softmax(r / lambda): returns must be best_reward, "
                              f"got {self.returns!r}; remove model.init_args.returns")

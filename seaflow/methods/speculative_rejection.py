@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from seaflow.checks import require
 from seaflow.methods.search import PartialSearch, first_best
 
 
@@ -42,14 +43,11 @@ class SpeculativeRejection(PartialSearch):
 
     def __init__(self, n: int = 64, decision_points: Sequence[int] = (8,), keep_fraction: float = 0.25, **kwargs):
         super().__init__(**kwargs)
-        if n < 1:
-            raise ValueError(f"n (candidates started per prompt) must be >= 1, got {n}; set model.init_args.n")
+        require(n >= 1, "model.init_args.n", n, ">= 1 (candidates started per prompt)")
         points = [int(p) for p in decision_points]
-        if any(p < 1 for p in points) or points != sorted(set(points)):
-            raise ValueError(f"decision_points must be increasing token counts >= 1, got {list(decision_points)}; "
-                             "set model.init_args.decision_points, e.g. [8, 16]")
-        if not 0 < keep_fraction <= 1:
-            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}; set model.init_args.keep_fraction")
+        require(all(p >= 1 for p in points) and points == sorted(set(points)), "model.init_args.decision_points",
+                list(decision_points), "increasing token counts >= 1, e.g. [8, 16]")
+        require(0 < keep_fraction <= 1, "model.init_args.keep_fraction", keep_fraction, "in (0, 1]")
         self.n = n
         self.rows_per_prompt = n
         self.decision_points = points

@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from seaflow.checks import require, require_one_of
 from seaflow.chains import ChainRun, GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.pool import Pool
@@ -109,23 +110,15 @@ class GuidedSuffixMCMC(DiscreteMethod):
                 "set both to 1.0; the target's sharpness is model.init_args.alpha"
             )
         self._require_reward()
-        if not alpha == alpha or alpha < 0:
-            raise ValueError(f"model.init_args.alpha must be >= 0, got {alpha}")
-        if chains < 1:
-            raise ValueError(f"model.init_args.chains must be >= 1, got {chains}")
-        if steps < 0:
-            raise ValueError(f"model.init_args.steps must be >= 0, got {steps}")
-        if cut_temperature is not None and not cut_temperature > 0:
-            raise ValueError(f"model.init_args.cut_temperature must be > 0 or null (uniform cuts), got {cut_temperature}")
-        if not 0 < cut_floor <= 1:
-            raise ValueError(
-                f"model.init_args.cut_floor must be in (0, 1], got {cut_floor}: every slot needs a positive "
-                "probability for the chain to reach every response"
-            )
-        if cut_top_k is not None and cut_top_k < 1:
-            raise ValueError(f"model.init_args.cut_top_k must be >= 1 or null (whole vocabulary), got {cut_top_k}")
-        if init_pool is not None and init_pool < chains:
-            raise ValueError(f"model.init_args.init_pool ({init_pool}) must be >= chains ({chains}) or null")
+        require(alpha >= 0, "model.init_args.alpha", alpha, ">= 0")
+        require(chains >= 1, "model.init_args.chains", chains, ">= 1")
+        require(steps >= 0, "model.init_args.steps", steps, ">= 0")
+        require(cut_temperature is None or cut_temperature > 0, "model.init_args.cut_temperature", cut_temperature,
+                "> 0 or null (uniform cuts)")
+        require(0 < cut_floor <= 1, "model.init_args.cut_floor", cut_floor,
+                "in (0, 1] (every slot needs a positive probability for the chain to reach every response)")
+        require(cut_top_k is None or cut_top_k >= 1, "model.init_args.cut_top_k", cut_top_k, ">= 1 or null (whole vocabulary)")
+        require(init_pool is None or init_pool >= chains, "model.init_args.init_pool", init_pool, f">= chains ({chains}) or null")
         if cut_temperature is not None and cut_floor < 1:
             if self.reward is None:
                 raise ValueError(
@@ -133,18 +126,12 @@ class GuidedSuffixMCMC(DiscreteMethod):
                     "selection_reward is the target); set one, or model.init_args.cut_temperature: null for uniform cuts"
                 )
             self.require_gradient("GuidedSuffixMCMC's gradient-guided cut (model.init_args.cut_temperature)")
-        if not 0 <= token_moves <= 1:
-            raise ValueError(f"model.init_args.token_moves must be in [0, 1] (the share of token moves), got {token_moves}")
-        if not token_temperature > 0:
-            raise ValueError(f"model.init_args.token_temperature must be > 0, got {token_temperature}")
-        if token_direction not in ("gradient", "random"):
-            raise ValueError(f"model.init_args.token_direction must be 'gradient' or 'random', got {token_direction!r}")
-        if returns not in RETURN_RULES:
-            raise ValueError(f"model.init_args.returns must be one of {', '.join(RETURN_RULES)}, got {returns!r}")
-        if init_from not in ("prompt", "proposal_prompt"):
-            raise ValueError(f"model.init_args.init_from must be 'prompt' or 'proposal_prompt', got {init_from!r}")
-        if tries < 1:
-            raise ValueError(f"model.init_args.tries must be >= 1 (suffixes per chain and step), got {tries}")
+        require(0 <= token_moves <= 1, "model.init_args.token_moves", token_moves, "in [0, 1] (the share of token moves)")
+        require(token_temperature > 0, "model.init_args.token_temperature", token_temperature, "> 0")
+        require_one_of("model.init_args.token_direction", token_direction, ("gradient", "random"))
+        require_one_of("model.init_args.returns", returns, RETURN_RULES)
+        require_one_of("model.init_args.init_from", init_from, ("prompt", "proposal_prompt"))
+        require(tries >= 1, "model.init_args.tries", tries, ">= 1 (suffixes per chain and step)")
         if tries > 1 and token_moves > 0:
             raise ValueError(f"model.init_args.tries {tries} proposes plain suffixes only: set model.init_args.token_moves: 0 "
                              "or model.init_args.tries: 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from seaflow.checks import require
 from seaflow.relaxations.base import Relaxation
 
 
@@ -45,8 +46,7 @@ class StraightThrough(Relaxation):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"StraightThrough temperature must be > 0, got {temperature}")
+        require(temperature > 0, "StraightThrough temperature", temperature, "> 0")
         self.temperature = temperature
 
     def forward(self, logits, generator=None, allowed=None):

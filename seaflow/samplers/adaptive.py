@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from seaflow.checks import require, require_one_of
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
 from seaflow.schedules import Schedule
 
@@ -80,22 +81,15 @@ class AdaptiveLangevin(Sampler):
         adaptation_rate: float = 1.0,
         adapt_until: float = 1.0,
     ):
-        self.check_rate("step_size", step_size, allow_zero=False)
-        self.check_rate("noise_scale", noise_scale, allow_zero=True)
-        if preconditioner not in ("diagonal", "scalar", "none"):
-            raise ValueError(f"AdaptiveLangevin preconditioner must be 'diagonal', 'scalar' or 'none', got {preconditioner!r}")
-        if not 0 <= beta < 1:
-            raise ValueError(f"AdaptiveLangevin beta must be in [0, 1), got {beta!r}")
-        if not (epsilon > 0 and math.isfinite(epsilon)):
-            raise ValueError(f"AdaptiveLangevin epsilon must be a finite number > 0, got {epsilon!r}")
-        if target_accept is not None and not 0 < target_accept < 1:
-            raise ValueError(f"AdaptiveLangevin target_accept must be in (0, 1) or None, got {target_accept!r}")
-        if not (adaptation_rate > 0 and math.isfinite(adaptation_rate)):
-            raise ValueError(f"AdaptiveLangevin adaptation_rate must be a finite number > 0, got {adaptation_rate!r}")
-        if not 0 <= adapt_until <= 1:
-            raise ValueError(f"AdaptiveLangevin adapt_until must be in [0, 1], got {adapt_until!r}")
-        self.step_size = step_size
-        self.noise_scale = noise_scale
+        self.step_size = self.check_rate("step_size", step_size, allow_zero=False)
+        self.noise_scale = self.check_rate("noise_scale", noise_scale, allow_zero=True)
+        require_one_of("AdaptiveLangevin preconditioner", preconditioner, ("diagonal", "scalar", "none"))
+        require(0 <= beta < 1, "AdaptiveLangevin beta", beta, "in [0, 1)")
+        require(epsilon > 0 and math.isfinite(epsilon), "AdaptiveLangevin epsilon", epsilon, "a finite number > 0")
+        require(target_accept is None or 0 < target_accept < 1, "AdaptiveLangevin target_accept", target_accept, "in (0, 1) or None")
+        require(adaptation_rate > 0 and math.isfinite(adaptation_rate), "AdaptiveLangevin adaptation_rate", adaptation_rate,
+                "a finite number > 0")
+        require(0 <= adapt_until <= 1, "AdaptiveLangevin adapt_until", adapt_until, "in [0, 1]")
         self.preconditioner = preconditioner
         self.beta = beta
         self.epsilon = epsilon

@@ -160,14 +160,16 @@ class Sampler:
 
     # helpers shared by implementations -------------------------------------------------
 
-    def check_rate(self, name: str, value: float | Schedule, allow_zero: bool) -> None:
-        """Reject a negative (or, unless ``allow_zero``, zero) float step size or noise scale."""
+    def check_rate(self, name: str, value: float | Schedule, allow_zero: bool) -> float | Schedule:
+        """``value``, a step size or noise scale, after rejecting a negative (or, unless ``allow_zero``,
+        zero) float: ``self.step_size = self.check_rate("step_size", step_size, allow_zero=False)``."""
         if isinstance(value, Schedule):
-            return
+            return value
         ok = value >= 0 if allow_zero else value > 0
         if not (isinstance(value, (int, float)) and ok and math.isfinite(value)):
             bound = ">= 0" if allow_zero else "> 0"
             raise ValueError(f"{type(self).__name__} {name} must be a finite number {bound} or a Schedule, got {value!r}")
+        return value
 
     def scheduled(self, name: str, value: float | Schedule, state: SamplerState, allow_zero: bool = True) -> float:
         """The value of a float-or-schedule argument at this step, checked (schedules can go wrong too)."""

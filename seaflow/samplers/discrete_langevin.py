@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from seaflow import rng
+from seaflow.checks import require
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
 from seaflow.schedules import Schedule
 
@@ -73,14 +74,12 @@ class DiscreteLangevin(Sampler):
         proposal_temperature: float | Schedule | None = None,
         scale: float = 10.0,
     ):
-        self.check_rate("step_size", step_size, allow_zero=False)
-        self.check_rate("noise_scale", noise_scale, allow_zero=True)
+        self.step_size = self.check_rate("step_size", step_size, allow_zero=False)
+        self.noise_scale = self.check_rate("noise_scale", noise_scale, allow_zero=True)
         if proposal_temperature is not None:
             self.check_rate("proposal_temperature", proposal_temperature, allow_zero=True)
-        if not (isinstance(scale, (int, float)) and scale > 0 and scale != float("inf")):
-            raise ValueError(f"DiscreteLangevin scale must be a finite number > 0 (the new token's logit), got {scale!r}")
-        self.step_size = step_size
-        self.noise_scale = noise_scale
+        require(isinstance(scale, (int, float)) and scale > 0 and scale != float("inf"), "DiscreteLangevin scale", scale,
+                "a finite number > 0 (the new token's logit)")
         self.metropolis_test = bool(metropolis)
         self.proposal_temperature = proposal_temperature
         self.scale = float(scale)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from seaflow import rng
+from seaflow.checks import require
 from seaflow.samplers.base import EnergyFn, Sampler, SamplerOutput, SamplerState
 from seaflow.schedules import Schedule
 
@@ -59,19 +60,14 @@ class HMC(Sampler):
         metropolis: bool = True,
         jitter: float = 0.0,
     ):
-        self.check_rate("step_size", step_size, allow_zero=False)
-        self.check_rate("noise_scale", noise_scale, allow_zero=True)
-        if not isinstance(leapfrog_steps, int) or leapfrog_steps < 1:
-            raise ValueError(f"HMC leapfrog_steps must be an integer >= 1, got {leapfrog_steps!r}")
-        if not (isinstance(mass, (int, float)) and mass > 0 and math.isfinite(mass)):
-            raise ValueError(f"HMC mass must be a finite number > 0, got {mass!r}")
-        if not 0 <= jitter < 1:
-            raise ValueError(f"HMC jitter must be in [0, 1), got {jitter!r}")
-        self.step_size = step_size
+        self.step_size = self.check_rate("step_size", step_size, allow_zero=False)
+        self.noise_scale = self.check_rate("noise_scale", noise_scale, allow_zero=True)
+        require(isinstance(leapfrog_steps, int) and leapfrog_steps >= 1, "HMC leapfrog_steps", leapfrog_steps, "an integer >= 1")
+        require(isinstance(mass, (int, float)) and mass > 0 and math.isfinite(mass), "HMC mass", mass, "a finite number > 0")
+        require(0 <= jitter < 1, "HMC jitter", jitter, "in [0, 1)")
         self.jitter = jitter
         self.leapfrog_steps = leapfrog_steps
         self.mass = float(mass)
-        self.noise_scale = noise_scale
         self.metropolis_correction = metropolis
 
     def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:

@@ -43,10 +43,8 @@ class MALA(Sampler):
     """
 
     def __init__(self, step_size: float | Schedule = 0.1, noise_scale: float | Schedule = 1.0):
-        self.check_rate("step_size", step_size, allow_zero=False)
-        self.check_rate("noise_scale", noise_scale, allow_zero=True)
-        self.step_size = step_size
-        self.noise_scale = noise_scale
+        self.step_size = self.check_rate("step_size", step_size, allow_zero=False)
+        self.noise_scale = self.check_rate("noise_scale", noise_scale, allow_zero=True)
 
     def step(self, x: torch.Tensor, energy_fn: EnergyFn, state: SamplerState, generator: torch.Generator | None = None) -> SamplerOutput:
         start, evaluations = self.energy_at(x, energy_fn, state)

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 
 from seaflow import rng
+from seaflow.checks import require, require_one_of
 from seaflow.samplers.base import EnergyFn, SamplerOutput, SamplerState
 from seaflow.samplers.discrete_langevin import DiscreteLangevin
 from seaflow.schedules import Schedule
@@ -59,10 +60,9 @@ class MultipleTryDiscreteLangevin(DiscreteLangevin):
     ):
         super().__init__(step_size=step_size, noise_scale=noise_scale, metropolis=True,
                          proposal_temperature=proposal_temperature, scale=scale)
-        if not (isinstance(tries, int) and tries >= 1):
-            raise ValueError(f"MultipleTryDiscreteLangevin tries must be an integer >= 1 (model.init_args.sampler.init_args.tries), got {tries!r}")
-        if selection not in ("metropolis", "greedy"):
-            raise ValueError(f"MultipleTryDiscreteLangevin selection must be 'metropolis' or 'greedy', got {selection!r}")
+        require(isinstance(tries, int) and tries >= 1, "MultipleTryDiscreteLangevin tries", tries,
+                "an integer >= 1 (model.init_args.sampler.init_args.tries)")
+        require_one_of("MultipleTryDiscreteLangevin selection", selection, ("metropolis", "greedy"))
         self.tries = tries
         self.selection = selection
 
