@@ -77,3 +77,20 @@ def test_one_wandb_run_per_predict_without_a_logger(tmp_path, tiny_models, offli
         run = read_run(directory)
         assert "mean_reward" in run["summary"] and "positive_rate" in run["summary"]
         assert run["config"]["output"]["output_dir"] == str(tmp_path / name / "run")
+
+
+def test_a_finished_run_is_read_whole_however_late_wandb_closes_it(tmp_path, offline, monkeypatch):
+    """wandb-core keeps a run's log in memory until the run's stream closes, and ``run.finish()`` returns
+    once the run's exit is acknowledged, only asking the service to close the stream. Here the service
+    never hears that request (as when it is slow to act on it), so the file holds only its header until
+    ``offline_runs`` has wandb write every run."""
+    import wandb
+    from wandb.sdk.lib.service.service_connection import ServiceConnection
+
+    monkeypatch.setattr(ServiceConnection, "inform_finish", lambda self, run_id: None)
+    run = wandb.init(project="seaflow", dir=str(tmp_path), config={"model": {"class_path": "seaflow.SEA"}})
+    run.summary.update({"mean_reward": 0.5})
+    run.finish()
+    (directory,) = offline_runs(tmp_path)
+    read = read_run(directory)
+    assert read["config"]["model"] == {"class_path": "seaflow.SEA"} and read["summary"]["mean_reward"] == 0.5

@@ -71,4 +71,15 @@ def read_run(directory: Path) -> dict:
 
 
 def offline_runs(root: Path) -> list[Path]:
+    """The offline run folders under ``root``, once wandb has written them.
+
+    wandb-core keeps a run's ``.wandb`` log in memory (whole 32 KiB blocks aside) until the run's
+    stream closes; ``run.finish()`` returns when the run's exit is acknowledged and only asks the
+    service to close the stream, so a file read right after it may hold nothing but its header.
+    Tearing the service down waits for it to close, and so write, every stream. Call this once
+    this process's runs are finished (a run still open cannot finish after the teardown).
+    """
+    import wandb
+
+    wandb.teardown()
     return sorted(Path(root).glob("**/offline-run-*"))
