@@ -157,7 +157,7 @@ def run(name: str, out: Path) -> list[dict]:
 
 
 def load(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
+    lines = (run_dir / "predictions.jsonl").read_text().split("\n")  # at "\n" only: a reply may hold U+2028
     return sorted((json.loads(line) for line in lines if line.strip()), key=lambda r: r["id"])
 
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seaflow.energies.bridge import TokenBridge  # noqa: E402
+from seaflow.files import physical_lines  # noqa: E402
 from seaflow.models import EMBEDDED_DEFAULT, load_tokenizer  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main() -> None:
         args.target = gemma_location()
     source, _ = load_tokenizer(args.source)
     target, _ = load_tokenizer(args.target)
-    rows = [json.loads(line) for line in Path(args.responses).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in physical_lines(Path(args.responses).read_text()) if line.strip()]
     responses = [r["response_token_ids"] for r in rows if r.get("response_token_ids")]
     started = time.perf_counter()
     bridge = TokenBridge(source, target)
