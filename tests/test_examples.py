@@ -184,8 +184,8 @@ def test_adapter_on_the_embedded_model(tmp_path, monkeypatch):
     assert len(records) == 1 and records[0]["response"]
 
 
-def check_keyword_config(records: list[dict], ids: list[str]) -> None:
-    """configs/keywords.yaml: the likeliest of the best-reward states, every rule's reply recorded."""
+def check_keyword_chains(records: list[dict], ids: list[str]) -> None:
+    """configs/examples/keywords_chains.yaml: the likeliest of the best-reward states, every rule's reply recorded."""
     assert [r["id"] for r in records] == ids
     for record in records:
         assert record["returns"] == "likeliest_best"
@@ -196,23 +196,46 @@ def check_keyword_config(records: list[dict], ids: list[str]) -> None:
         assert "token_move" in record["trace"]
 
 
-def test_keyword_config_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+def check_keyword_best_of_n(records: list[dict], ids: list[str], n: int) -> None:
+    """configs/keywords.yaml: Best-of-N's best reward, the likeliest of the tied candidates."""
+    assert [r["id"] for r in records] == ids
+    for record in records:
+        assert record["returns"] == "likeliest_best" and record["n"] == n
+        rewards, likelihood = record["candidate_rewards"], record["candidate_ref_logprobs"]
+        best = [c for c in range(n) if rewards[c] == max(rewards)]
+        assert record["candidate"] == max(best, key=lambda c: likelihood[c])
+
+
+TINY_KEYWORD_ROWS = ('{"id": "a", "prompt": "describe the city. use the words dog and night.", "keywords": ["dog", "night"]}\n'
+                     '{"id": "b", "prompt": "how was the train? use the word food.", "keywords": ["food"]}\n')  # the tiny tokenizer's words
+
+
+def test_keyword_configs_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
     monkeypatch.chdir(ROOT)
-    out, rows = tmp_path / "keywords", tmp_path / "rows.jsonl"  # the tiny tokenizer's words
-    rows.write_text('{"id": "a", "prompt": "describe the city. use the words dog and night.", "keywords": ["dog", "night"]}\n'
-                    '{"id": "b", "prompt": "how was the train? use the word food.", "keywords": ["food"]}\n')
-    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(out),
-          "--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
-          "--data.path", str(rows), "--model.init_args.max_new_tokens", "4", "--model.init_args.steps", "4"])
-    check_keyword_config([json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()], ["a", "b"])
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(TINY_KEYWORD_ROWS)
+    tiny = ["--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
+            "--data.path", str(rows), "--model.init_args.max_new_tokens", "4"]
+    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(tmp_path / "bon"),
+          *tiny, "--model.init_args.n", "6"])
+    check_keyword_best_of_n([json.loads(line) for line in (tmp_path / "bon" / "predictions.jsonl").read_text().splitlines()], ["a", "b"], 6)
+    main(["predict", "--config", str(ROOT / "configs" / "examples" / "keywords_chains.yaml"), "--output.output_dir",
+          str(tmp_path / "chains"), *tiny, "--model.init_args.steps", "4"])
+    check_keyword_chains([json.loads(line) for line in (tmp_path / "chains" / "predictions.jsonl").read_text().splitlines()], ["a", "b"])
 
 
 @pytest.mark.slow
-def test_keyword_config_on_the_embedded_model(tmp_path, monkeypatch):
+def test_keyword_configs_on_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    out = tmp_path / "keywords"
-    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(out),
-          "--trainer.enable_progress_bar", "false", "--model.init_args.steps", "4", "--model.init_args.chains", "2"])
-    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    check_keyword_config(records, ["kw-garden", "kw-breakfast", "kw-letter", "kw-evening"])
+    ids = ["kw-garden", "kw-breakfast", "kw-letter", "kw-evening"]
+    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(tmp_path / "bon"),
+          "--trainer.enable_progress_bar", "false", "--model.init_args.n", "8"])
+    records = [json.loads(line) for line in (tmp_path / "bon" / "predictions.jsonl").read_text().splitlines()]
+    check_keyword_best_of_n(records, ids, 8)
+    assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
+    main(["predict", "--config", str(ROOT / "configs" / "examples" / "keywords_chains.yaml"), "--output.output_dir",
+          str(tmp_path / "chains"), "--trainer.enable_progress_bar", "false", "--model.init_args.steps", "4",
+          "--model.init_args.chains", "2"])
+    records = [json.loads(line) for line in (tmp_path / "chains" / "predictions.jsonl").read_text().splitlines()]
+    check_keyword_chains(records, ids)
     assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
