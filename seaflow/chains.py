@@ -144,11 +144,8 @@ def prompt_cache(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: in
     device = model.get_input_embeddings().weight.device
     if not (supports_prefix_cache(model) and all(prompt_ids)):
         return PromptCache(None, prompt_ids)
-    distinct: dict[tuple[int, ...], int] = {}
-    for ids in prompt_ids:
-        distinct.setdefault(tuple(ids), len(distinct))
-    index = torch.tensor([distinct[tuple(ids)] for ids in prompt_ids], device=device)
-    unique = [list(ids) for ids in distinct]
+    unique, places = generation.distinct_prompts(prompt_ids)
+    index = torch.tensor(places, device=device)
     base = build_prefix_layout(unique, torch.zeros(len(unique), dtype=torch.long), pad_id).to(device)
     base = with_prefix_cache(model, base)
     rows = PrefixLayout(

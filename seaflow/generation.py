@@ -72,13 +72,18 @@ def prefill(model: torch.nn.Module, prompt_ids: list[list[int]], pad_id: int, sh
     prompt ``n`` times). ``share=False`` runs every row's prompt.
     """
     device = model.get_input_embeddings().weight.device
-    distinct: dict[tuple[int, ...], int] = {}
-    index = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids] if share else list(range(len(prompt_ids)))
-    passed = [list(ids) for ids in distinct] if share else prompt_ids
+    passed, index = distinct_prompts(prompt_ids) if share else (prompt_ids, None)
     context = prefill_layout(model, build_prefix_layout(passed, torch.zeros(len(passed), dtype=torch.long), pad_id).to(device))
     if len(passed) == len(prompt_ids):  # every prompt distinct: the rows are the pass's rows, in order
         return context
     return context.select(torch.tensor(index, device=device))
+
+
+def distinct_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """``(distinct, index)``: each prompt once, in order of first appearance, and row ``i``'s place in it."""
+    places: dict[tuple[int, ...], int] = {}
+    index = [places.setdefault(tuple(ids), len(places)) for ids in prompt_ids]
+    return [list(ids) for ids in places], index
 
 
 @torch.no_grad()
