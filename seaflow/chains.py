@@ -645,7 +645,7 @@ class MultipleTries:
             weight = weight + reverse[torch.arange(len(spread), device=device), cut_rows]
             current = current + state.log_q[torch.arange(rows, device=device), cuts]
         weight = torch.where(torch.isfinite(reward), weight, torch.full_like(weight, float("-inf"))).view(rows, self.tries)
-        current = _finite(current)
+        current = ranked(current)
         top = weight.amax(1, keepdim=True)
         chosen = _categorical(weight - torch.where(torch.isfinite(top), top, torch.zeros_like(top)), choice)
         others = weight.scatter(1, chosen.unsqueeze(1), current.unsqueeze(1))  # the reference set: other tries + current
@@ -714,11 +714,11 @@ def run_chains(
         target = target_log_prob(tokens, lengths).float() if steered else log_probs.sum(1)
     state = ChainState(tokens, lengths, reward.float(), log_q, kv, candidates, log_probs, target, grad, parts)
     parts_log = {name: [value.float().cpu()] for name, value in parts.items()}
-    best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), _finite(state.reward).clone()
+    best_tokens, best_lengths, best_reward = tokens.clone(), lengths.clone(), ranked(state.reward).clone()
     if track:
-        best_value = _finite(state.target_log_prob + alpha * state.reward)
+        best_value = ranked(state.target_log_prob + alpha * state.reward)
         best_target = (tokens.clone(), lengths.clone(), state.reward.clone(), best_value.clone())
-        likeliest = (tokens.clone(), lengths.clone(), _finite(state.reward).clone(), best_value.clone())
+        likeliest = (tokens.clone(), lengths.clone(), ranked(state.reward).clone(), best_value.clone())
     accepted, cut_log, reward_log, proposal_log, ratio_log, move_log = [], [], [state.reward.cpu()], [], [], []
     row_index = torch.arange(rows, device=device)
     multiple = None
@@ -784,15 +784,15 @@ def run_chains(
         proposal = ChainState(new.tokens, new.lengths, new_reward, new_log_q, new.kv, new.candidates, new.log_probs, new_target,
                               new_grad, new_parts)
         state = state.where(accept, proposal)
-        better = accept & (_finite(new_reward) > best_reward)
+        better = accept & (ranked(new_reward) > best_reward)
         best_tokens = torch.where(better.unsqueeze(1), new.tokens, best_tokens)
         best_lengths = torch.where(better, new.lengths, best_lengths)
         best_reward = torch.where(better, new_reward, best_reward)
         if track:
-            value = _finite(new_target + alpha * new_reward)
+            value = ranked(new_target + alpha * new_reward)
             higher = accept & (value > best_target[3])
             best_target = _keep(higher, (new.tokens, new.lengths, new_reward, value), best_target)
-            reward_now = _finite(new_reward)  # the highest reward, ties (a discrete reward) to the likelier state
+            reward_now = ranked(new_reward)  # the highest reward, ties (a discrete reward) to the likelier state
             likelier = accept & ((reward_now > likeliest[2]) | ((reward_now == likeliest[2]) & (value > likeliest[3])))
             likeliest = _keep(likelier, (new.tokens, new.lengths, reward_now, value), likeliest)
         accepted.append(accept.cpu())
@@ -826,7 +826,9 @@ def _keep(mask: torch.Tensor, new: tuple, old: tuple) -> tuple:
     return tuple(torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b) for a, b in zip(new, old))
 
 
-def _finite(values: torch.Tensor) -> torch.Tensor:
+def ranked(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with every non-finite entry (NaN, +-inf) set to -inf, so it ranks last in a max
+    or a descending sort: the one rule by which every method ranks rewards and target values."""
     return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from seaflow.chains import ranked
 from seaflow.checks import require, require_one_of
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.record import Record
@@ -92,8 +93,8 @@ class BestOfN(DiscreteMethod):
         """The returned candidate of each prompt from the ``(prompts, n)`` rewards, and fields for
         its record: the first maximum; with ``likelihood`` (``(prompts, n)`` log pi_ref), the
         likeliest of the maxima (then the earlier one). A non-finite reward ranks last."""
-        ranked = torch.where(torch.isfinite(rewards), rewards, float("-inf"))
+        order = ranked(rewards)
         if likelihood is None:
-            return ranked.argmax(-1), [{} for _ in ids]
-        top = ranked == ranked.max(-1, keepdim=True).values
+            return order.argmax(-1), [{} for _ in ids]
+        top = order == order.max(-1, keepdim=True).values
         return torch.where(top, likelihood, float("-inf")).argmax(-1), [{} for _ in ids]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from seaflow.chains import ranked
+
 
 @dataclass
 class Pool:
@@ -38,7 +40,6 @@ def best_of(tokens: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor |
     if rewards is None:
         return Pool(tokens, lengths, torch.arange(pool).repeat(prompts), None, tokens[first], lengths[first])
     table = rewards.view(prompts, pool)
-    ranked = torch.where(torch.isfinite(table), table, float("-inf"))
-    chosen = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :keep]
+    chosen = torch.sort(ranked(table), dim=1, descending=True, stable=True).indices[:, :keep]
     index = (torch.arange(prompts).unsqueeze(1) * pool + chosen).flatten().to(tokens.device)
     return Pool(tokens[index], lengths[index], chosen.flatten(), table, tokens[first], lengths[first])

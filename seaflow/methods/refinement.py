@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seaflow.chains import ranked
 from seaflow.checks import require
 from seaflow.methods.base import AlignmentMethod
 from seaflow.methods.record import Record, make_record
@@ -78,8 +79,8 @@ class RefinementMethod(AlignmentMethod):
         chains = self.chains
         n_prompts = len(reward) // chains
         dropped = dropped.cpu() if dropped is not None else torch.zeros(len(reward), dtype=torch.bool)
-        usable = torch.where(torch.isfinite(reward) & ~dropped, reward, float("-inf")).view(n_prompts, chains)
-        usable0 = torch.where(torch.isfinite(reward0), reward0, float("-inf")).view(n_prompts, chains)
+        usable = ranked(reward).masked_fill(dropped, float("-inf")).view(n_prompts, chains)
+        usable0 = ranked(reward0).view(n_prompts, chains)
         best_initial = [p * chains + int(usable0[p].argmax()) for p in range(n_prompts)]
         fallback = [not bool(torch.isfinite(usable[p]).any()) for p in range(n_prompts)]
         rows = [best_initial[p] if fallback[p] else p * chains + int(usable[p].argmax()) for p in range(n_prompts)]

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from seaflow.checks import require, require_one_of
-from seaflow.chains import ChainRun, GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, run_chains
+from seaflow.chains import ChainRun, GradientCuts, OneHotRewardGradient, SuffixProposals, TokenMoves, prompt_cache, ranked, run_chains
 from seaflow.methods.discrete import DiscreteMethod
 from seaflow.methods.pool import Pool
 from seaflow.methods.record import Record
@@ -239,7 +239,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
                                             torch.where(reward_.view(n_prompts, chains) == top, value_.view(n_prompts, chains),
                                                         torch.full_like(top, float("-inf"))).view(-1))
         chosen = {
-            rule: torch.arange(n_prompts) * chains + _finite_rank(value).cpu().view(n_prompts, chains).argmax(-1)
+            rule: torch.arange(n_prompts) * chains + ranked(value).cpu().view(n_prompts, chains).argmax(-1)
             for rule, (_, _, _, value) in candidates.items()
         }
         rows = chosen[self.returns]
@@ -307,6 +307,3 @@ class GuidedSuffixMCMC(DiscreteMethod):
                 extra["pool_rewards"] = pool.rewards[p].tolist()
             extras.append(extra)
         return extras
-
-def _finite_rank(values: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(values), values, torch.full_like(values, float("-inf")))
