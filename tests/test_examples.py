@@ -239,3 +239,35 @@ def test_keyword_configs_on_the_embedded_model(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (tmp_path / "chains" / "predictions.jsonl").read_text().splitlines()]
     check_keyword_chains(records, ids)
     assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
+
+
+def check_asked_search(records: list[dict], ids: list[str], beams: int, rounds: int) -> None:
+    """configs/sentiment_asked.yaml: the best of at most ``beams`` kept beams, at most ``rounds`` rounds."""
+    assert [r["id"] for r in records] == ids
+    for record in records:
+        kept = record["beam_rewards"]
+        assert 1 <= len(kept) <= beams and 1 <= record["rounds"] <= rounds
+        assert record["reward"] == pytest.approx(max(kept)) == pytest.approx(kept[0])  # the best beam, kept first
+
+
+def demo_ids() -> list[str]:
+    return [json.loads(line)["id"] for line in (ROOT / "configs" / "prompts" / "demo.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_asked_sentiment_config_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    main(["predict", "--config", str(ROOT / "configs" / "sentiment_asked.yaml"), "--output.output_dir", str(tmp_path / "cbs"),
+          "--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
+          "--model.init_args.max_new_tokens", "6", "--model.init_args.chunk_length", "2", "--data.limit", "3"])
+    records = [json.loads(line) for line in (tmp_path / "cbs" / "predictions.jsonl").read_text().splitlines()]
+    check_asked_search(records, demo_ids()[:3], beams=4, rounds=3)
+
+
+@pytest.mark.slow
+def test_asked_sentiment_config_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    main(["predict", "--config", str(ROOT / "configs" / "sentiment_asked.yaml"), "--output.output_dir", str(tmp_path / "cbs"),
+          "--trainer.enable_progress_bar", "false", "--data.limit", "2"])
+    records = [json.loads(line) for line in (tmp_path / "cbs" / "predictions.jsonl").read_text().splitlines()]
+    check_asked_search(records, demo_ids()[:2], beams=4, rounds=3)
+    assert all(r["reward"] > 0 for r in records)  # asked for warmth, the best beams use positive words
