@@ -10,14 +10,17 @@ from seaflow.cli import main
 from seaflow.energies.keywords import keyword_hits
 
 ROOT = Path(__file__).parent.parent
-EXAMPLES = ROOT / "configs" / "examples"
+CONFIGS = ROOT / "configs"
+EXAMPLES = CONFIGS / "examples"
 
 
-def predict(name: str, tmp_path: Path, *args: str, policy: str | None = None) -> list[dict]:
-    """Run ``configs/examples/<name>`` from the repository root with ``args`` as overrides; the records."""
-    out = tmp_path / name.removesuffix(".yaml")
+def predict(name: str | Path, tmp_path: Path, *args: str, policy: str | None = None) -> list[dict]:
+    """Run ``configs/examples/<name>`` (or the config at a path) from the repository root with ``args``
+    as overrides; the records."""
+    config = name if isinstance(name, Path) else EXAMPLES / name
+    out = tmp_path / config.stem
     extra = ["--model.init_args.policy", policy] if policy else []
-    main(["predict", "--config", str(EXAMPLES / name), "--output.output_dir", str(out),
+    main(["predict", "--config", str(config), "--output.output_dir", str(out),
           "--trainer.enable_progress_bar", "false", *extra, *args])
     return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
@@ -214,29 +217,20 @@ def test_keyword_configs_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
     monkeypatch.chdir(ROOT)
     rows = tmp_path / "rows.jsonl"
     rows.write_text(TINY_KEYWORD_ROWS)
-    tiny = ["--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
-            "--data.path", str(rows), "--model.init_args.max_new_tokens", "4"]
-    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(tmp_path / "bon"),
-          *tiny, "--model.init_args.n", "6"])
-    check_keyword_best_of_n([json.loads(line) for line in (tmp_path / "bon" / "predictions.jsonl").read_text().splitlines()], ["a", "b"], 6)
-    main(["predict", "--config", str(ROOT / "configs" / "examples" / "keywords_chains.yaml"), "--output.output_dir",
-          str(tmp_path / "chains"), *tiny, "--model.init_args.steps", "4"])
-    check_keyword_chains([json.loads(line) for line in (tmp_path / "chains" / "predictions.jsonl").read_text().splitlines()], ["a", "b"])
+    tiny = ["--data.path", str(rows), "--model.init_args.max_new_tokens", "4"]
+    policy = str(tiny_models["policy"])
+    check_keyword_best_of_n(predict(CONFIGS / "keywords.yaml", tmp_path, *tiny, "--model.init_args.n", "6", policy=policy), ["a", "b"], 6)
+    check_keyword_chains(predict("keywords_chains.yaml", tmp_path, *tiny, "--model.init_args.steps", "4", policy=policy), ["a", "b"])
 
 
 @pytest.mark.slow
 def test_keyword_configs_on_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     ids = ["kw-garden", "kw-breakfast", "kw-letter", "kw-evening"]
-    main(["predict", "--config", str(ROOT / "configs" / "keywords.yaml"), "--output.output_dir", str(tmp_path / "bon"),
-          "--trainer.enable_progress_bar", "false", "--model.init_args.n", "8"])
-    records = [json.loads(line) for line in (tmp_path / "bon" / "predictions.jsonl").read_text().splitlines()]
+    records = predict(CONFIGS / "keywords.yaml", tmp_path, "--model.init_args.n", "8")
     check_keyword_best_of_n(records, ids, 8)
     assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
-    main(["predict", "--config", str(ROOT / "configs" / "examples" / "keywords_chains.yaml"), "--output.output_dir",
-          str(tmp_path / "chains"), "--trainer.enable_progress_bar", "false", "--model.init_args.steps", "4",
-          "--model.init_args.chains", "2"])
-    records = [json.loads(line) for line in (tmp_path / "chains" / "predictions.jsonl").read_text().splitlines()]
+    records = predict("keywords_chains.yaml", tmp_path, "--model.init_args.steps", "4", "--model.init_args.chains", "2")
     check_keyword_chains(records, ids)
     assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
 
@@ -256,18 +250,14 @@ def demo_ids() -> list[str]:
 
 def test_asked_sentiment_config_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
     monkeypatch.chdir(ROOT)
-    main(["predict", "--config", str(ROOT / "configs" / "sentiment_asked.yaml"), "--output.output_dir", str(tmp_path / "cbs"),
-          "--trainer.enable_progress_bar", "false", "--model.init_args.policy", str(tiny_models["policy"]),
-          "--model.init_args.max_new_tokens", "6", "--model.init_args.chunk_length", "2", "--data.limit", "3"])
-    records = [json.loads(line) for line in (tmp_path / "cbs" / "predictions.jsonl").read_text().splitlines()]
+    records = predict(CONFIGS / "sentiment_asked.yaml", tmp_path, "--model.init_args.max_new_tokens", "6",
+                      "--model.init_args.chunk_length", "2", "--data.limit", "3", policy=str(tiny_models["policy"]))
     check_asked_search(records, demo_ids()[:3], beams=4, rounds=3)
 
 
 @pytest.mark.slow
 def test_asked_sentiment_config_on_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    main(["predict", "--config", str(ROOT / "configs" / "sentiment_asked.yaml"), "--output.output_dir", str(tmp_path / "cbs"),
-          "--trainer.enable_progress_bar", "false", "--data.limit", "2"])
-    records = [json.loads(line) for line in (tmp_path / "cbs" / "predictions.jsonl").read_text().splitlines()]
+    records = predict(CONFIGS / "sentiment_asked.yaml", tmp_path, "--data.limit", "2")
     check_asked_search(records, demo_ids()[:2], beams=4, rounds=3)
     assert all(r["reward"] > 0 for r in records)  # asked for warmth, the best beams use positive words
