@@ -20,6 +20,7 @@ import codecs
 import csv
 import io
 import json
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -318,8 +319,12 @@ class PromptDataModule(L.LightningDataModule):
             ``proposal_prompt_ids``. None: the prompt itself (with ``proposal_system_prompt``).
             A conversation's proposal version replaces its last user turn.
         proposal_system_prompt: system message of the proposal prompts (e.g. "Reply in a warm,
-            positive tone."); None: ``system_prompt``. Setting either key turns proposal prompts on.
-            It replaces a conversation's own system turn in its proposal version.
+            positive tone."); None: ``system_prompt``. Setting any of the three proposal keys turns
+            proposal prompts on. It replaces a conversation's own system turn in its proposal version.
+        proposal_instruction: text appended (after a space) to each prompt's proposal version, its
+            ``{field}`` placeholders filled from the row (e.g. "Use the words {keywords}."; a list
+            joins as "a and b", "a, b and c"): rows that carry their keywords need no asked copy
+            of the prompt. None: nothing appended.
         messages_field: field of a conversation row: a list of ``{"role", "content"}`` turns ending
             with a user turn; the aligned reply is the next assistant turn (null: no conversations).
         drop_final_reply: a conversation ending with an assistant turn (a chat dataset's reference
@@ -349,6 +354,7 @@ class PromptDataModule(L.LightningDataModule):
         fields: list[str] | None = None,
         proposal_prompt_field: str | None = None,
         proposal_system_prompt: str | None = None,
+        proposal_instruction: str | None = None,
         messages_field: str | None = "messages",
         drop_final_reply: bool = False,
     ):
@@ -393,6 +399,8 @@ class PromptDataModule(L.LightningDataModule):
         self.fields = list(dict.fromkeys(fields or ()))
         self.proposal_prompt_field = proposal_prompt_field
         self.proposal_system_prompt = proposal_system_prompt
+        self.proposal_instruction = proposal_instruction
+        self.instruction_fields = instruction_fields(proposal_instruction)
         self.messages_field = messages_field
         self.drop_final_reply = drop_final_reply
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
@@ -432,7 +440,7 @@ class PromptDataModule(L.LightningDataModule):
     @property
     def keep(self) -> tuple[str, ...]:
         """The row fields kept with each prompt: ``task``, ``target``, ``keywords``, ``data.fields``, the prefix and proposal fields."""
-        extra = tuple(f for f in (self.response_prefix_field, self.proposal_prompt_field) if f)
+        extra = tuple(f for f in (self.response_prefix_field, self.proposal_prompt_field) if f) + self.instruction_fields
         return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + extra))
 
     def read_rows(self, rows: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
@@ -489,7 +497,8 @@ class PromptDataModule(L.LightningDataModule):
 
     @property
     def proposes(self) -> bool:
-        return self.proposal_prompt_field is not None or self.proposal_system_prompt is not None
+        return (self.proposal_prompt_field is not None or self.proposal_system_prompt is not None
+                or self.proposal_instruction is not None)
 
     def proposal(self, prompt: dict[str, Any]) -> dict[str, Any]:
         """``proposal_prompt_ids``: the policy tokens of the prompt's proposal version; empty when off."""
@@ -503,6 +512,8 @@ class PromptDataModule(L.LightningDataModule):
                     f"prompt {prompt['id']!r} has no text in its {self.proposal_prompt_field!r} field "
                     f"(data.proposal_prompt_field): add it to every row, or set data.proposal_prompt_field: null"
                 )
+        if self.proposal_instruction is not None:
+            text = f"{text} {fill_instruction(self.proposal_instruction, prompt)}"
         if "messages" in prompt:  # the conversation, its last user turn in the proposal version
             turns = [*prompt["messages"][:-1], {"role": "user", "content": text}]
             replace = self.proposal_system_prompt is not None  # the proposal's own system message, in place of the conversation's
@@ -582,3 +593,37 @@ class PromptDataModule(L.LightningDataModule):
         if self.trainer is not None:
             items = self.fill_ranks(items, self.trainer.world_size)
         return DataLoader(PromptDataset(items), batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+
+
+def instruction_fields(template: str | None) -> tuple[str, ...]:
+    """The row fields a ``data.proposal_instruction`` names (its ``{field}`` placeholders)."""
+    if template is None:
+        return ()
+    try:
+        names = [name for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise ValueError(f"data.proposal_instruction {template!r} is not a valid template ({error}): write each row field "
+                         "as {field} and a literal brace as {{ or }}") from None
+    bad = [name for name in names if not name.isidentifier()]
+    if bad:
+        raise ValueError(f"data.proposal_instruction {template!r} has the placeholder(s) {', '.join('{' + b + '}' for b in bad)}: "
+                         "each placeholder names one row field, e.g. {keywords}")
+    return tuple(dict.fromkeys(names))
+
+
+def fill_instruction(template: str, row: dict[str, Any]) -> str:
+    """``template`` with each ``{field}`` replaced by the row's value (a list as "a and b", "a, b and c")."""
+    values = {}
+    for name in instruction_fields(template):
+        value = row.get(name)
+        if value is None or value == "" or value == []:
+            raise PromptFileError(
+                f"prompt {row['id']!r} has no {name!r} field, which data.proposal_instruction ({template!r}) fills in: "
+                f"add it to every row, or change data.proposal_instruction"
+            )
+        if isinstance(value, (list, tuple)):
+            words = [str(v) for v in value]
+            value = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+        values[name] = value
+    return template.format(**values)
+

@@ -1,6 +1,7 @@
 """GuidedSuffixMCMC: the exact target on an enumerable case, the cut distribution, the method on tiny models."""
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -699,3 +700,50 @@ def test_a_row_without_its_proposal_prompt_is_named(tmp_path, tiny_models):
     data = PromptDataModule(str(path), policy=str(tiny_models["policy"]), proposal_prompt_field="asked", limit=1)
     (item,) = data.items()
     assert item["proposal_prompt_ids"] == data.encode("hello, kindly") != item["prompt_ids"]
+
+
+def test_a_proposal_instruction_is_filled_from_the_row(tmp_path, tiny_models):
+    """data.proposal_instruction: appended to the prompt (or to its proposal field's text), each
+    {field} from the row, a list joined as "a and b" / "a, b and c"; a missing field is named."""
+    from seaflow.data import PromptDataModule, PromptFileError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "a", "prompt": "hello", "keywords": ["dog", "night"], "asked": "hello, kindly"}\n'
+                    '{"id": "b", "prompt": "bye", "keywords": ["x", "y", "z"], "tone": "warm"}\n'
+                    '{"id": "c", "prompt": "hi", "keywords": "food"}\n')
+    policy = str(tiny_models["policy"])
+    data = PromptDataModule(str(path), policy=policy, proposal_instruction="Use the words {keywords}.")
+    a, b, c = data.items()
+    assert a["proposal_prompt_ids"] == data.encode("hello Use the words dog and night.")
+    assert b["proposal_prompt_ids"] == data.encode("bye Use the words x, y and z.")
+    assert c["proposal_prompt_ids"] == data.encode("hi Use the words food.")
+    assert a["prompt_ids"] == data.encode("hello")  # the target's prompt is untouched
+    both = PromptDataModule(str(path), policy=policy, proposal_prompt_field="asked", proposal_instruction="Use {keywords}.", limit=1)
+    assert both.items()[0]["proposal_prompt_ids"] == both.encode("hello, kindly Use dog and night.")
+    toned = PromptDataModule(str(path), policy=policy, proposal_instruction="Be {tone}.")
+    with pytest.raises(PromptFileError, match=r"'a' has no 'tone' field, which data.proposal_instruction"):
+        toned.items()
+    with pytest.raises(ValueError, match=r"data.proposal_instruction 'Use \{0\}' has the placeholder"):
+        PromptDataModule(str(path), policy=policy, proposal_instruction="Use {0}")
+    with pytest.raises(ValueError, match="is not a valid template"):
+        PromptDataModule(str(path), policy=policy, proposal_instruction="Use {keywords")
+
+
+def test_steered_chains_with_a_proposal_instruction(tmp_path, tiny_models):
+    """The chains propose from the instructed prompt and record the target prompt's reply."""
+    from seaflow.cli import main
+
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "a", "prompt": "describe the city.", "keywords": ["dog", "night"]}\n')
+    config["model"]["init_args"].update(
+        policy=str(tiny_models["policy"]), reward={"class_path": "KeywordReward", "init_args": {"field": "keywords"}},
+        steps=3, chains=2, token_moves=0.5, returns="best_target", init_from="proposal_prompt", max_new_tokens=5)
+    config["data"].update(path=str(rows), batch_size=1, proposal_instruction="use the words {keywords}.")
+    config["output"]["output_dir"] = str(tmp_path / "run")
+    config["trainer"]["enable_progress_bar"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(tmp_path / "config.yaml")])
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert record["prompt"] == "describe the city." and record["returns"] == "best_target"
+    assert record["response"] == record["alternatives"]["best_target"]["response"]

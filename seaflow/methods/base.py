@@ -179,7 +179,7 @@ class AlignmentMethod(L.LightningModule):
 
     @staticmethod
     def proposal_rows(batch: dict[str, list], copies: int = 1) -> list[list[int]] | None:
-        """Each row's proposal prompt (``data.proposal_prompt_field`` / ``data.proposal_system_prompt``),
+        """Each row's proposal prompt (``data.proposal_prompt_field`` / ``_system_prompt`` / ``_instruction``),
         ``copies`` rows per prompt, prompt-major; None when the batch has none."""
         prompts = batch.get("proposal_prompt_ids")
         if not prompts:

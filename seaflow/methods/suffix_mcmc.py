@@ -43,10 +43,10 @@ class GuidedSuffixMCMC(DiscreteMethod):
     Two more moves reach what the policy does not write by itself, each exact
     (:mod:`seaflow.chains`): gradient token moves (``token_moves``: at a token slot the reward's
     gradient proposes a token over the whole vocabulary, the policy writes on after it), and
-    steered proposals (the data module's ``data.proposal_prompt_field`` or
-    ``data.proposal_system_prompt``: the policy given an instructed version ``x'`` of the prompt
-    writes the suffixes, and the ratio corrects for it, so the target stays the one of the
-    prompt ``x`` itself).
+    steered proposals (the data module's ``data.proposal_prompt_field``,
+    ``data.proposal_system_prompt`` or ``data.proposal_instruction``: the policy given an
+    instructed version ``x'`` of the prompt writes the suffixes, and the ratio corrects for it,
+    so the target stays the one of the prompt ``x`` itself).
 
     Args:
         alpha: reward weight of the target; ``alpha * (r' - r)`` is the log acceptance ratio's
@@ -74,8 +74,8 @@ class GuidedSuffixMCMC(DiscreteMethod):
             rule but ``best_reward`` the record also keeps the other rules' replies
             (``alternatives``).
         init_from: ``prompt``: the initial samples follow the prompt; ``proposal_prompt``: they
-            follow the proposal prompt (needs ``data.proposal_prompt_field`` or
-            ``data.proposal_system_prompt``).
+            follow the proposal prompt (needs ``data.proposal_prompt_field``,
+            ``data.proposal_system_prompt`` or ``data.proposal_instruction``).
         tries: suffixes proposed per chain and step from the same cut, one picked by its weight
             and tested by multiple-try Metropolis (:class:`seaflow.chains.MultipleTries`): a
             step costs ``tries`` suffix generations per chain, all in one batch with the same
@@ -168,16 +168,17 @@ class GuidedSuffixMCMC(DiscreteMethod):
         prompt_ids, prompts, keys = self.expand(batch, chains)
         forced = self.forced_rows(batch, chains)  # data.response_prefix: every state starts with it, no cut touches it
         width = self.response_width(forced)
-        proposal_ids = self.proposal_rows(batch, chains)  # data.proposal_prompt_field / proposal_system_prompt: steered proposals
+        proposal_ids = self.proposal_rows(batch, chains)  # data.proposal_prompt_field / _system_prompt / _instruction: steered proposals
         if proposal_ids is not None and forced:
-            raise ValueError("steered proposals (data.proposal_prompt_field / data.proposal_system_prompt) with a forced "
+            raise ValueError("steered proposals (data.proposal_prompt_field / _system_prompt / _instruction) with a forced "
                              "response start (data.response_prefix) are not supported: set one of them to null")
         if self.tries > 1 and proposal_ids is not None:
             raise ValueError(f"model.init_args.tries {self.tries} proposes plain suffixes only, not steered ones: set "
-                             "data.proposal_prompt_field and data.proposal_system_prompt to null, or model.init_args.tries: 1")
+                             "data.proposal_prompt_field, data.proposal_system_prompt and data.proposal_instruction to null, or "
+                             "model.init_args.tries: 1")
         if self.init_from == "proposal_prompt" and proposal_ids is None:
-            raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field "
-                             "or data.proposal_system_prompt, or model.init_args.init_from: prompt")
+            raise ValueError("model.init_args.init_from: proposal_prompt needs proposal prompts: set data.proposal_prompt_field, "
+                             "data.proposal_system_prompt or data.proposal_instruction, or model.init_args.init_from: prompt")
         # 1. start: chain c at Best-of-N's candidate c (with init_pool, the best `chains` of that many samples)
         pool = self.best_of_pool(batch, self.init_pool or chains, chains,
                                  drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
