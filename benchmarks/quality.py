@@ -111,6 +111,27 @@ def done_ids(directory: Path) -> set[str]:
     return {r["id"] for r in read_records(directory / "predictions.jsonl")}
 
 
+def cli_value(value) -> str:
+    """A command-line value: text as it is (a quoted string would reach a choice as '"guided"'), anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def predict_command(grid: dict, task: str, config: str, overrides: dict, directory: Path) -> list[str]:
+    """The ``seaflow predict`` command of one cell: the method's config, the task's prompts and
+    data settings, the grid's response length, the cell's ``model.init_args`` and directory."""
+    command = [
+        sys.executable, "-m", "seaflow.cli", "predict", "--config", config,
+        "--data.path", grid["tasks"][task]["prompts"], "--data.limit", json.dumps(grid["tasks"][task].get("limit")),
+        "--model.init_args.max_new_tokens", str(grid.get("max_new_tokens", 24)),
+        "--output.output_dir", str(directory),
+    ]
+    for key, value in overrides.items():
+        command += [f"--model.init_args.{key}", cli_value(value)]
+    for key, value in grid["tasks"][task].get("data", {}).items():  # the task's own data settings (an asked variant)
+        command += [f"--data.{key}", cli_value(value)]
+    return command
+
+
 def run(grid: dict, args) -> None:
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
     for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods, args.budgets):
@@ -119,16 +140,7 @@ def run(grid: dict, args) -> None:
         wanted = prompt_ids(grid, task)
         if set(wanted) <= done_ids(directory):
             continue
-        command = [
-            sys.executable, "-m", "seaflow.cli", "predict", "--config", config,
-            "--data.path", grid["tasks"][task]["prompts"], "--data.limit", json.dumps(grid["tasks"][task].get("limit")),
-            "--model.init_args.max_new_tokens", str(grid.get("max_new_tokens", 24)),
-            "--output.output_dir", str(directory),
-        ]
-        for key, value in overrides.items():
-            command += [f"--model.init_args.{key}", json.dumps(value)]
-        for key, value in grid["tasks"][task].get("data", {}).items():  # the task's own data settings (an asked variant)
-            command += [f"--data.{key}", value if isinstance(value, str) else json.dumps(value)]
+        command = predict_command(grid, task, config, overrides, directory)
         if deadline is not None and deadline - time.monotonic() < 30:
             print(f"quality: time is up before {task}/{method}/{label}; rerun to continue", file=sys.stderr)
             return

@@ -132,6 +132,18 @@ def test_cells_read_off_methods_and_fixed_settings(grid):
     assert quality.prompt_ids({**grid, "tasks": {"task": {**grid["tasks"]["task"], "limit": 2}}}, "task") == ["p0", "p1"]
 
 
+def test_a_cell_command_passes_text_as_text_and_the_rest_as_json(grid):
+    """A `set` of text (decode: guided) reaches the CLI unquoted; numbers, null and lists as JSON."""
+    grid["tasks"]["task"]["data"] = {"system_prompt": "Be kind.", "batch_size": 2}
+    command = quality.predict_command(grid, "task", "c.yaml", {"decode": "guided", "alpha": 5, "init_pool": None, "ks": [1, 2]},
+                                      Path("out"))
+    pairs = dict(zip(command[4::2], command[5::2]))
+    assert pairs["--model.init_args.decode"] == "guided" and pairs["--model.init_args.alpha"] == "5"
+    assert pairs["--model.init_args.init_pool"] == "null" and pairs["--model.init_args.ks"] == "[1, 2]"
+    assert pairs["--data.system_prompt"] == "Be kind." and pairs["--data.batch_size"] == "2"
+    assert pairs["--data.limit"] == "4" and pairs["--output.output_dir"] == "out"
+
+
 def test_rows_read_soft_best_of_n_off_the_best_of_n_run(grid):
     (task, _, label, _, _, directory), = [c for c in quality.cells(grid) if c[1] == "soft"]
     rows = dict(quality.rows_of(grid, task, "soft", label, directory, grid["methods"]["soft"]))
