@@ -235,6 +235,38 @@ def test_keyword_configs_on_the_embedded_model(tmp_path, monkeypatch):
     assert sum(map(coverage, records)) > 0  # asked, the policy writes some of the words
 
 
+def check_unasked_keyword_chains(records: list[dict], prompts: dict[str, str]) -> None:
+    """configs/examples/keywords_unasked.yaml: the target's best visited state, for the prompt as given."""
+    assert [r["id"] for r in records] == list(prompts)
+    for record in records:
+        assert record["prompt"] == prompts[record["id"]]  # the record's prompt is the user's, not the instructed one
+        assert record["returns"] == "best_target"
+        assert record["response"] == record["alternatives"]["best_target"]["response"]
+        assert "token_move" in record["trace"]
+
+
+TINY_UNASKED_ROWS = ('{"id": "a", "prompt": "describe the city.", "keywords": ["dog", "night"]}\n'
+                     '{"id": "b", "prompt": "how was the train?", "keywords": ["food"]}\n')
+
+
+def test_unasked_keyword_config_on_the_tiny_policy(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(TINY_UNASKED_ROWS)
+    records = predict("keywords_unasked.yaml", tmp_path, "--data.path", str(rows), "--model.init_args.max_new_tokens", "4",
+                      "--model.init_args.steps", "4", policy=str(tiny_models["policy"]))
+    check_unasked_keyword_chains(records, {"a": "describe the city.", "b": "how was the train?"})
+
+
+@pytest.mark.slow
+def test_unasked_keyword_config_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rows = [json.loads(line) for line in (ROOT / "configs" / "prompts" / "keywords_unasked.jsonl").read_text().splitlines()]
+    records = predict("keywords_unasked.yaml", tmp_path, "--model.init_args.steps", "4", "--model.init_args.chains", "2")
+    check_unasked_keyword_chains(records, {r["id"]: r["prompt"] for r in rows})
+    assert sum(map(coverage, records)) > 0  # the instructed proposals bring the words in
+
+
 def check_asked_search(records: list[dict], ids: list[str], beams: int, rounds: int) -> None:
     """configs/sentiment_asked.yaml: the best of at most ``beams`` kept beams, at most ``rounds`` rounds."""
     assert [r["id"] for r in records] == ids
