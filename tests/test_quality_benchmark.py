@@ -191,3 +191,46 @@ def test_shipped_grids_name_existing_configs_and_comment_every_key(name):
     uncommented = [line for line in path.read_text().splitlines()
                    if ":" in line and not line.lstrip().startswith("#") and "#" not in line and not line.rstrip().endswith(":")]
     assert not uncommented, uncommented
+
+
+def test_return_rules_pools_cells_adds_best_of_n_and_judges_after_one_context(tmp_path, capsys):
+    """benchmarks/return_rules.py: two tasks pooled, the asked Best-of-2 (ties to the likeliest) beside the
+    rules, every NLL read after the rows' asked text (a cache filled beforehand: no model loads)."""
+    spec = importlib.util.spec_from_file_location("return_rules", Path(__file__).resolve().parent.parent / "benchmarks" / "return_rules.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    out = tmp_path / "runs"
+    tasks = {}
+    for task, ids in (("kw", ["a"]), ("kw_more", ["b"])):
+        path = tmp_path / f"{task}.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "prompt": f"tell {i}", "asked": f"tell {i}. use owl", "keywords": ["owl"]}) + "\n"
+                                for i in ids))
+        tasks[task] = {"prompts": str(path), "judge": "keywords"}
+        alternatives = {rule: {"response": f"{i} {rule} owl" if rule != "final" else f"{i} final", "reward": 1.0, "chain": 0}
+                        for i in ids for rule in rules.RULES}
+        write_run(out / task / "chain" / "steps=2", [{"id": i, "prompt": f"tell {i}", "keywords": ["owl"], "response": "x",
+                                                       "alternatives": alternatives} for i in ids])
+        write_run(out / f"{task}_asked" / "best_of_n" / "run", [
+            {"id": i, "prompt": f"tell {i}. use owl", "keywords": ["owl"], "n": 3, "returns": "likeliest_best",
+             "candidate_rewards": [1.0, 1.0, 1.0], "candidate_ref_logprobs": [-9.0, -3.0, -1.0],
+             "candidate_responses": [f"{i} first owl", f"{i} likelier owl", f"{i} beyond n owl"]} for i in ids])
+        tasks[f"{task}_asked"] = {"prompts": str(path), "judge": "keywords"}
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text(json.dumps({"output_dir": str(out), "tasks": tasks, "methods": {"chain": {"config": "c.yaml"}}}))
+    values = {}
+    for i in ("a", "b"):
+        texts = [f"{i} {rule} owl" for rule in rules.RULES if rule != "final"] + [f"{i} final", f"{i} likelier owl", f"{i} first owl"]
+        for text in texts:
+            values[quality.NllCache.key("policy", f"tell {i}. use owl", text)] = 2.0 if text.endswith("likelier owl") else 3.0
+    (out / "nll_cache.json").write_text(json.dumps(values))
+    rules.main([str(out / "kw" / "chain" / "steps=2"), str(out / "kw_more" / "chain" / "steps=2"), "--pool", "--grid", str(grid_path),
+                "--no-gemma", "--context", "asked",
+                "--against", f"{out / 'kw_asked' / 'best_of_n' / 'run'}:2", "--against", f"{out / 'kw_more_asked' / 'best_of_n' / 'run'}:2",
+                "--against", f"first={out / 'kw_asked' / 'best_of_n' / 'run'}:1", "--against", f"first={out / 'kw_more_asked' / 'best_of_n' / 'run'}:1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "(2 prompts, judge keywords, NLL after asked)" in lines[1]
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines if line.startswith("| ") and "---" not in line}
+    assert table["Best-of-2"][2] == "1.000" and table["Best-of-2"][6] == "2.000"  # the likelier of the two tied candidates
+    assert table["final"][2] == "0.000" and table["final"][6] == "3.000"  # no keyword; read after the asked text
+    assert table["best_target"][8] == "+0.000 [p 1.00]" and table["final"][8].startswith("-1.000")  # paired with Best-of-2
+    assert table["first"][6] == "3.000"  # Best-of-1, pooled over both cells under its own label
