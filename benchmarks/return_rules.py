@@ -29,7 +29,6 @@ text.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -41,24 +40,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import NllCache, best_reply_of_first, judge_value, load_grid, sign_flip_p  # noqa: E402
 
 from seaflow import judges  # noqa: E402
+from seaflow.data import METADATA_FIELDS, read_prompts  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.writer import read_records  # noqa: E402
 
 RULES = ("best_reward", "likeliest_best", "best_target", "final")
 
 
-def contexts(grid: dict, tasks: set[str], context: str) -> dict[str, str] | None:
-    """Per prompt id, the text the NLLs condition on (None: each record's own prompt)."""
-    if context == "prompt":
-        return None
+def asked_texts(grid: dict, tasks: set[str]) -> dict[str, str]:
+    """Per prompt id, the asked version of the prompt (the prompt files' ``asked`` field)."""
     out = {}
     for task in tasks:
-        for line in Path(grid["tasks"][task]["prompts"]).read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if context == "asked" and "asked" not in row:
-                    raise ValueError(f"--context asked: row {row['id']!r} of {grid['tasks'][task]['prompts']} has no 'asked' field")
-                out[row["id"]] = row["asked"] if context == "asked" else ""
+        path = grid["tasks"][task]["prompts"]
+        for row in read_prompts(path, keep=METADATA_FIELDS + ("asked",)):
+            if "asked" not in row:
+                raise ValueError(f"--context asked: row {row['id']!r} of {path} has no 'asked' field")
+            out[row["id"]] = row["asked"]
     return out
 
 
@@ -101,10 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         missing = sorted({r["id"] for r in records for _, by_id in against.values() if r["id"] not in by_id})
         if missing:
             raise ValueError(f"--against: no Best-of-N record for {', '.join(missing[:5])}")
-        context = contexts(grid, tasks, args.context)
+        asked = asked_texts(grid, tasks) if args.context == "asked" else {}
 
-        def before(record):
-            return record["prompt"] if context is None else context[record["id"]]
+        def before(record):  # the text the NLLs condition on
+            if args.context == "asked":
+                return asked[record["id"]]
+            return record["prompt"] if args.context == "prompt" else ""
 
         replies = {rule: [(r["alternatives"][rule]["response"], r["alternatives"][rule]["reward"]) for r in records]
                    for rule in RULES if all(rule in r["alternatives"] for r in records)}  # older runs: fewer rules

@@ -513,7 +513,7 @@ class PromptDataModule(L.LightningDataModule):
                     f"(data.proposal_prompt_field): add it to every row, or set data.proposal_prompt_field: null"
                 )
         if self.proposal_instruction is not None:
-            text = f"{text} {fill_instruction(self.proposal_instruction, prompt)}"
+            text = f"{text} {fill_instruction(self.proposal_instruction, self.instruction_fields, prompt)}"
         if "messages" in prompt:  # the conversation, its last user turn in the proposal version
             turns = [*prompt["messages"][:-1], {"role": "user", "content": text}]
             replace = self.proposal_system_prompt is not None  # the proposal's own system message, in place of the conversation's
@@ -600,7 +600,7 @@ def instruction_fields(template: str | None) -> tuple[str, ...]:
     if template is None:
         return ()
     try:
-        names = [name for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as error:
         raise ValueError(f"data.proposal_instruction {template!r} is not a valid template ({error}): write each row field "
                          "as {field} and a literal brace as {{ or }}") from None
@@ -611,10 +611,11 @@ def instruction_fields(template: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def fill_instruction(template: str, row: dict[str, Any]) -> str:
-    """``template`` with each ``{field}`` replaced by the row's value (a list as "a and b", "a, b and c")."""
+def fill_instruction(template: str, names: tuple[str, ...], row: dict[str, Any]) -> str:
+    """``template`` with each of its fields ``names`` (:func:`instruction_fields`, parsed once)
+    replaced by the row's value (a list as "a and b", "a, b and c")."""
     values = {}
-    for name in instruction_fields(template):
+    for name in names:
         value = row.get(name)
         if value is None or value == "" or value == []:
             raise PromptFileError(
