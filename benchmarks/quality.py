@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seaflow import judges  # noqa: E402
+from seaflow.judges import judge_value  # noqa: E402,F401  (the grid's judges: sentiment, keywords, refusal)
 from seaflow.data import read_prompts  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
@@ -166,22 +167,6 @@ def run(grid: dict, args) -> None:
 
 
 # -- judging ------------------------------------------------------------------------------------
-
-
-def judge_value(kind: str, text: str, item: dict) -> tuple[float, float]:
-    """(judge score, success 0/1) of one reply to the prompt-file row ``item``."""
-    from seaflow import judges
-
-    if kind == "sentiment":
-        polarity = judges.sentiment_polarity(text)
-        return polarity, float(polarity > 0)
-    if kind == "keywords":
-        coverage = judges.keyword_coverage(text, item["keywords"])
-        return coverage, float(coverage == 1.0)
-    if kind == "refusal":
-        refused = float(judges.refuses(text))
-        return refused, refused
-    raise ValueError(f"unknown judge {kind!r}: sentiment, keywords or refusal")
 
 
 class NllCache:

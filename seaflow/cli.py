@@ -6,6 +6,7 @@
     seaflow report RUN_DIR [RUN_DIR ...] --out DIR    # markdown table and plots from finished runs
     seaflow calibrate --config configs/calibration/lexicon_sentiment.yaml   # reward AUC on labelled rows
     seaflow fit --config configs/reward_head.yaml     # train the refusal reward head
+    seaflow tune --config my_task.yaml --budget 400GFLOPs   # the method for a task at a budget (docs/tune.md)
 
 A mistake in a file, a value, a model name or the output directory prints one message and
 exits with status 1; ``--debug`` (anywhere on the command line) or ``SEAFLOW_DEBUG=1`` shows
@@ -353,6 +354,38 @@ def _fit(args: list[str]) -> None:
     fit_main(args)
 
 
+def _tune(args: list[str]) -> None:
+    """choose the method for your task at your budget: candidates on your prompts, the best confirmed (docs/tune.md)"""
+    from seaflow.tune import main as tune
+
+    tune(args, predict_quietly)
+
+
+class CellCLI(SeaflowCLI):
+    """``seaflow predict`` as one of many runs of another command: its callbacks added, no end table."""
+
+    extra_callbacks: tuple = ()
+
+    def _instantiate_trainer(self, config, callbacks):
+        return super()._instantiate_trainer(config, [*callbacks, *self.extra_callbacks])
+
+    def after_predict(self) -> None:
+        pass
+
+
+def predict_quietly(config: Path, callbacks: list = ()) -> None:
+    """``seaflow predict --config config`` in this process with extra Lightning ``callbacks`` (``seaflow tune``'s
+    runs); a user error raises its own exception, not jsonargparse's wrapper of it."""
+    cli = type("CellCLI", (CellCLI,), {"extra_callbacks": tuple(callbacks)})
+    try:
+        build_cli(["predict", "--config", str(config)], cli=cli)
+    except Exception as err:
+        shown = user_error(err)
+        if shown is None or shown is err:
+            raise
+        raise shown from err
+
+
 def _validate(args: list[str]) -> None:
     """validate a trained reward head (seaflow fit's module) on its validation rows"""
     _fit(["validate"] + args)
@@ -389,7 +422,7 @@ def _predict(args: list[str] | None) -> None:
 
 # commands that are not LightningCLI subcommands of a method (SeaflowCLI.subcommands() has ``predict``)
 COMMANDS = {"list": _list, "report": _report, "calibrate": _calibrate, "fit": lambda a: _fit(["fit"] + a),
-            "validate": _validate}
+            "validate": _validate, "tune": _tune}
 COMMANDS["fit"].__doc__ = _fit.__doc__
 PREDICT_HELP = "align the prompts of a config with a method (SEA or a baseline); writes predictions.jsonl and summary.json"
 DESCRIPTION = ("seaflow: inference-time alignment of language models in continuous space "

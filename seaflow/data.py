@@ -283,6 +283,9 @@ class PromptDataModule(L.LightningDataModule):
             system turn of its own keeps that one).
         batch_size: prompts per batch (each expands to ``chains`` rows in SEA).
         limit: use only the first ``limit`` prompts (None: all; at least 1).
+        ids: use only the prompts with these ids, in the file's order (before ``limit``); an id the
+            file lacks is an error. None: every prompt. ``seaflow tune`` runs its tuning and
+            confirmation parts this way.
         on_bad_prompt: ``error`` stops at the first bad prompt (malformed line, missing field,
             empty prompt, duplicate id, longer than the model's context) with a message naming
             it; ``skip`` leaves it out and lists it, with the reason, under ``skipped`` in
@@ -321,6 +324,10 @@ class PromptDataModule(L.LightningDataModule):
         proposal_system_prompt: system message of the proposal prompts (e.g. "Reply in a warm,
             positive tone."); None: ``system_prompt``. Setting any of the three proposal keys turns
             proposal prompts on. It replaces a conversation's own system turn in its proposal version.
+        instruction: text appended (after a space) to each prompt itself (a conversation: to its last
+            user turn), its ``{field}`` placeholders filled from the row as in ``proposal_instruction``:
+            the asked version of prompts whose rows carry what to ask for (``seaflow tune``'s asked
+            variants of a config with ``proposal_instruction``). None: the prompts as they are.
         proposal_instruction: text appended (after a space) to each prompt's proposal version, its
             ``{field}`` placeholders filled from the row (e.g. "Use the words {keywords}."; a list
             joins as "a and b", "a, b and c"): rows that carry their keywords need no asked copy
@@ -340,6 +347,7 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         batch_size: int = 4,
         limit: int | None = None,
+        ids: list[str] | None = None,
         on_bad_prompt: Literal["error", "skip"] = "error",
         policy: str | None = None,
         max_new_tokens: int = 0,
@@ -355,6 +363,7 @@ class PromptDataModule(L.LightningDataModule):
         proposal_prompt_field: str | None = None,
         proposal_system_prompt: str | None = None,
         proposal_instruction: str | None = None,
+        instruction: str | None = None,
         messages_field: str | None = "messages",
         drop_final_reply: bool = False,
     ):
@@ -385,6 +394,7 @@ class PromptDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt
         self.batch_size = batch_size
         self.limit = limit
+        self.ids = None if ids is None else [str(i) for i in ids]
         self.on_bad_prompt = on_bad_prompt
         self.policy = policy
         self.max_new_tokens = max_new_tokens
@@ -401,6 +411,8 @@ class PromptDataModule(L.LightningDataModule):
         self.proposal_system_prompt = proposal_system_prompt
         self.proposal_instruction = proposal_instruction
         self.instruction_fields = instruction_fields(proposal_instruction)
+        self.instruction = instruction
+        self.asked_fields = instruction_fields(instruction, "data.instruction")
         self.messages_field = messages_field
         self.drop_final_reply = drop_final_reply
         # bad prompts left out (on_bad_prompt: skip): rows of the file, and prompts too long for the model
@@ -428,6 +440,10 @@ class PromptDataModule(L.LightningDataModule):
                 )
             if self.task is not None:
                 prompts = [{"task": self.task, **p} for p in prompts]
+            if self.ids is not None:
+                prompts = self.select(prompts)
+            if self.instruction is not None:
+                prompts = [self.asked(p) for p in prompts]
             self.prompts = prompts[: self.limit] if self.limit is not None else prompts
             if self.run is not None:
                 self.run.check_prompts(self.prompts)  # before any model loads
@@ -441,7 +457,25 @@ class PromptDataModule(L.LightningDataModule):
     def keep(self) -> tuple[str, ...]:
         """The row fields kept with each prompt: ``task``, ``target``, ``keywords``, ``data.fields``, the prefix and proposal fields."""
         extra = tuple(f for f in (self.response_prefix_field, self.proposal_prompt_field) if f) + self.instruction_fields
-        return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + extra))
+        return tuple(dict.fromkeys(METADATA_FIELDS + tuple(self.fields) + extra + self.asked_fields))
+
+    def select(self, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The prompts whose id is in ``data.ids``, in the file's order."""
+        present = {p["id"] for p in prompts}
+        missing = [i for i in self.ids if i not in present]
+        if missing:
+            shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise PromptFileError(f"data.ids names {shown}, which {self.path} does not have: fix data.ids or data.path")
+        wanted = set(self.ids)
+        return [p for p in prompts if p["id"] in wanted]
+
+    def asked(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """The prompt with ``data.instruction`` appended to its text (a conversation: to its last user turn)."""
+        text = f"{prompt['prompt']} {fill_instruction(self.instruction, self.asked_fields, prompt, 'data.instruction')}"
+        asked = {**prompt, "prompt": text}
+        if "messages" in prompt:
+            asked["messages"] = [*prompt["messages"][:-1], {**prompt["messages"][-1], "content": text}]
+        return asked
 
     def read_rows(self, rows: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
         """Prompts from numbered rows given in Python (objects or strings), validated as a file's rows are."""
@@ -595,32 +629,32 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(PromptDataset(items), batch_size=self.batch_size, shuffle=False, collate_fn=collate)
 
 
-def instruction_fields(template: str | None) -> tuple[str, ...]:
-    """The row fields a ``data.proposal_instruction`` names (its ``{field}`` placeholders)."""
+def instruction_fields(template: str | None, key: str = "data.proposal_instruction") -> tuple[str, ...]:
+    """The row fields an instruction template (``key``) names (its ``{field}`` placeholders)."""
     if template is None:
         return ()
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as error:
-        raise ValueError(f"data.proposal_instruction {template!r} is not a valid template ({error}): write each row field "
+        raise ValueError(f"{key} {template!r} is not a valid template ({error}): write each row field "
                          "as {field} and a literal brace as {{ or }}") from None
     bad = [name for name in names if not name.isidentifier()]
     if bad:
-        raise ValueError(f"data.proposal_instruction {template!r} has the placeholder(s) {', '.join('{' + b + '}' for b in bad)}: "
+        raise ValueError(f"{key} {template!r} has the placeholder(s) {', '.join('{' + b + '}' for b in bad)}: "
                          "each placeholder names one row field, e.g. {keywords}")
     return tuple(dict.fromkeys(names))
 
 
-def fill_instruction(template: str, names: tuple[str, ...], row: dict[str, Any]) -> str:
-    """``template`` with each of its fields ``names`` (:func:`instruction_fields`, parsed once)
-    replaced by the row's value (a list as "a and b", "a, b and c")."""
+def fill_instruction(template: str, names: tuple[str, ...], row: dict[str, Any], key: str = "data.proposal_instruction") -> str:
+    """``template`` (the value of ``key``) with each of its fields ``names`` (:func:`instruction_fields`,
+    parsed once) replaced by the row's value (a list as "a and b", "a, b and c")."""
     values = {}
     for name in names:
         value = row.get(name)
         if value is None or value == "" or value == []:
             raise PromptFileError(
-                f"prompt {row['id']!r} has no {name!r} field, which data.proposal_instruction ({template!r}) fills in: "
-                f"add it to every row, or change data.proposal_instruction"
+                f"prompt {row['id']!r} has no {name!r} field, which {key} ({template!r}) fills in: "
+                f"add it to every row, or change {key}"
             )
         if isinstance(value, (list, tuple)):
             words = [str(v) for v in value]

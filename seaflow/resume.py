@@ -41,7 +41,7 @@ LOCK = ".seaflow.lock"  # held by the run writing the directory; names it (pid, 
 # Everything else (the method, its components and seeds, the data's text fields and chat
 # template, trainer.precision, seed_everything) is the run's fingerprint.
 NOT_FINGERPRINT = ("config", "output", "trainer", "return_predictions", "ckpt_path",
-                   "data.batch_size", "data.limit", "data.on_bad_prompt")
+                   "data.batch_size", "data.limit", "data.ids", "data.on_bad_prompt")
 FINGERPRINT_EXCEPTIONS = ("trainer.precision",)
 
 

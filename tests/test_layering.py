@@ -74,7 +74,7 @@ def test_the_loops_import_no_cli_and_no_lightning(module):
 # docs/architecture.md's layers, top first: a module imports modules of its own layer and below
 LAYERS = {
     "commands": ("seaflow", "seaflow.cli", "seaflow.api", "seaflow.arguments", "seaflow.report", "seaflow.calibrate",
-                 "seaflow.reward_head", "seaflow.components", "seaflow.testing"),
+                 "seaflow.reward_head", "seaflow.components", "seaflow.testing", "seaflow.tune"),
     "Lightning": ("seaflow.methods", "seaflow.data", "seaflow.writer", "seaflow.metrics", "seaflow.console", "seaflow.resume"),
     "loops": ("seaflow.refine", "seaflow.chains"),
     "language": ("seaflow.energies", "seaflow.relaxations", "seaflow.layout", "seaflow.models", "seaflow.encoding",
