@@ -30,6 +30,8 @@ budget that costs at least as much).
 
 A cell's ``set`` (in the method's entry) fixes further ``model.init_args`` keys, and a task's
 ``limit`` runs only its first prompts: a tuning grid (configs/quality/tune_search.yaml) uses both.
+A task's ``recommended`` (``method/budget``) is the config docs/results.md recommends there: the
+frontier plots (a grid of panels, one legend, a colour per method) mark its cost with a dashed line.
 """
 
 from __future__ import annotations
@@ -585,19 +587,46 @@ def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | 
     print(text)
 
 
-def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flops",)) -> None:
+def method_colours(grid: dict) -> dict[str, Any]:
+    """One colour per method of the grid, by its place in the grid's ``methods``: the same in every plot."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"].colors
+    return {method: palette[i % len(palette)] for i, method in enumerate(grid["methods"])}
+
+
+def recommended_cell(grid: dict, task: str) -> tuple[str, str] | None:
+    """``(method, budget label)`` of the task's ``recommended`` entry (``method/budget``), None without one."""
+    entry = grid["tasks"][task].get("recommended")
+    if not entry:
+        return None
+    method, _, budget = entry.partition("/")
+    return method, budget
+
+
+def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flops",), columns: int = 3) -> list[Path]:
     """Frontier plots: reward and judge against each of ``axes`` (``frontier_judge.png`` for FLOPs,
-    ``frontier_judge_wall.png`` for wall time, ``frontier_judge_depth.png`` for depth)."""
+    ``frontier_judge_wall.png`` for wall time, ``frontier_judge_depth.png`` for depth).
+
+    One panel per task in a grid of ``columns`` panels a row (readable at page width), one legend
+    for the figure, each method in its colour of :func:`method_colours` in every plot, and the cost
+    of the task's recommended config (its ``recommended: method/budget`` in the grid) marked by a
+    dashed line in that method's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = method_colours(grid)
     tasks = [t for t in grid["tasks"] if any(e["task"] == t for e in table)]
+    columns = max(1, min(columns, len(tasks)))
+    rows = max(1, math.ceil(len(tasks) / columns))
+    written = []
     for axis in axes:
         for column, name in (("reward", "optimised reward"), ("judge", "independent judge")):
-            fig, subplots = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.6), squeeze=False)
-            for ax, task in zip(subplots[0], tasks):
+            fig, panels = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.3 * rows), squeeze=False)
+            handles = {}
+            for ax, task in zip(panels.flat, tasks):
                 for method in grid["methods"]:
                     points = sorted((e for e in table if e["task"] == task and e["method"] == method and e["complete"]),
                                     key=lambda e: (e[axis]["mean"], e["flops"]["mean"]))
@@ -606,18 +635,33 @@ def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flo
                     xs = [e[axis]["mean"] for e in points]
                     ys = [e[column]["mean"] for e in points]
                     err = [[y - e[column]["low"] for y, e in zip(ys, points)], [e[column]["high"] - y for y, e in zip(ys, points)]]
-                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
+                    drawn = ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=2, color=colours[method], label=method)
+                    handles.setdefault(method, drawn)
                     for x, y, e in zip(xs, ys, points):
-                        ax.annotate(e["budget"].split("=")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                        ax.annotate(e["budget"].split("=")[-1], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                chosen = recommended_cell(grid, task)
+                cell = next((e for e in table if chosen and e["task"] == task and (e["method"], e["budget"]) == chosen
+                             and e["complete"]), None)
+                if cell is not None:
+                    line = ax.axvline(cell[axis]["mean"], color=colours.get(cell["method"], "black"), linestyle="--", linewidth=1.2)
+                    handles.setdefault("recommended config's cost (dashed)", line)
                 ax.set_xscale("log")
-                ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}")
-                ax.set_xlabel(AXES[axis][1])
-                ax.set_ylabel(name)
+                ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}", fontsize=9)
+                ax.set_xlabel(AXES[axis][1], fontsize=8)
+                ax.set_ylabel(name, fontsize=8)
+                ax.tick_params(labelsize=7)
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / f"frontier_{column}{'' if axis == 'flops' else '_' + axis}.png", dpi=110)
+            for ax in list(panels.flat)[len(tasks):]:
+                ax.axis("off")
+            fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 5), fontsize=8,
+                       frameon=False, bbox_to_anchor=(0.5, 0.0))
+            legend_rows = math.ceil(len(handles) / 5) if handles else 0
+            fig.tight_layout(rect=(0, 0.035 * legend_rows / rows + 0.02 * legend_rows, 1, 1))
+            path = out / f"frontier_{column}{'' if axis == 'flops' else '_' + axis}.png"
+            fig.savefig(path, dpi=110)
             plt.close(fig)
+            written.append(path)
+    return written
 
 
 def main() -> None:

@@ -234,3 +234,56 @@ def test_return_rules_pools_cells_adds_best_of_n_and_judges_after_one_context(tm
     assert table["final"][2] == "0.000" and table["final"][6] == "3.000"  # no keyword; read after the asked text
     assert table["best_target"][8] == "+0.000 [p 1.00]" and table["final"][8].startswith("-1.000")  # paired with Best-of-2
     assert table["first"][6] == "3.000"  # Best-of-1, pooled over both cells under its own label
+
+
+def test_frontier_plots_are_a_grid_with_one_legend_fixed_colours_and_the_recommended_cost(tmp_path, monkeypatch):
+    """Four tasks: a 2 x 3 grid of panels (two left blank), one figure legend, each method in one colour
+    in every panel and plot, and a dashed line at the recommended cell's cost in that method's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    tasks = {f"t{i}": {"prompts": "p.jsonl", "judge": "sentiment"} for i in range(4)}
+    tasks["t1"]["recommended"] = "m2/steps=4"
+    grid = {"tasks": tasks, "methods": {"m1": {"config": "c"}, "m2": {"config": "c", "key": "steps", "budgets": [2, 4]}}}
+
+    def cell(task, method, budget, flops, judge):
+        stat = lambda v: {"mean": v, "low": v - 0.1, "high": v + 0.1}  # noqa: E731
+        return {"task": task, "method": method, "budget": budget, "complete": True, "flops": stat(flops), "wall": stat(flops / 1e9),
+                "depth": stat(24.0), "reward": stat(judge / 2), "judge": stat(judge)}
+
+    table = [cell(t, "m1", "run", 3e9, 0.3) for t in tasks] + [cell(t, "m2", f"steps={k}", k * 1e9, 0.1 * k) for t in tasks for k in (2, 4)]
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    paths = quality.plot(table, grid, tmp_path, ("flops", "wall"))
+    assert [p.name for p in paths] == ["frontier_reward.png", "frontier_judge.png", "frontier_reward_wall.png", "frontier_judge_wall.png"]
+    width, height = figures[0].get_size_inches() * 110
+    assert (round(width), round(height)) == (1320, 726)  # 3 panels a row, 2 rows: readable at page width
+    colours = quality.method_colours(grid)
+    for fig in figures:
+        panels = fig.axes
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in panels)
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m1", "m2", "recommended config's cost (dashed)"]
+        assert sum(ax.axison for ax in panels) == 4
+        for ax in panels[:4]:
+            lines = [line for line in ax.get_lines() if line.get_marker() == "o"]
+            assert [to_rgba(line.get_color()) for line in lines] == [to_rgba(colours["m1"]), to_rgba(colours["m2"])]
+        dashed = [line for ax in panels for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(dashed) == 1 and to_rgba(dashed[0].get_color()) == to_rgba(colours["m2"])
+    flops_line = [line for line in figures[1].axes[1].get_lines() if line.get_linestyle() == "--"][0]
+    assert list(flops_line.get_xdata()) == [4e9, 4e9]  # at the recommended cell's FLOPs
+    assert all(p.exists() for p in paths)
+
+
+def test_the_shipped_grid_recommends_cells_it_has():
+    grid = quality.load_grid(str(Path(__file__).resolve().parent.parent / "configs" / "quality" / "grid.yaml"))
+    for task in grid["tasks"]:
+        chosen = quality.recommended_cell(grid, task)
+        if chosen is None:
+            continue
+        method, budget = chosen
+        spec = grid["methods"][grid["methods"][method].get("from", method)]
+        labels = [f"N={n}" for n in spec.get("curve", [])] + [f"{spec.get('key')}={v}" for v in spec.get("budgets", [])]
+        assert budget in labels, (task, method, budget)

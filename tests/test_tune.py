@@ -163,10 +163,11 @@ def test_the_dry_run_prints_the_plan_and_its_cost_and_runs_only_the_probes(task_
     assert "suffix_mcmc | given | left out: its smallest size (steps=0) costs" in printed  # over this tiny budget
     assert not (out / "tune.json").exists()
     for directory in (out / "cells").glob("*/*"):
-        assert len(read_records(directory / "predictions.jsonl")) == 1  # a 1-prompt probe
+        assert len(read_records(directory / "predictions.jsonl")) == 2  # a probe: one batch (data.batch_size) of tuning prompts
     (size,) = [line.split(" | ")[2] for line in printed.splitlines() if line.startswith("| best_of_n |")]
     n = int(size.removeprefix("n="))
-    probes = {k: read_records(out / "cells" / "best_of_n" / f"n={k}" / "predictions.jsonl")[0]["cost"]["flops"] for k in (2, 8)}
+    probes = {k: sum(r["cost"]["flops"] for r in read_records(out / "cells" / "best_of_n" / f"n={k}" / "predictions.jsonl")) / 2
+              for k in (2, 8)}
     per_candidate = (probes[8] - probes[2]) / 6
     assert probes[2] + (n - 2) * per_candidate <= 1e6 < probes[2] + (n - 1) * per_candidate  # the largest n within 0.001 GFLOPs
 
@@ -213,3 +214,16 @@ def test_data_ids_select_prompts_and_data_instruction_asks_on_the_prompt_itself(
         PromptDataModule(path=str(path), ids=["a", "z"]).setup()
     with pytest.raises(PromptFileError, match="no 'topic' field, which data.instruction"):
         PromptDataModule(path=str(path), instruction="About {topic}.").setup()
+
+
+def test_every_link_into_the_results_names_one_of_its_sections():
+    """The README's table, docs/tune.md and every candidate's evidence link to sections docs/results.md has."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    headings = re.findall(r"^#+ (.+)$", (root / "docs" / "results.md").read_text(), flags=re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    links = re.findall(r"docs/results\.md#([\w-]+)", (root / "README.md").read_text() + (root / "docs" / "tune.md").read_text())
+    links += [c.evidence.split("#", 1)[1] for c in CANDIDATES.values() if "#" in c.evidence]
+    assert len(links) >= 8 and not sorted(set(links) - anchors)

@@ -9,8 +9,8 @@ does not matter. The steps, in order:
 
 1. **split** the prompts (after ``data.limit``) with the seed: shuffled, the first ``--prompts``
    are the tuning part, the next ``--confirm`` the confirmation part (each kept in file order);
-2. **size** every candidate (seaflow/tune/candidates.py) to the budget: two 1-prompt runs at
-   small sizes give its cost line on each axis from the records' ``cost``
+2. **size** every candidate (seaflow/tune/candidates.py) to the budget: two runs on one batch of
+   tuning prompts (``data.batch_size`` of them) at small sizes give its cost line on each axis from the records' ``cost``
    (seaflow/tune/budget.py), and the largest size within the budget is taken; a candidate that
    cannot run on the task (a message of its own) or whose smallest size costs too much is left
    out, with the reason;
@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import yaml
 
-from seaflow.report import AXES, bootstrap, cost_of, paired_summary
+from seaflow.report import AXES, bootstrap, cost_of, mean_cost, paired_summary
 from seaflow.data import PromptFileError
 from seaflow.resume import RunMismatchError, read_records
 from seaflow.tune.budget import Budget, CostFit, format_cost
@@ -125,23 +125,26 @@ class Tuner:
             path = self.out / "configs" / candidate.name / f"{candidate.label(size)}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+            before = {r["id"] for r in self.records(candidate, size, ids)}
             started = time.perf_counter()
             self.predict(path, [bar.callback(f"{candidate.name} {candidate.label(size)}")] if bar is not None else [])
-            self.timings[f"{candidate.name}/{candidate.label(size)}"] = {"seconds": time.perf_counter() - started,
-                                                                          "prompts": len(ids) - done}
+            seconds = time.perf_counter() - started
+            new = [r for r in self.records(candidate, size, ids) if r["id"] not in before]
+            self.timings.setdefault(f"{candidate.name}/{candidate.label(size)}", []).append(
+                {"seconds": seconds, "prompts": len(new), "records_s": sum(cost_of(r, "wall") or 0.0 for r in new)})
             self.timings_path.write_text(json.dumps(self.timings, indent=1))
         return self.records(candidate, size, ids)
 
     # -- 2. size ----------------------------------------------------------------------------------
 
     def size(self, candidate: Candidate) -> Sized:
-        """The candidate's cost lines from two 1-prompt runs and its size within the budget."""
+        """The candidate's cost lines from two runs on one batch of tuning prompts and its size within the budget."""
         sized = Sized(candidate)
         reason = self.task.applicable(candidate, self.asking)
         if reason:
             sized.reason = reason
             return sized
-        probe = self.tuning[:1]
+        probe = self.tuning[: self.probe_prompts]
         points = []
         for size in candidate.probes:
             try:
@@ -151,16 +154,16 @@ class Tuner:
             except ValueError as err:  # the method cannot run on this task (it says why)
                 sized.reason = f"cannot run on this task: {str(err).splitlines()[0]}"
                 return sized
-            points.append((size, records[0]))
+            points.append((size, records))
         for axis in AXES:
-            values = [(size, cost_of(record, axis)) for size, record in points]
-            if any(v is None for _, v in values):
+            values = [(size, mean_cost(records, axis)) for size, records in points]
+            if any(math.isnan(v) for _, v in values):
                 continue
             sized.fits[axis] = CostFit.through(*values)
         if "wall" in sized.fits and "flops" in sized.fits and not sized.fits["wall"].grows():
             # measured seconds too noisy to show growth: seconds per FLOP at the larger probe, times the FLOPs line
-            k, record = points[-1]
-            rate = cost_of(record, "wall") / max(cost_of(record, "flops"), 1.0)
+            k, records = points[-1]
+            rate = mean_cost(records, "wall") / max(mean_cost(records, "flops"), 1.0)
             flops = sized.fits["flops"]
             sized.fits["wall"] = CostFit(flops.intercept * rate, flops.slope * rate)
         fit = sized.fits.get(self.budget.axis)
@@ -175,10 +178,15 @@ class Tuner:
 
     # -- 3. the plan ------------------------------------------------------------------------------
 
+    @property
+    def probe_prompts(self) -> int:
+        """Prompts of a probe: one batch of the task's ``data.batch_size`` (its seconds per prompt are a batch's)."""
+        return max(1, min(int(self.task.data.get("batch_size") or 4), len(self.tuning)))
+
     def overhead(self) -> float:
-        """Seconds a cell spends outside its records' wall time (loading the models): the smallest measured."""
-        spent = [t["seconds"] for t in self.timings.values() if t.get("prompts") == 1]
-        return min(spent) if spent else 5.0
+        """Seconds a run spends outside its records' wall time (loading the models): the smallest measured."""
+        spent = [t["seconds"] - t["records_s"] for runs in self.timings.values() if isinstance(runs, list) for t in runs]
+        return max(min(spent), 0.0) if spent else 5.0
 
     def estimate(self, plan: list[Sized]) -> dict[str, float]:
         """Estimated seconds and FLOPs of the tuning runs and of the confirmation (its two costliest candidates)."""
@@ -205,7 +213,7 @@ class Tuner:
                          f"{s.cost('wall'):.3g} | {s.cost('depth'):.0f} |")
         lines += ["", f"estimated: {minutes(estimate['tuning_s'])} for the tuning runs, {minutes(estimate['confirmation_s'])} for "
                   f"the confirmation; {(estimate['tuning_flops'] + estimate['confirmation_flops']) / 1e12:.3g} TFLOPs in all "
-                  "(probe costs per prompt on one prompt, batch of 1)"]
+                  f"(from the probes: one batch of {self.probe_prompts} prompts at each of two small sizes)"]
         return lines
 
     # -- 4. tuning, 5. confirmation ---------------------------------------------------------------------
@@ -242,7 +250,7 @@ class Tuner:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self.log(f"seaflow tune: sizing {len(self.candidates)} candidates to {self.budget.describe()} "
-                 f"(two 1-prompt runs each, at small sizes)")
+                 f"(two runs each on {self.probe_prompts} tuning prompt(s), at small sizes)")
         plan = []
         for candidate in self.candidates:
             sized = self.size(candidate)
@@ -464,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/tune", help="output directory (its run directories resume; default runs/tune)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split into tuning and confirmation prompts (default 0)")
     ap.add_argument("--no-asking", action="store_true", help="the prompts must stay as given: leave out the asked variants")
-    ap.add_argument("--dry-run", action="store_true", help="size the candidates (two 1-prompt runs each), print the plan and its cost, stop")
+    ap.add_argument("--dry-run", action="store_true", help="size the candidates (two runs each on one batch of prompts), print the plan and its cost, stop")
     return ap
 
 

@@ -40,7 +40,7 @@ Setting = tuple[Any, str]  # (value, or a function of (size, max_new_tokens) giv
 class Candidate:
     """One method at the settings docs/results.md measured, sized by one knob.
 
-    ``probes``: the two sizes measured on one prompt to fit the cost line; ``smallest`` and
+    ``probes``: the two sizes measured on one batch of tuning prompts to fit the cost line; ``smallest`` and
     ``largest``: the sizes the budget may choose from; ``settings``: further ``model.init_args``
     as ``key: (value, comment)``, a value possibly a function of ``(size, max_new_tokens)``.
     """
