@@ -60,7 +60,7 @@ from seaflow.data import read_prompts  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
 from seaflow.energies.keywords import read_keywords  # noqa: E402
 from seaflow.report import (  # noqa: E402,F401  (the paired statistics are used and tested from here too)
-    AXES, best_of_first, bootstrap, cost_of, equal_cost_n, sign_flip_p, sign_test_p, soft_best_of_first,
+    AXES, best_of_first, bootstrap, cost_of, equal_cost_n, paired_summary, sign_flip_p, sign_test_p, soft_best_of_first,
 )
 from seaflow.writer import read_records  # noqa: E402
 
@@ -430,15 +430,14 @@ def rival_rows(grid: dict, entries: list[tuple], cache: "NllCache") -> list[dict
 
 def paired_entry(task: str, method: str, budget: str, diffs: list[float], gemma: list[tuple[float, float]],
                  n: list[tuple[int, bool]]) -> dict:
-    _, low, high = bootstrap(diffs, 2000)  # the mean paired difference's interval, prompts resampled
-    wins, losses = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
+    """One paired row: :func:`seaflow.report.paired_summary` of the judge differences (interval, wins,
+    both p-values), with the cell, Best-of-N's N and the mean Gemma NLLs."""
+    summary = paired_summary(diffs)
     return {
         "task": task, "method": method, "budget": budget, "prompts": len(diffs),
         "bon_n_median": statistics.median(k for k, _ in n) if n else math.nan,
         "capped": sum(not reached for _, reached in n),
-        "judge_diff": statistics.fmean(diffs), "low": low, "high": high,
-        "wins": wins, "ties": len(diffs) - wins - losses, "losses": losses,
-        "p": sign_flip_p(diffs), "p_sign": sign_test_p(wins, losses),
+        "judge_diff": summary["diff"], **{k: summary[k] for k in ("low", "high", "wins", "ties", "losses", "p", "p_sign")},
         "gemma_method": statistics.fmean(a for a, _ in gemma) if gemma else math.nan,
         "gemma_bon": statistics.fmean(b for _, b in gemma) if gemma else math.nan,
         "diffs": diffs, "gemma": gemma, "n": n,
@@ -591,7 +590,8 @@ def method_colours(grid: dict) -> dict[str, Any]:
     """One colour per method of the grid, by its place in the grid's ``methods``: the same in every plot."""
     import matplotlib
 
-    palette = matplotlib.colormaps["tab20"].colors
+    shades = matplotlib.colormaps["tab20"].colors
+    palette = shades[0::2] + shades[1::2]  # ten distinct hues first, then their light shades
     return {method: palette[i % len(palette)] for i, method in enumerate(grid["methods"])}
 
 
@@ -616,6 +616,7 @@ def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flo
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     colours = method_colours(grid)
     tasks = [t for t in grid["tasks"] if any(e["task"] == t for e in table)]
@@ -643,8 +644,9 @@ def plot(table: list[dict], grid: dict, out: Path, axes: tuple[str, ...] = ("flo
                 cell = next((e for e in table if chosen and e["task"] == task and (e["method"], e["budget"]) == chosen
                              and e["complete"]), None)
                 if cell is not None:
-                    line = ax.axvline(cell[axis]["mean"], color=colours.get(cell["method"], "black"), linestyle="--", linewidth=1.2)
-                    handles.setdefault("recommended config's cost (dashed)", line)
+                    ax.axvline(cell[axis]["mean"], color=colours.get(cell["method"], "black"), linestyle="--", linewidth=1.2)
+                    handles.setdefault("recommended config's cost (dashed, in its method's colour)",
+                                       Line2D([], [], color="black", linestyle="--", linewidth=1.2))
                 ax.set_xscale("log")
                 ax.set_title(f"{task}: {grid['tasks'][task]['judge'] if column == 'judge' else 'reward'}", fontsize=9)
                 ax.set_xlabel(AXES[axis][1], fontsize=8)

@@ -265,12 +265,12 @@ def test_frontier_plots_are_a_grid_with_one_legend_fixed_colours_and_the_recomme
     for fig in figures:
         panels = fig.axes
         assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in panels)
-        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m1", "m2", "recommended config's cost (dashed)"]
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m1", "m2", "recommended config's cost (dashed, in its method's colour)"]
         assert sum(ax.axison for ax in panels) == 4
         for ax in panels[:4]:
             lines = [line for line in ax.get_lines() if line.get_marker() == "o"]
             assert [to_rgba(line.get_color()) for line in lines] == [to_rgba(colours["m1"]), to_rgba(colours["m2"])]
-        dashed = [line for ax in panels for line in ax.get_lines() if line.get_linestyle() == "--"]
+        dashed = [line for ax in panels for line in ax.get_lines() if line.get_linestyle() == "--"]  # in the panels
         assert len(dashed) == 1 and to_rgba(dashed[0].get_color()) == to_rgba(colours["m2"])
     flops_line = [line for line in figures[1].axes[1].get_lines() if line.get_linestyle() == "--"][0]
     assert list(flops_line.get_xdata()) == [4e9, 4e9]  # at the recommended cell's FLOPs

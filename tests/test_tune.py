@@ -227,3 +227,24 @@ def test_every_link_into_the_results_names_one_of_its_sections():
     links = re.findall(r"docs/results\.md#([\w-]+)", (root / "README.md").read_text() + (root / "docs" / "tune.md").read_text())
     links += [c.evidence.split("#", 1)[1] for c in CANDIDATES.values() if "#" in c.evidence]
     assert len(links) >= 8 and not sorted(set(links) - anchors)
+
+
+def test_the_shipped_task_plans_every_candidate_on_the_tiny_policy(tmp_path, tiny_models, capsys, monkeypatch):
+    """configs/examples/tune_sentiment.yaml as shipped (its policy swapped for the tiny one): a dry run sizes
+    every default candidate, asked and steered ones included, and ranks by TextBlob (its task's judge)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = yaml.safe_load((root / "configs" / "examples" / "tune_sentiment.yaml").read_text())
+    config["model"]["init_args"].update(policy=str(tiny_models["policy"]), max_new_tokens=6)
+    config["data"]["path"] = str(root / config["data"]["path"])
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from seaflow import judges
+
+    monkeypatch.setattr(judges, "sentiment_polarity", lambda text: 0.0)  # TextBlob is an optional package
+    main(["tune", "--config", str(path), "--budget", "0.05GFLOPs", "--out", str(tmp_path / "tune"), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "judge: TextBlob polarity" in printed and "4 tuning prompts, 4 confirmation prompts" in printed
+    for name in DEFAULT:
+        assert f"| {name} |" in printed and "left out" not in printed.split(f"| {name} |")[1].splitlines()[0]

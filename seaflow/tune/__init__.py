@@ -102,7 +102,8 @@ class Tuner:
         self.asking = asking
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.timings_path = out / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        saved = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.timings = {cell: runs for cell, runs in saved.items() if isinstance(runs, list)}  # cell -> its runs' seconds
 
     # -- cells ------------------------------------------------------------------------------------
 
@@ -162,7 +163,7 @@ class Tuner:
             sized.fits[axis] = CostFit.through(*values)
         if "wall" in sized.fits and "flops" in sized.fits and not sized.fits["wall"].grows():
             # measured seconds too noisy to show growth: seconds per FLOP at the larger probe, times the FLOPs line
-            k, records = points[-1]
+            _, records = points[-1]
             rate = mean_cost(records, "wall") / max(mean_cost(records, "flops"), 1.0)
             flops = sized.fits["flops"]
             sized.fits["wall"] = CostFit(flops.intercept * rate, flops.slope * rate)
@@ -185,7 +186,7 @@ class Tuner:
 
     def overhead(self) -> float:
         """Seconds a run spends outside its records' wall time (loading the models): the smallest measured."""
-        spent = [t["seconds"] - t["records_s"] for runs in self.timings.values() if isinstance(runs, list) for t in runs]
+        spent = [t["seconds"] - t["records_s"] for runs in self.timings.values() for t in runs]
         return max(min(spent), 0.0) if spent else 5.0
 
     def estimate(self, plan: list[Sized]) -> dict[str, float]:
