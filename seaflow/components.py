@@ -18,7 +18,7 @@ def list_components() -> str:
     import seaflow.console  # noqa: F401  (its progress bar is a callback)
     from seaflow.energies.base import EnergyTerm, Reward
     from seaflow.methods.base import AlignmentMethod as Method
-    from seaflow.prompt_sets import PREFIX, PROMPT_SETS
+    from seaflow.prompt_sets import PREFIX, names as prompt_set_names
     from seaflow.relaxations.base import Relaxation
     from seaflow.samplers.base import Sampler
     from seaflow.schedules import Schedule
@@ -38,7 +38,7 @@ def list_components() -> str:
         ("rewards", rewards),
         ("reference", [name for name in energies if name not in rewards]),
         ("callbacks", callbacks + ["(and Lightning's, lightning.pytorch.callbacks)"]),
-        ("prompt sets", [f"{PREFIX}{name}" for name in sorted(PROMPT_SETS)] + ["(data.path; or a .jsonl/.json/.csv/.txt file)"]),
+        ("prompt sets", [f"{PREFIX}{name}" for name in prompt_set_names()] + ["(data.path; or a .jsonl/.json/.csv/.txt file)"]),
     ]
     return "\n".join(f"{title + ':':<13} {', '.join(names)}" for title, names in rows)
 

