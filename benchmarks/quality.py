@@ -58,7 +58,7 @@ from seaflow import judges  # noqa: E402
 from seaflow.judges import judge_value  # noqa: E402,F401  (the grid's judges: sentiment, keywords, refusal)
 from seaflow.data import read_prompts  # noqa: E402
 from seaflow.metrics import distinct_n  # noqa: E402
-from seaflow.energies.keywords import read_keywords  # noqa: E402
+from seaflow.energies.keywords import keyword_list  # noqa: E402
 from seaflow.report import (  # noqa: E402,F401  (the paired statistics are used and tested from here too)
     AXES, best_of_first, bootstrap, cost_of, equal_cost_n, paired_summary, sign_flip_p, sign_test_p, soft_best_of_first,
 )
@@ -135,20 +135,62 @@ def predict_command(grid: dict, task: str, config: str, overrides: dict, directo
     return command
 
 
+def fingerprint(grid: dict, task: str, config: str, overrides: dict) -> str:
+    """A hash of everything that decides a cell's records: the method's config (parsed, so comments do
+    not count), the cell's overrides, the task's prompts, limit and data settings, the response length."""
+    spec = grid["tasks"][task]
+    content = {
+        "config": yaml.safe_load(Path(config).read_text()), "overrides": overrides,
+        "prompts": spec["prompts"], "limit": spec.get("limit"), "data": spec.get("data", {}),
+        "max_new_tokens": grid.get("max_new_tokens", 24),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+CELL_FILE = "cell.json"  # a cell's fingerprint and when it first ran
+
+
+def check_fingerprint(grid: dict, task: str, config: str, overrides: dict, directory: Path) -> str | None:
+    """None when the cell's config is the one it first ran with (or it never ran), else why not."""
+    path = directory / CELL_FILE
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text())
+    now = fingerprint(grid, task, config, overrides)
+    if recorded["fingerprint"] == now:
+        return None
+    return (f"{directory} first ran on {recorded['first_run']} with config fingerprint {recorded['fingerprint']}; "
+            f"{config}, the cell's overrides or the task's prompts have changed since (now {now}): its records are not this "
+            "config's. Restore the config, or delete the directory to run the cell afresh")
+
+
+def record_fingerprint(grid: dict, task: str, config: str, overrides: dict, directory: Path) -> None:
+    path = directory / CELL_FILE
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"fingerprint": fingerprint(grid, task, config, overrides), "config": config,
+                                    "overrides": overrides, "first_run": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+
+
 def run(grid: dict, args) -> None:
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
     for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods, args.budgets):
         if "from" in grid["methods"][method]:
             continue  # read off another method's runs: nothing to run
+        stale = check_fingerprint(grid, task, config, overrides, directory)
+        if stale:
+            raise SystemExit(f"quality: {task}/{method}/{label}: {stale}")
         wanted = prompt_ids(grid, task)
         if set(wanted) <= done_ids(directory):
             continue
+        record_fingerprint(grid, task, config, overrides, directory)
         command = predict_command(grid, task, config, overrides, directory)
         if deadline is not None and deadline - time.monotonic() < 30:
             print(f"quality: time is up before {task}/{method}/{label}; rerun to continue", file=sys.stderr)
             return
         print(f"quality: {task}/{method}/{label}: {len(done_ids(directory))}/{len(wanted)} done, running", file=sys.stderr, flush=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        lock = cpu_lock(args.lock)
         started = time.monotonic()
         child = subprocess.Popen(command, env=env)
         try:
@@ -163,55 +205,93 @@ def run(grid: dict, args) -> None:
             print(f"quality: stopped {task}/{method}/{label} at the time limit "
                   f"({len(done_ids(directory))}/{len(wanted)} prompts written); rerun to continue", file=sys.stderr)
             return
+        finally:
+            if lock is not None:
+                lock.close()  # let a waiting job have the machine between cells
         if child.returncode != 0:
             raise SystemExit(f"quality: {task}/{method}/{label} failed (exit {child.returncode}): {' '.join(command)}")
         print(f"quality: {task}/{method}/{label} finished in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        time.sleep(1 if lock is not None else 0)
+
+
+def cpu_lock(path: str | None):
+    """An open file holding an exclusive ``flock`` on ``path`` (waiting for it), or None: cells
+    run alone on the machine when every heavy job takes the same lock."""
+    if path is None:
+        return None
+    import fcntl
+
+    handle = open(path, "a")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
 
 
 # -- judging ------------------------------------------------------------------------------------
 
 
 class NllCache:
-    """NLL per token of (prompt, reply) under the policy and under Gemma, computed once, kept on disk."""
+    """NLL per token of (prompt, reply) under the policy and under Gemma, computed once, kept on disk.
+
+    A reply is judged after its prompt in the judge's chat template (the policy's; Gemma, a base
+    model, after the prompt and a blank line), or, for a prompt in ``raw`` (a continuation task's
+    prefix), as the continuation of the prompt's text itself."""
 
     def __init__(self, path: Path, gemma: bool):
         self.path = path
         self.values = json.loads(path.read_text()) if path.exists() else {}
         self.use_gemma = gemma
+        self.models: dict[str, Any] = {}
         self.judges: dict[str, Any] = {}
+        self.raw: set[str] = set()
 
     @staticmethod
     def key(model: str, prompt: str, reply: str) -> str:
         return hashlib.sha1(f"{model}\0{prompt}\0{reply}".encode()).hexdigest()
 
-    def judge(self, model: str):
-        if model not in self.judges:
+    def mode(self, model: str, prompt: str) -> str:
+        """The judge's name for this prompt: ``model``, or ``model-raw`` for a continuation prefix."""
+        return f"{model}-raw" if prompt in self.raw else model
+
+    def judge(self, name: str):
+        if name not in self.judges:
             from seaflow.judges import Fluency, gemma_location
             from seaflow.models import EMBEDDED_DEFAULT, load_causal_lm
 
-            started = time.perf_counter()
-            if model == "policy":
-                self.judges[model] = Fluency(load_causal_lm(EMBEDDED_DEFAULT), chat_template=True)
+            model, raw = name.removesuffix("-raw"), name.endswith("-raw")
+            if model not in self.models:
+                started = time.perf_counter()
+                self.models[model] = load_causal_lm(EMBEDDED_DEFAULT if model == "policy" else gemma_location())
+                print(f"quality: loaded the {model} fluency judge in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            if raw:
+                self.judges[name] = Fluency(self.models[model], chat_template=False, separator="", batch_size=8)
+            elif model == "policy":
+                self.judges[name] = Fluency(self.models[model], chat_template=True)
             else:
-                self.judges[model] = Fluency(load_causal_lm(gemma_location()), chat_template=False, batch_size=8)
-            print(f"quality: loaded the {model} fluency judge in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        return self.judges[model]
+                self.judges[name] = Fluency(self.models[model], chat_template=False, batch_size=8)
+        return self.judges[name]
 
     def fill(self, pairs: list[tuple[str, str]]) -> None:
         models = ["policy"] + (["gemma"] if self.use_gemma else [])
         for model in models:
-            missing = sorted({p for p in pairs if self.key(model, *p) not in self.values})
-            if not missing:
-                continue
-            print(f"quality: {model} NLL for {len(missing)} replies", file=sys.stderr, flush=True)
-            values = self.judge(model).nll_per_token(missing)
-            for pair, value in zip(missing, values):
-                self.values[self.key(model, *pair)] = value
-            self.path.write_text(json.dumps(self.values))
+            missing = sorted({p for p in pairs if self.key(self.mode(model, p[0]), *p) not in self.values})
+            for name in sorted({self.mode(model, prompt) for prompt, _ in missing}):
+                chunk = [p for p in missing if self.mode(model, p[0]) == name]
+                print(f"quality: {name} NLL for {len(chunk)} replies", file=sys.stderr, flush=True)
+                values = self.judge(name).nll_per_token(chunk)
+                for pair, value in zip(chunk, values):
+                    self.values[self.key(name, *pair)] = value
+                self.path.write_text(json.dumps(self.values))
 
     def get(self, model: str, prompt: str, reply: str) -> float | None:
-        value = self.values.get(self.key(model, prompt, reply))
+        value = self.values.get(self.key(self.mode(model, prompt), prompt, reply))
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    def continuations(self, grid: dict) -> "NllCache":
+        """Judge the prompts of the grid's ``context: continuation`` tasks as prefixes the reply continues."""
+        for spec in grid["tasks"].values():
+            if spec.get("context") == "continuation":
+                self.raw |= {row["prompt"] for row in read_prompts(spec["prompts"])}
+        return self
 
 
 def rows_of(grid: dict, task: str, method: str, label: str, directory: Path, spec: dict) -> list[tuple[str, list[dict]]]:
@@ -264,12 +344,15 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
     table = []
     entries = []
     for task, method, label, config, overrides, directory in cells(grid, args.tasks, args.methods):
+        stale = check_fingerprint(grid, task, config, overrides, directory)
+        if stale:
+            raise SystemExit(f"quality: {task}/{method}/{label}: {stale}")
         for budget, rows in rows_of(grid, task, method, label, directory, grid["methods"][method]):
             entries.append((task, method, budget, rows))
     cache.fill([(r["prompt"], r["reply"]) for *_, rows in entries for r in rows])
     for task, method, budget, rows in entries:
         kind = grid["tasks"][task]["judge"]
-        keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}  # by prompt text
+        keywords = task_keywords(grid, task) if kind == "keywords" else {}  # by prompt text
         judged = [judge_value(kind, r["reply"], {"keywords": keywords_of(r, keywords)}) for r in rows]
         entry = {"task": task, "method": method, "budget": budget, "prompts": len(rows),
                  "complete": len(rows) == len(prompt_ids(grid, task))}
@@ -301,6 +384,16 @@ def summarise(grid: dict, args, cache: "NllCache") -> tuple[list[dict], list[tup
 # -- paired comparisons at equal FLOPs and at equal wall time ---------------------------------------
 
 
+def task_keywords(grid: dict, task: str) -> dict[str, list[str]]:
+    """Prompt text -> keywords for the task's rows that carry them (a prompt file or a prompt set)."""
+    table = {}
+    for row in read_prompts(grid["tasks"][task]["prompts"]):
+        words = keyword_list(row.get("keywords"))
+        if words:
+            table[row["prompt"]] = words
+    return table
+
+
 def keywords_of(row: dict, table: dict[str, list[str]]) -> list[str] | None:
     """A row's keywords: its record's own (the prompt file's row), else looked up by prompt text."""
     return row["record"].get("keywords") or table.get(row["prompt"])
@@ -309,7 +402,7 @@ def keywords_of(row: dict, table: dict[str, list[str]]) -> list[str] | None:
 def judge_of(grid: dict, task: str):
     """``reply, row -> judge score`` for the task (``row``: an entry of :func:`rows_of`)."""
     kind = grid["tasks"][task]["judge"]
-    keywords = read_keywords(grid["tasks"][task]["prompts"]) if kind == "keywords" else {}
+    keywords = task_keywords(grid, task) if kind == "keywords" else {}
     return lambda reply, row: judge_value(kind, reply, {"keywords": keywords_of(row, keywords)})[0]
 
 
@@ -532,7 +625,8 @@ def bon_at(curve: list[dict], flops: float) -> dict:
 
 def write_report(table: list[dict], grid: dict, out: Path, paired: list[dict] | None = None, rivals: list[dict] | None = None) -> None:
     judge_names = {"sentiment": "TextBlob polarity (success: > 0)", "keywords": "keyword coverage (success: all)",
-                   "refusal": "refusal phrases (success: refuses)"}
+                   "refusal": "refusal phrases (success: refuses)",
+                   "toxicity": "1 - alt-profanity-check's offensive probability (success: > 0.5, i.e. not toxic)"}
     lines = [
         "| task | method | budget | prompts | reward | judge | success | keyword repeats | distinct-2 | NLL/token policy | NLL/token Gemma | GFLOPs/prompt | s/prompt | depth | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -675,6 +769,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=lambda s: s.split(","), default=None, help="run only these budget labels, e.g. steps=5")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; stop the running cell (resumable) after it")
     ap.add_argument("--grace", type=float, default=240, help="seconds a stopped cell gets to write its batch")
+    ap.add_argument("--lock", default=None, help="a lock file every heavy job on the machine takes: each cell waits for it and runs alone")
     ap.add_argument("--no-gemma", action="store_true", help="skip the Gemma NLL column (its model loads slowly)")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--x", type=lambda s: s.split(","), default=["flops"],
@@ -693,7 +788,7 @@ def main() -> None:
     torch.set_num_threads(2)
     out = Path(grid.get("output_dir", "runs/quality"))
     out.mkdir(parents=True, exist_ok=True)
-    cache = NllCache(out / "nll_cache.json", gemma=not args.no_gemma)
+    cache = NllCache(out / "nll_cache.json", gemma=not args.no_gemma).continuations(grid)
     table, entries = summarise(grid, args, cache)
     paired = paired_rows(grid, entries, cache)
     rivals = rival_rows(grid, entries, cache)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="what the NLLs condition on: the record's prompt, the row's asked version, or nothing")
     args = parser.parse_args(argv)
     grid = load_grid(args.grid)
-    cache = NllCache(Path(grid.get("output_dir", "runs/quality")) / "nll_cache.json", gemma=not args.no_gemma)
+    cache = NllCache(Path(grid.get("output_dir", "runs/quality")) / "nll_cache.json", gemma=not args.no_gemma).continuations(grid)
     cells = [list(map(Path, args.cells))] if args.pool else [[Path(c)] for c in args.cells]
     against: dict[str, tuple[int, dict[str, dict]]] = {}  # label -> (N, records by prompt id)
     for spec in args.against:

@@ -177,7 +177,75 @@ def test_paired_rows_at_equal_flops_and_wall_time_and_rivals(grid):
     assert len(text_rows) == 2 + len([e for e in rivals if e["axis"] == "wall"])
 
 
-@pytest.mark.parametrize("name", ["grid.yaml", "tune_search.yaml"])
+def test_a_cell_whose_config_changed_since_it_first_ran_is_refused(tmp_path):
+    """The fingerprint covers the parsed config, the cell's overrides and the task's prompts; comments do not count."""
+    config = tmp_path / "method.yaml"
+    config.write_text("model:\n  init_args:\n    alpha: 5  # the weight\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "hi"}) + "\n")
+    grid = {"max_new_tokens": 24, "tasks": {"task": {"prompts": str(prompts), "judge": "sentiment"}}}
+    cell = tmp_path / "runs" / "task" / "method" / "steps=2"
+    assert quality.check_fingerprint(grid, "task", str(config), {"steps": 2}, cell) is None  # never ran
+    quality.record_fingerprint(grid, "task", str(config), {"steps": 2}, cell)
+    first = json.loads((cell / quality.CELL_FILE).read_text())
+    config.write_text("# a comment\nmodel:\n  init_args:\n    alpha: 5  # the reward weight\n")
+    assert quality.check_fingerprint(grid, "task", str(config), {"steps": 2}, cell) is None
+    quality.record_fingerprint(grid, "task", str(config), {"steps": 2}, cell)  # a second run keeps the first record
+    assert json.loads((cell / quality.CELL_FILE).read_text()) == first
+    config.write_text("model:\n  init_args:\n    alpha: 6\n")
+    stale = quality.check_fingerprint(grid, "task", str(config), {"steps": 2}, cell)
+    assert stale and first["fingerprint"] in stale and "delete the directory" in stale
+    config.write_text("model:\n  init_args:\n    alpha: 5\n")
+    assert quality.check_fingerprint(grid, "task", str(config), {"steps": 3}, cell)  # another override
+    grid["tasks"]["task"]["prompts"] = "prompt_set:keywords?k=2&n=4&seed=1"
+    assert quality.check_fingerprint(grid, "task", str(config), {"steps": 2}, cell)  # other prompts
+    grid["tasks"]["task"]["prompts"] = str(prompts)
+    assert quality.check_fingerprint(grid, "task", str(config), {"steps": 2}, cell) is None
+    # the runner refuses the stale cell before running anything
+    config.write_text("model:\n  init_args:\n    alpha: 7\n")
+    run_grid = {**grid, "output_dir": str(tmp_path / "runs"), "methods": {"method": {"config": str(config), "key": "steps", "budgets": [2]}}}
+    args = types.SimpleNamespace(time_limit=None, tasks=None, methods=None, budgets=None, lock=None, grace=1)
+    with pytest.raises(SystemExit, match="restore the config, or delete the directory|Restore the config, or delete the directory"):
+        quality.run(run_grid, args)
+
+
+def test_keywords_of_a_prompt_set_task_are_read_through_the_prompt_reader(grid, monkeypatch):
+    rows = [{"id": "a", "prompt": "Describe a bus.", "keywords": ["lantern", "oyster"]}, {"id": "b", "prompt": "Hi."}]
+    monkeypatch.setattr(quality, "read_prompts", lambda path: rows if path == "prompt_set:keywords?k=2" else [])
+    grid["tasks"]["kw"] = {"prompts": "prompt_set:keywords?k=2", "judge": "keywords"}
+    assert quality.task_keywords(grid, "kw") == {"Describe a bus.": ["lantern", "oyster"]}
+    judge = quality.judge_of(grid, "kw")
+    assert judge("a lantern and an oyster", {"record": {}, "prompt": "Describe a bus."}) == 1.0
+    assert judge("a lantern", {"record": {"keywords": ["lantern", "x"]}, "prompt": "other"}) == 0.5  # the record's own first
+
+
+def test_the_toxicity_judge_scores_one_minus_the_offensive_probability(monkeypatch):
+    monkeypatch.setattr(quality.judges, "_toxicity_of", lambda text: 0.9 if "idiot" in text else 0.1)
+    assert quality.judge_value("toxicity", "you idiot", {}) == pytest.approx((0.1, 0.0))
+    assert quality.judge_value("toxicity", "a nice walk", {}) == pytest.approx((0.9, 1.0))
+
+
+def test_continuation_prompts_are_judged_as_raw_prefixes(tmp_path, monkeypatch):
+    cache = quality.NllCache(tmp_path / "nll.json", gemma=True)
+    monkeypatch.setattr(quality, "read_prompts", lambda path: [{"id": "r", "prompt": "The man then"}])
+    cache.continuations({"tasks": {"rtp": {"prompts": "prompt_set:rtp", "context": "continuation"}, "chat": {"prompts": "x"}}})
+    assert cache.mode("gemma", "The man then") == "gemma-raw" and cache.mode("policy", "Describe a bus.") == "policy"
+
+    class Judge:
+        def __init__(self, name):
+            self.name = name
+
+        def nll_per_token(self, pairs):
+            return [len(self.name) + len(reply) for _, reply in pairs]
+
+    monkeypatch.setattr(cache, "judge", Judge)
+    cache.fill([("The man then", " walked"), ("Describe a bus.", "It is red.")])
+    assert cache.get("gemma", "The man then", " walked") == len("gemma-raw") + 7
+    assert cache.get("policy", "Describe a bus.", "It is red.") == len("policy") + 10
+    assert cache.get("policy", "The man then", " walked") == len("policy-raw") + 7
+
+
+@pytest.mark.parametrize("name", ["grid.yaml", "tune_search.yaml", "drawn.yaml", "drawn_tune.yaml"])
 def test_shipped_grids_name_existing_configs_and_comment_every_key(name):
     path = Path(__file__).resolve().parent.parent / "configs" / "quality" / name
     grid = quality.load_grid(str(path))
