@@ -533,6 +533,31 @@ def test_pool_start_takes_the_best_candidates(tiny_policy):
         assert [r["pool_rewards"][c] for c in r["chain_initial_candidates"]] == pytest.approx(r["chain_initial_rewards"])
 
 
+def test_a_pool_ranked_by_target_keeps_the_highest_log_pi_plus_alpha_r(tiny_policy):
+    """init_rank: target keeps the pool's candidates of highest log pi_ref(y|x) + alpha r (Best-of-N's
+    candidates and their log-likelihoods, read off a likeliest_best run), and pays one pass over the pool."""
+    alpha = 3.0
+    ranked, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), alpha=alpha, chains=2, steps=0, init_pool=6,
+                                        init_rank="target", max_new_tokens=6), tiny_policy)
+    by_reward, _ = direct(GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), alpha=alpha, chains=2, steps=0, init_pool=6,
+                                           max_new_tokens=6), tiny_policy)
+    bon, _ = direct(BestOfN(policy="tiny", reward=LexiconReward(), n=6, returns="likeliest_best", max_new_tokens=6), tiny_policy)
+    differs = False
+    for r, w, b in zip(ranked, by_reward, bon):
+        target = [lp + alpha * rw for lp, rw in zip(b["candidate_ref_logprobs"], b["candidate_rewards"])]
+        top = sorted(range(6), key=lambda c: -target[c])[:2]
+        assert sorted(r["chain_initial_candidates"]) == sorted(top)
+        assert r["pool_rewards"] == pytest.approx(b["candidate_rewards"]) and r["init_rank"] == "target"
+        differs |= sorted(r["chain_initial_candidates"]) != sorted(w["chain_initial_candidates"])
+        assert r["cost"]["models"]["policy"]["forward_tokens"] > w["cost"]["models"]["policy"]["forward_tokens"]
+    assert differs  # the rank is not the reward's on these prompts
+
+
+def test_a_bad_init_rank_is_refused():
+    with pytest.raises(ValueError, match=r"model\.init_args\.init_rank"):
+        GuidedSuffixMCMC(policy="tiny", reward=LexiconReward(), init_pool=4, init_rank="likelihood")
+
+
 @pytest.mark.parametrize("cut_temperature, cut_top_k", [(1.0, 5), (0.5, None), (None, None)])
 def test_records_and_best_visited_state(tiny_policy, cut_temperature, cut_top_k):
     reward = LexiconReward()

@@ -238,12 +238,15 @@ class AlignmentMethod(L.LightningModule):
         return torch.cat(tokens), torch.cat(lengths)
 
     @torch.no_grad()
-    def best_of_pool(self, batch: dict[str, list], pool: int, keep: int, drawn_after: list[list[int]] | None = None) -> Pool:
+    def best_of_pool(self, batch: dict[str, list], pool: int, keep: int, drawn_after: list[list[int]] | None = None,
+                     alpha: float | None = None) -> Pool:
         """The best ``keep`` of ``pool`` policy samples per prompt of ``batch`` (:func:`seaflow.methods.pool.best_of`),
         candidate ``c`` being Best-of-N's candidate ``c``; the pool is ranked by the :attr:`selector`,
         ``sample_batch`` rows per reward pass. With ``keep == pool`` nothing is scored.
         ``drawn_after[p]`` (default prompt ``p``'s ids) is what the samples are drawn after (a
-        proposal prompt); the reward always scores them as replies to the prompt."""
+        proposal prompt); the reward always scores them as replies to the prompt. With ``alpha``
+        the pool is ranked by the target ``log pi_ref(y | x) + alpha r`` instead, ``x`` the prompt
+        itself (one counted pass of the policy over the pool)."""
         if not 1 <= keep <= pool:
             raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
         if self.selector is None and keep < pool:
@@ -253,7 +256,12 @@ class AlignmentMethod(L.LightningModule):
         tokens, lengths = self.sample_rows(sampled_ids, keys, [row % pool for row in range(len(keys))],
                                            forced=self.forced_rows(batch, pool), progress=False)
         rewards = None if keep == pool else self.selector.score(prompt_ids, prompts, tokens, lengths, self.sample_batch).cpu()
-        return best_of(tokens, lengths, rewards, pool, keep)
+        if rewards is None or alpha is None:
+            return best_of(tokens, lengths, rewards, pool, keep)
+        logprobs, _ = self._reference_stats(prompt_ids, prompts, tokens, lengths, self.sample_batch)  # counted: it decides
+        chosen = best_of(tokens, lengths, logprobs.sum(1).cpu() + alpha * rewards, pool, keep)
+        chosen.rewards = rewards.view(-1, pool)  # the records report the pool's rewards, whatever ranked it
+        return chosen
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], prompts: list[str], tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -102,6 +102,7 @@ class Record(TypedDict, total=False):
     chain_acceptance: list[float]
     tries: int
     init_pool: int | None
+    init_rank: str
     pool_rewards: list[float]
     returns: str
     alternatives: dict[str, dict[str, Any]]

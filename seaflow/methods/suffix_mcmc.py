@@ -60,6 +60,10 @@ class GuidedSuffixMCMC(DiscreteMethod):
             there; null = the whole vocabulary.
         init_pool: start from the best ``chains`` of this many policy samples per prompt
             (null = the first ``chains`` samples); its cost is part of the method's.
+        init_rank: how the pool's best are chosen: ``reward`` (the highest reward, ties to the
+            earlier candidate), or ``target`` (the highest ``log pi_ref(y|x) + alpha r``, ``x`` the
+            prompt itself even when the pool follows a proposal prompt: one more policy pass
+            over the pool).
         token_moves: share of the steps (drawn per chain and step) that are gradient token
             moves instead of plain suffix moves; 0 = none.
         token_temperature: temperature of the token move's gradient term (2: locally balanced).
@@ -93,6 +97,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
         cut_floor: float = 0.1,
         cut_top_k: int | None = 50,
         init_pool: int | None = None,
+        init_rank: Literal["reward", "target"] = "reward",
         token_moves: float = 0.0,
         token_temperature: float = 2.0,
         token_direction: Literal["gradient", "random"] = "gradient",
@@ -119,6 +124,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
                 "in (0, 1] (every slot needs a positive probability for the chain to reach every response)")
         require(cut_top_k is None or cut_top_k >= 1, "model.init_args.cut_top_k", cut_top_k, ">= 1 or null (whole vocabulary)")
         require(init_pool is None or init_pool >= chains, "model.init_args.init_pool", init_pool, f">= chains ({chains}) or null")
+        require_one_of("model.init_args.init_rank", init_rank, ("reward", "target"))
         if cut_temperature is not None and cut_floor < 1:
             if self.reward is None:
                 raise ValueError(
@@ -149,6 +155,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
         self.cut_floor = cut_floor
         self.cut_top_k = cut_top_k
         self.init_pool = init_pool
+        self.init_rank = init_rank
         self.token_moves = token_moves
         self.token_temperature = token_temperature
         self.token_direction = token_direction
@@ -181,7 +188,8 @@ class GuidedSuffixMCMC(DiscreteMethod):
                              "data.proposal_system_prompt or data.proposal_instruction, or model.init_args.init_from: prompt")
         # 1. start: chain c at Best-of-N's candidate c (with init_pool, the best `chains` of that many samples)
         pool = self.best_of_pool(batch, self.init_pool or chains, chains,
-                                 drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None)
+                                 drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None,
+                                 alpha=self.alpha if self.init_rank == "target" else None)
         tokens, lengths = pool.tokens, pool.lengths
         starts = limits = None
         if forced:
@@ -288,6 +296,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
                 },
                 "steps": self.steps,
                 "init_pool": self.init_pool,
+                "init_rank": self.init_rank,
                 "returns": self.returns,
             }
             if run.token_moves is not None:
