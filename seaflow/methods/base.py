@@ -11,6 +11,7 @@ the same record fields. A subclass declares only its own constructor arguments a
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import lightning as L
 import torch
@@ -239,14 +240,14 @@ class AlignmentMethod(L.LightningModule):
 
     @torch.no_grad()
     def best_of_pool(self, batch: dict[str, list], pool: int, keep: int, drawn_after: list[list[int]] | None = None,
-                     alpha: float | None = None) -> Pool:
+                     rank: Callable[[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Pool:
         """The best ``keep`` of ``pool`` policy samples per prompt of ``batch`` (:func:`seaflow.methods.pool.best_of`),
         candidate ``c`` being Best-of-N's candidate ``c``; the pool is ranked by the :attr:`selector`,
         ``sample_batch`` rows per reward pass. With ``keep == pool`` nothing is scored.
         ``drawn_after[p]`` (default prompt ``p``'s ids) is what the samples are drawn after (a
-        proposal prompt); the reward always scores them as replies to the prompt. With ``alpha``
-        the pool is ranked by the target ``log pi_ref(y | x) + alpha r`` instead, ``x`` the prompt
-        itself (one counted pass of the policy over the pool)."""
+        proposal prompt); the reward always scores them as replies to the prompt. ``rank(prompt rows,
+        tokens, lengths, rewards)``, when given, ranks the pool instead of the rewards (a method's
+        target, say; its passes are the method's cost)."""
         if not 1 <= keep <= pool:
             raise ValueError(f"the pool needs 1 <= keep ({keep}) <= pool ({pool})")
         if self.selector is None and keep < pool:
@@ -256,10 +257,9 @@ class AlignmentMethod(L.LightningModule):
         tokens, lengths = self.sample_rows(sampled_ids, keys, [row % pool for row in range(len(keys))],
                                            forced=self.forced_rows(batch, pool), progress=False)
         rewards = None if keep == pool else self.selector.score(prompt_ids, prompts, tokens, lengths, self.sample_batch).cpu()
-        if rewards is None or alpha is None:
+        if rewards is None or rank is None:
             return best_of(tokens, lengths, rewards, pool, keep)
-        logprobs, _ = self._reference_stats(prompt_ids, prompts, tokens, lengths, self.sample_batch)  # counted: it decides
-        chosen = best_of(tokens, lengths, logprobs.sum(1).cpu() + alpha * rewards, pool, keep)
+        chosen = best_of(tokens, lengths, rank(prompt_ids, tokens, lengths, rewards).cpu(), pool, keep)
         chosen.rewards = rewards.view(-1, pool)  # the records report the pool's rewards, whatever ranked it
         return chosen
 

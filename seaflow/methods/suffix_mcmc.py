@@ -189,7 +189,7 @@ class GuidedSuffixMCMC(DiscreteMethod):
         # 1. start: chain c at Best-of-N's candidate c (with init_pool, the best `chains` of that many samples)
         pool = self.best_of_pool(batch, self.init_pool or chains, chains,
                                  drawn_after=self.proposal_rows(batch) if self.init_from == "proposal_prompt" else None,
-                                 alpha=self.alpha if self.init_rank == "target" else None)
+                                 rank=self.target_rank if self.init_rank == "target" else None)
         tokens, lengths = pool.tokens, pool.lengths
         starts = limits = None
         if forced:
@@ -260,6 +260,19 @@ class GuidedSuffixMCMC(DiscreteMethod):
             batch, [prompt_ids[int(r)] for r in rows], [prompts[int(r)] for r in rows], out_tokens[device_rows],
             out_lengths[device_rows], out_rewards.cpu()[rows], elapsed, self.chain_extras(run, pool, candidates, chosen),
         )
+
+    def target_rank(self, prompt_rows: list[list[int]], tokens: torch.Tensor, lengths: torch.Tensor,
+                    rewards: torch.Tensor) -> torch.Tensor:
+        """``log pi_ref(y | x) + alpha r`` of each pool row, ``x`` the prompt itself: the chains'
+        target density, EOS slot included, read with each distinct prompt's pass shared
+        (``sample_batch`` rows at a time)."""
+        model, width = self.policy.model, tokens.shape[1]
+        values = []
+        for start in range(0, tokens.shape[0], self.sample_batch):
+            rows = slice(start, start + self.sample_batch)
+            scorer = SuffixProposals(model, prompt_cache(model, prompt_rows[rows], self.pad_id, width), width, self.eos_ids, self.pad_id)
+            values.append(scorer.read(tokens[rows], lengths[rows], log_probs=True)[2].sum(1).cpu())
+        return torch.cat(values) + self.alpha * rewards.cpu()
 
     def chain_extras(self, run: ChainRun, pool: Pool, candidates: dict[str, tuple], chosen: dict[str, torch.Tensor]) -> list[dict]:
         """Each prompt's record fields beyond the shared ones: the returned chain, every chain's
