@@ -138,6 +138,7 @@ class RunDirectory:
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
         self.skipped: list[dict[str, Any]] = []  # filled by the data module: {"line"?, "id", "reason"}
+        self.resumed: int | None = None  # prompts of this run written already (the data module counts them)
         self._done: dict[str, str | None] | None = None
         self._lock = None
 
@@ -170,8 +171,10 @@ class RunDirectory:
         return self._done
 
     def check_prompts(self, prompts: list[dict[str, Any]]) -> None:
-        """Refuse prompts whose id is written already with another text (RunMismatchError)."""
+        """Refuse prompts whose id is written already with another text (RunMismatchError); count those of
+        ``prompts`` written already (:attr:`resumed`: a run of some of the directory's prompts, ``data.ids``)."""
         done = self.done()
+        self.resumed = sum(p["id"] in done for p in prompts)
         changed = [p for p in prompts if p["id"] in done and done[p["id"]] is not None and done[p["id"]] != prompt_identity(p)]
         if changed:
             shown = "; ".join(

@@ -113,7 +113,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         for path in self.existing_files():
             if path == self.shard_path(self._rank):
                 read_records(path, repair=True)
-        done = len(self.run.done())
+        done = len(self.run.done()) if self.run.resumed is None else self.run.resumed
         if done and self._rank == 0:
             print(f"seaflow: resuming: {done} prompts already in {self.output_dir}, skipping them", file=sys.stderr)
         # installed after Lightning's own handlers, which the SIGTERM handler still calls

@@ -128,12 +128,14 @@ class Tuner:
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
             before = {r["id"] for r in self.records(candidate, size, ids)}
             started = time.perf_counter()
-            self.predict(path, [bar.callback(f"{candidate.name} {candidate.label(size)}")] if bar is not None else [])
-            seconds = time.perf_counter() - started
-            new = [r for r in self.records(candidate, size, ids) if r["id"] not in before]
-            self.timings.setdefault(f"{candidate.name}/{candidate.label(size)}", []).append(
-                {"seconds": seconds, "prompts": len(new), "records_s": sum(cost_of(r, "wall") or 0.0 for r in new)})
-            self.timings_path.write_text(json.dumps(self.timings, indent=1))
+            try:
+                self.predict(path, [bar.callback(f"{candidate.name} {candidate.label(size)}")] if bar is not None else [])
+            finally:  # a stopped or failed run's time counts too
+                seconds = time.perf_counter() - started
+                new = [r for r in self.records(candidate, size, ids) if r["id"] not in before]
+                self.timings.setdefault(f"{candidate.name}/{candidate.label(size)}", []).append(
+                    {"seconds": seconds, "prompts": len(new), "records_s": sum(cost_of(r, "wall") or 0.0 for r in new)})
+                self.timings_path.write_text(json.dumps(self.timings, indent=1))
         return self.records(candidate, size, ids)
 
     # -- 2. size ----------------------------------------------------------------------------------
@@ -184,9 +186,13 @@ class Tuner:
         """Prompts of a probe: one batch of the task's ``data.batch_size`` (its seconds per prompt are a batch's)."""
         return max(1, min(int(self.task.data.get("batch_size") or 4), len(self.tuning)))
 
+    def runs_seconds(self) -> float:
+        """Seconds every run of this output directory took, over every invocation (a resumed tune's too)."""
+        return sum(t["seconds"] for runs in self.timings.values() for t in runs)
+
     def overhead(self) -> float:
         """Seconds a run spends outside its records' wall time (loading the models): the smallest measured."""
-        spent = [t["seconds"] - t["records_s"] for runs in self.timings.values() for t in runs]
+        spent = [t["seconds"] - t["records_s"] for runs in self.timings.values() for t in runs if t["prompts"]]
         return max(min(spent), 0.0) if spent else 5.0
 
     def estimate(self, plan: list[Sized]) -> dict[str, float]:
@@ -287,7 +293,7 @@ class Tuner:
                         "costs": r.costs, "prompts": r.prompts} for r in ranked],
             "left_out": {s.candidate.name: s.reason for s in plan if s.size is None},
             "confirmation": confirmation, "recommended": {"candidate": chosen.name, "size": chosen.label, "config": str(path)},
-            "estimate": estimate, "elapsed_s": elapsed,
+            "estimate": estimate, "elapsed_s": elapsed, "runs_s": self.runs_seconds(),
         }
         (self.out / "tune.json").write_text(json.dumps(summary, indent=1))
         return summary
@@ -328,8 +334,8 @@ class Tuner:
             lines.append(f"| - | {s.candidate.name} | left out: {s.reason} | | | | | | |")
         lines += ["", confirmation_line(confirmation),
                   f"recommended: {chosen.name} ({chosen.label}) -> {path}   (seaflow predict --config {path})",
-                  f"took {minutes(elapsed)} (estimated {minutes(estimate['tuning_s'] + estimate['confirmation_s'])} "
-                  "after the probes)"]
+                  f"its runs took {minutes(self.runs_seconds())} in all, probes included ({minutes(elapsed)} in this "
+                  f"invocation; estimated {minutes(estimate['tuning_s'] + estimate['confirmation_s'])} after the probes)"]
         return lines
 
 
