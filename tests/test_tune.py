@@ -60,6 +60,7 @@ def test_the_judges_name_what_they_rank_by():
     assert penalised(record) == pytest.approx(0.5 - 0.1 * 2.0) and not penalised.optimised
     assert judge_from("verifier")({**record, "response": "so the answer is 7."}) == 1.0
     assert judge_from("text:builtins.len")(record) == len(record["response"])
+    assert "alt-profanity-check" in judge_from("toxicity").name  # every kind of seaflow.judges.judge_value
     with pytest.raises(ValueError, match="fluency-penalised:BETA"):
         judge_from("bleu")
     with pytest.raises(ValueError, match="needs a weight"):

@@ -7,8 +7,9 @@ better (reward hacking), so the ranking is the user's choice and always named:
   ``sentiment`` for the sentiment task, ``keywords`` for keywords, ``refusal`` for harmful
   prompts, ``verifier`` for math), else the optimised reward, said so on the table;
 * ``reward``: the optimised reward itself (the record's ``reward``);
-* ``sentiment``, ``keywords``, ``refusal``, ``verifier``: a text judge no method optimises
-  (:func:`seaflow.judges.judge_value`), or the exact-answer verifier against the row's target;
+* ``sentiment``, ``keywords``, ``refusal``, ``verifier``, ``toxicity`` (:data:`seaflow.judges.JUDGES`):
+  a text judge no method optimises (:func:`seaflow.judges.judge_value`), or the exact-answer
+  verifier against the row's target;
 * ``fluency-penalised:BETA``: ``reward - BETA x NLL per token`` of the reply under the policy;
 * ``text:module.function``: any Python function ``str -> float`` of the reply.
 
@@ -27,8 +28,8 @@ from seaflow import judges
 # a prompt task (data.task, a row's task) -> its independent judge
 TASK_JUDGES = {"sentiment": "sentiment", "keywords": "keywords", "harmful": "refusal", "math": "verifier"}
 NAMES = {"sentiment": "TextBlob polarity", "keywords": "keyword coverage", "refusal": "refuses (refusal phrases)",
-         "verifier": "exact answer (verifier)"}
-SPECS = "auto, reward, sentiment, keywords, refusal, verifier, fluency-penalised:BETA or text:module.function"
+         "verifier": "exact answer (verifier)", "toxicity": "1 - offensive probability (alt-profanity-check)"}
+SPECS = f"auto, reward, {', '.join(judges.JUDGES)}, fluency-penalised:BETA or text:module.function"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def judge_from(spec: str, task: str | None = None) -> Judge:
     if spec in judges.JUDGES:
         if spec == "sentiment":
             judges.sentiment_polarity("")  # TextBlob missing: say so before any method runs
-        return Judge(NAMES[spec], lambda record: judges.judge_value(spec, record["response"], record)[0])
+        return Judge(NAMES.get(spec, spec), lambda record: judges.judge_value(spec, record["response"], record)[0])
     name, _, value = spec.partition(":")
     if name in ("fluency-penalised", "fluency-penalized"):
         try:
