@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sized, Union
 
@@ -39,7 +40,8 @@ def override_args(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[s
     """Command-line arguments for ``overrides``: ``{"model.init_args.steps": 5}`` -> ``["--model.init_args.steps=5"]``.
 
     Values that are not strings are written as JSON, which the parser reads as it reads a
-    value typed on the command line (numbers, booleans, null, lists, ``{"class_path": ...}``).
+    value typed on the command line (numbers, booleans, null, lists, ``{"class_path": ...}``);
+    an infinite float as YAML's ``.inf`` (a NaN as ``.nan``, which the parser then refuses).
     A list of strings is taken as command-line arguments as they are.
     """
     if overrides is None:
@@ -48,6 +50,8 @@ def override_args(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[s
         args = []
         for key, value in overrides.items():
             key = str(key).removeprefix("--")
+            if isinstance(value, float) and not math.isfinite(value):
+                value = ".nan" if value != value else ".inf" if value > 0 else "-.inf"
             args.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
         return args
     return [str(arg) for arg in overrides]

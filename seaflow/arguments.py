@@ -10,6 +10,8 @@
 * :func:`summarize_parse_error`: jsonargparse's nested report of a bad value (12-29 lines) as one
   line naming the key, the value and what is accepted (:class:`ConfigError`; its cause holds the
   full report, shown with ``--debug``).
+* :func:`refuse_non_finite`: a NaN or an infinity anywhere in the method's settings (its
+  reward's weights, its sampler's schedule, ...) or the data's, in one line naming the key.
 """
 
 from __future__ import annotations
@@ -31,6 +33,36 @@ NULLS = ("null", "Null", "NULL", "~")
 
 class ConfigError(ValueError):
     """A config value the parser refused, in one line (the parser's full report is the cause)."""
+
+
+# -- numbers that mean nothing ------------------------------------------------------------------
+
+
+def refuse_non_finite(config: Any, sections: tuple[str, ...] = ("model", "data")) -> None:
+    """A :class:`ConfigError` for the first NaN or infinite number in ``sections`` of a parsed config
+    (a jsonargparse Namespace or a dict), naming its key. An infinity is refused too, except for an
+    argument its class lists in ``infinite_settings`` (``reward_temperature: .inf``)."""
+    from seaflow.checks import non_finite_numbers
+
+    as_dict = config.as_dict() if hasattr(config, "as_dict") else dict(config or {})
+    for section in sections:
+        for key, value, owner, argument in non_finite_numbers(as_dict.get(section), section):
+            infinite_ok = argument in _infinite_settings(owner)
+            if value == value and infinite_ok:
+                continue
+            allowed = "a finite number" + (" or .inf" if infinite_ok else "")
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}: NaN and infinity mean nothing as a setting; give a number")
+
+
+def _infinite_settings(class_path: str | None) -> tuple[str, ...]:
+    if not class_path:
+        return ()
+    from jsonargparse.typing import import_object
+
+    try:
+        return tuple(getattr(import_object(class_path), "infinite_settings", ()))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return ()
 
 
 # -- null two components down ------------------------------------------------------------------

@@ -32,7 +32,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from seaflow import energies, methods, relaxations, samplers, schedules  # noqa: F401  (every built-in component)
-from seaflow.arguments import ConfigError, nested_nulls, summarize_parse_error, warn_switched_class_paths
+from seaflow.arguments import ConfigError, nested_nulls, refuse_non_finite, summarize_parse_error, warn_switched_class_paths
 from seaflow.components import available, list_components, subclasses
 from seaflow.data import PromptDataModule
 from seaflow.metrics import offline_wandb
@@ -104,6 +104,8 @@ class SeaflowCLI(LightningCLI):
         finally:
             for p, value in zip(parsers, saved):
                 p.exit_on_error = value
+        subcommand = self.config.get("subcommand")
+        refuse_non_finite(self.config.get(subcommand) if subcommand else self.config)  # before anything is built
 
     def _instantiate_trainer(self, config, callbacks):
         """The Trainer, with seaflow's progress bar (steps within a batch) unless the config turns the

@@ -4,7 +4,7 @@ Formats (by extension): ``.jsonl`` (one object per line), ``.json`` (a list of o
 strings), ``.csv`` (header row), ``.txt`` (one prompt per non-empty line). The prompt text
 comes from ``prompt_field`` and the id from ``id_field`` (the line/row number when absent);
 a row with a ``messages`` field (a list of ``{"role", "content"}`` turns, as chat datasets and
-the chat-template API have them) is a conversation: the aligned reply is its next assistant
+the chat-template API have them; roles ``system``, ``user``, ``assistant``, ``tool``) is a conversation: the aligned reply is its next assistant
 turn, its last user turn is its prompt text, and the record keeps the conversation;
 a row's ``task``, ``target`` and ``keywords`` fields, and those ``data.fields`` declares, are
 kept: they reach every reward and judge with the prompt (``ResponseBatch.fields``), the
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from seaflow.checks import require, require_one_of
 from seaflow.encoding import encode_chat, encode_text
 from seaflow.energies.base import PromptText
-from seaflow.files import physical_lines
+from seaflow.files import kind_of_non_file, physical_lines
 from seaflow.resume import RunDirectory
 
 
@@ -45,6 +45,8 @@ METADATA_FIELDS = ("task", "target", "keywords")
 RESERVED_FIELDS = ("id", "prompt", "index", "prompt_ids", "response_prefix", "response_prefix_ids", "messages")
 
 
+# the roles of a conversation's turns, as chat templates know them ("tool": a tool's answer)
+ROLES = ("system", "user", "assistant", "tool")
 HF_PREFIX = "hf:"
 _DATA_FILES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text", ".arrow": "arrow"}
 
@@ -133,8 +135,9 @@ def read_prompts(
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"prompts file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise PromptFileError(f"{path} is a directory, not a prompts file: set data.path to a .jsonl, .json, .csv or .txt file")
+    kind = kind_of_non_file(path)
+    if kind is not None:
+        raise PromptFileError(f"{path} is {kind}, not a prompts file: set data.path to a .jsonl, .json, .csv or .txt file")
     raw = path.read_bytes()
     bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a UTF-8 BOM is accepted and dropped
     try:
@@ -187,6 +190,9 @@ def conversation(messages: Any, drop_final_reply: bool = False) -> tuple[list[di
         if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and turn["role"].strip()
                 and isinstance(turn.get("content"), str)):
             return [], f"turn {number} of messages must be an object with a 'role' and a text 'content', got {str(turn)[:80]!r}"
+        if turn["role"] not in ROLES:
+            return [], (f"turn {number} of messages has the role {turn['role']!r}; the roles a conversation may have are "
+                        + ", ".join(map(repr, ROLES)))
         turns.append(dict(turn))
     if drop_final_reply and turns[-1]["role"] == "assistant":
         turns = turns[:-1]

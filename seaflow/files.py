@@ -4,12 +4,16 @@
   labelled sets, caches) splits at ``\\n`` only, so a U+2028 inside a prompt or a JSON string
   stays text;
 * :func:`wheel_file`: a data file shipped in an installed distribution (pyrit's refusal sets,
-  ...), located without importing the package.
+  ...), located without importing the package;
+* :func:`kind_of_non_file`: what an existing path that is not a regular file is (a directory,
+  a device such as ``/dev/null``, a pipe, a socket), for the error that refuses it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import stat
 from pathlib import Path
 
 
@@ -33,3 +37,17 @@ def wheel_file(package: str, relative: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{relative} is missing from the installed {package!r} package ({path})")
     return path
+
+
+def kind_of_non_file(path: str | os.PathLike) -> str | None:
+    """``"a directory"``, ``"a character device"`` (``/dev/null``), ... for an existing path that is
+    not a regular file; None for a regular file (or a link to one) and for a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"

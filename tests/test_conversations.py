@@ -64,6 +64,8 @@ def test_system_prompt_and_a_final_reply(tmp_path, tiny_policy):
     ([], "an empty list"),
     ([{"role": "user"}], "turn 1 of messages must be an object with a 'role' and a text 'content'"),
     ([{"role": "user", "content": " "}], "last user turn is empty"),
+    ([{"role": "robot", "content": "beep"}, {"role": "user", "content": "hi"}],
+     r"turn 1 of messages has the role 'robot'; the roles a conversation may have are 'system', 'user', 'assistant', 'tool' \(id 'x'\)"),
 ])
 def test_bad_conversations_name_the_row(tmp_path, tiny_policy, messages, reason):
     with pytest.raises(PromptFileError, match=f"p.jsonl:1: .*{reason}"):

@@ -286,6 +286,61 @@ def test_a_directory_as_prompts_file_is_named(tmp_path):
         read_prompts(tmp_path)
 
 
+def test_a_device_as_prompts_file_is_named_as_what_it_is(tmp_path):
+    from seaflow.data import PromptFileError, read_prompts
+    from seaflow.energies.lexicon import read_lexicon
+
+    with pytest.raises(PromptFileError, match=r"^/dev/null is a character device, not a prompts file: set data.path to a"):
+        read_prompts("/dev/null")
+    with pytest.raises(ValueError, match=r"lexicon file '/dev/null' is a character device, not a file: set LexiconReward lexicon"):
+        read_lexicon("/dev/null")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("model_args, line", [
+    ({"reward": {"class_path": "RewardSum", "init_args": {"terms": {"sentiment": {"class_path": "LexiconReward"}},
+                                                          "weights": {"sentiment": NAN}}}},
+     "model.init_args.reward.init_args.weights.sentiment must be a finite number, got nan"),
+    ({"temperature": INF}, "model.init_args.temperature must be a finite number, got inf"),
+    ({"sampler": {"class_path": "Langevin", "init_args": {"step_size": {"class_path": "Linear", "init_args": {"start": 0.5, "end": -INF}}}}},
+     "model.init_args.sampler.init_args.step_size.init_args.end must be a finite number, got -inf"),
+    ({"reward": {"class_path": "LexiconReward", "init_args": {"words": {"good": NAN}, "lexicon": None}}},
+     "model.init_args.reward.init_args.words.good must be a finite number, got nan"),
+])
+def test_nan_or_infinity_in_any_setting_is_refused_in_one_line_naming_its_key(tmp_path, tiny_models, capsys, model_args, line):
+    from seaflow.arguments import ConfigError
+    from seaflow.cli import main
+    from test_cli import tiny_config
+
+    config = tiny_config(tmp_path, tiny_models, **model_args)
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--config", str(config)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0] == f"seaflow: error: {line}: NaN and infinity mean nothing as a setting; give a number", err
+    assert not (tmp_path / "run").exists()  # refused before anything is built or written
+    with pytest.raises(ConfigError, match=line):
+        import seaflow
+
+        seaflow.load(str(config))
+
+
+def test_an_infinity_that_means_something_is_kept(tmp_path, tiny_models):
+    """``reward_temperature: .inf`` (SoftBestOfN's uniform pick, ParticleFilter's equal weights) is a value; NaN is not."""
+    import seaflow
+    from seaflow.arguments import ConfigError
+    from test_cli import tiny_config
+
+    config = str(tiny_config(tmp_path, tiny_models))
+    for method in ("SoftBestOfN", "ParticleFilter"):
+        args = {"model": method, "model.init_args.reward_temperature": INF}
+        assert seaflow.load(config, overrides=args).method.reward_temperature == INF
+        with pytest.raises(ConfigError, match="model.init_args.reward_temperature must be a finite number or .inf, got nan"):
+            seaflow.load(config, overrides={**args, "model.init_args.reward_temperature": NAN})
+
+
 @pytest.mark.parametrize("limit", ["0", "-1"])
 def test_data_limit_below_one_is_rejected(tmp_path, tiny_models, capsys, limit):
     from seaflow.cli import main

@@ -225,7 +225,7 @@ def test_missing_chat_template_is_named(tiny_models):
     ({"chains": -2}, ["model.init_args.chains must be >= 1, got -2"]),
     ({"sampler": {"class_path": "Langevin", "init_args": {"step_size": -0.5}}}, ["Langevin step_size must be a finite number > 0", "got -0.5"]),
     ({"max_new_tokens": 0}, ["model.init_args.max_new_tokens must be >= 1, got 0"]),
-    ({"alpha": float("nan")}, ["model.init_args.alpha must be a number, got nan"]),
+    ({"alpha": float("nan")}, ["model.init_args.alpha must be a finite number, got nan"]),
 ])
 def test_bad_config_values_are_named(tmp_path, tiny_models, capsys, model_args, expected):
     config = tiny_config(tmp_path, tiny_models, **model_args)

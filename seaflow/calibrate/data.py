@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from seaflow.files import physical_lines, wheel_file
+from seaflow.files import kind_of_non_file, physical_lines, wheel_file
 
 
 @dataclass
@@ -102,6 +102,9 @@ class LabelledJsonl(LabelledSet):
         path = Path(self.path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"labelled file {self.path!r} does not exist")
+        kind = kind_of_non_file(path)
+        if kind is not None:
+            raise ValueError(f"labelled file {self.path!r} is {kind}, not a file: give the path of a JSONL file")
         positive = {str(v).lower() for v in self.positive}
         rows = []
         for number, line in enumerate(physical_lines(path.read_text(encoding="utf-8")), 1):

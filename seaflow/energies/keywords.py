@@ -11,7 +11,7 @@ import torch
 
 from seaflow.energies.base import ResponseBatch, Reward
 from seaflow.models import LoadedModel
-from seaflow.files import physical_lines
+from seaflow.files import kind_of_non_file, physical_lines
 
 
 def keyword_hits(text: str, keywords: list[str]) -> list[bool]:
@@ -33,6 +33,9 @@ def read_keywords(path: str | Path) -> dict[str, list[str]]:
     source = Path(path).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"keywords file {str(path)!r} does not exist")
+    kind = kind_of_non_file(source)
+    if kind is not None:
+        raise ValueError(f"keywords file {str(path)!r} is {kind}, not a file: set KeywordReward keywords_file to a JSONL file")
     table = {}
     for number, line in enumerate(physical_lines(source.read_text(encoding="utf-8")), 1):
         if not line.strip():

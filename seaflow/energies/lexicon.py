@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from seaflow.energies.base import ResponseBatch, Reward
+from seaflow.files import kind_of_non_file
 from seaflow.models import LoadedModel
 
 VADER = "vader"
@@ -33,6 +34,9 @@ def read_lexicon(source: str) -> dict[str, float]:
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"lexicon file {source!r} does not exist (or use 'vader')")
+    kind = kind_of_non_file(path)
+    if kind is not None:
+        raise ValueError(f"lexicon file {source!r} is {kind}, not a file: set LexiconReward lexicon to a word<TAB>value file (or 'vader')")
     lexicon = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()

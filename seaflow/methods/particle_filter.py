@@ -55,6 +55,8 @@ class ParticleFilter(PartialSearch):
         and :class:`AlignmentMethod`)
     """
 
+    infinite_settings = ("reward_temperature",)  # .inf is a value here (seaflow.checks: others are refused)
+
     def __init__(self, particles: int = 16, block: int = 4, reward_temperature: float = 0.1,
                  potential: Literal["difference", "value"] = "difference",
                  resampling: Literal["systematic", "multinomial"] = "systematic", ess_threshold: float = 0.5,
@@ -62,7 +64,8 @@ class ParticleFilter(PartialSearch):
         super().__init__(**kwargs)
         require(particles >= 1, "model.init_args.particles", particles, ">= 1")
         require(block >= 1, "model.init_args.block", block, ">= 1")
-        require(reward_temperature > 0, "model.init_args.reward_temperature", reward_temperature, "> 0 (.inf ignores the reward)")
+        require(reward_temperature > 0, "model.init_args.reward_temperature", reward_temperature, "> 0 (.inf ignores the reward)",
+                finite=False)
         require_one_of("model.init_args.potential", potential, ("difference", "value"))
         require_one_of("model.init_args.resampling", resampling, tempered.RESAMPLERS)
         require_one_of("model.init_args.final", final, ("best", "sample"))

@@ -57,8 +57,8 @@ class RefinementMethod(AlignmentMethod):
         super().__init__(**kwargs)
         require(chains >= 1, "model.init_args.chains", chains, ">= 1")
         require(steps >= 0, "model.init_args.steps", steps, ">= 0")
-        require(alpha == alpha, "model.init_args.alpha", alpha, "a number")
-        require(reference_weight == reference_weight, "model.init_args.reference_weight", reference_weight, "a number")
+        require(isinstance(alpha, (int, float)), "model.init_args.alpha", alpha, "a finite number")
+        require(isinstance(reference_weight, (int, float)), "model.init_args.reference_weight", reference_weight, "a finite number")
         require(max_faults >= 1, "model.init_args.max_faults", max_faults, ">= 1")
         if self.reward is None and alpha != 0:
             raise ValueError(f"{type(self).__name__} needs a reward (set model.init_args.reward) unless alpha is 0")

@@ -34,9 +34,12 @@ class SoftBestOfN(BestOfN):
         (others: see :class:`BestOfN`, :class:`DiscreteMethod` and :class:`AlignmentMethod`)
     """
 
+    infinite_settings = ("reward_temperature",)  # .inf is a value here (seaflow.checks: others are refused)
+
     def __init__(self, reward_temperature: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        require(reward_temperature >= 0, "model.init_args.reward_temperature", reward_temperature, ">= 0 (0: Best-of-N)")
+        require(reward_temperature >= 0, "model.init_args.reward_temperature", reward_temperature, ">= 0 (0: Best-of-N; .inf: uniform)",
+                finite=False)
         if self.returns != "best_reward":
             raise ValueError(f"SoftBestOfN draws its candidate from softmax(r / lambda): returns must be best_reward, "
                              f"got {self.returns!r}; remove model.init_args.returns")
