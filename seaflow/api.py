@@ -93,7 +93,8 @@ class Aligner:
 
     def align(self, prompts: str | Iterable[Prompt], ids: Iterable[str] | None = None,
               progress: bool = False) -> list[dict[str, Any]]:
-        """One record per prompt, in order: the fields of a ``predictions.jsonl`` line.
+        """One record per prompt, in order: the fields of a ``predictions.jsonl`` line; for a prompt
+        on which the reward failed, the entry ``errors.jsonl`` would hold (seaflow/faults.py).
 
         Args:
             prompts: prompt texts (a single string is one prompt), conversations (each a list of

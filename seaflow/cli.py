@@ -39,7 +39,7 @@ from seaflow.metrics import offline_wandb
 from seaflow.methods.base import AlignmentMethod
 from seaflow.models import ModelLoadError
 from seaflow.resume import RunInUseError, RunMismatchError, config_differences, ways_out
-from seaflow.writer import JsonlPredictionWriter
+from seaflow.writer import JsonlPredictionWriter, TooManyFailedRows
 
 
 # declared wiring (parse-time links): the data module loads the policy's tokenizer and reserves room for
@@ -460,7 +460,7 @@ def overview() -> str:
 DEBUG_ENV = "SEAFLOW_DEBUG"
 
 # exceptions that describe a mistake in the user's files, values, models or disk: one message, no traceback
-USER_ERRORS = (ValueError, OSError, ImportError, ModelLoadError, RunInUseError, torch.cuda.OutOfMemoryError)
+USER_ERRORS = (ValueError, OSError, ImportError, ModelLoadError, RunInUseError, TooManyFailedRows, torch.cuda.OutOfMemoryError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -274,12 +274,15 @@ def end_table(output_dir: str | Path, elapsed_s: float | None = None, written: i
         table.add_row("time per prompt (method)", "", f"{summary['mean_wall_time_s']:.2f} s")
     if elapsed_s is not None and written:
         table.add_row("time per prompt (this run, all in)", "", f"{elapsed_s / written:.2f} s")
+    if summary.get("failed_rows"):
+        table.add_row("failed prompts, no record (errors.jsonl)", "", str(summary["failed_rows"]))
     return table
 
 
 def files_line(output_dir: str | Path) -> str:
     directory = Path(output_dir)
-    return f"files: {directory / 'predictions.jsonl'}  {directory / 'summary.json'}  {directory / 'config.yaml'}"
+    errors = f"  {directory / 'errors.jsonl'}" if (directory / "errors.jsonl").exists() else ""
+    return f"files: {directory / 'predictions.jsonl'}  {directory / 'summary.json'}  {directory / 'config.yaml'}{errors}"
 
 
 def print_end_table(output_dir: str | Path, elapsed_s: float | None = None, written: int | None = None,

@@ -58,6 +58,7 @@ from torchmetrics.utilities import dim_zero_cat
 from seaflow import cost
 from seaflow.energies.keywords import keyword_hits, keyword_list
 from seaflow.energies.verifier import final_number, is_correct  # noqa: F401 (the math judge's rules)
+from seaflow.faults import is_failure
 from seaflow.refusal import is_harmful
 
 def _mean(values: list[float]) -> float | None:
@@ -353,6 +354,7 @@ class PredictionMetrics(L.Callback):
         return out
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        outputs = [record for record in outputs or [] if not is_failure(record)]  # failed prompts have no record
         if not outputs:
             return
         self.update(outputs)

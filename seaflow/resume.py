@@ -10,6 +10,11 @@
 * the writer learns which prompts the data module skipped (:attr:`RunDirectory.skipped`)
   and lists them in ``summary.json``.
 
+A prompt that failed (a reward's row fault, seaflow/faults.py) has an entry in
+``errors.jsonl`` and no record: it is not done, so a rerun runs it again
+(:meth:`RunDirectory.failed` names the ones waiting), and the entry goes when it has a
+record or is replaced when it fails again.
+
 The resolved config is the other half of a run's fingerprint; :func:`config_differences`
 compares two of them for the CLI's :class:`~seaflow.cli.SaveRunConfig`.
 """
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
+ERRORS = "errors.jsonl"  # one entry per prompt that failed (seaflow/faults.py); rank shards: errors.rank<R>.jsonl
 CONFIG = "config.yaml"
 LOCK = ".seaflow.lock"  # held by the run writing the directory; names it (pid, host, start, command)
 
@@ -43,6 +49,9 @@ LOCK = ".seaflow.lock"  # held by the run writing the directory; names it (pid, 
 NOT_FINGERPRINT = ("config", "output", "trainer", "return_predictions", "ckpt_path",
                    "data.batch_size", "data.limit", "data.ids", "data.on_bad_prompt")
 FINGERPRINT_EXCEPTIONS = ("trainer.precision",)
+# Arguments of any component that only say how to call a service (CallableReward's): a rerun
+# with more retries or a longer timeout after an outage is the same run.
+NOT_FINGERPRINT_ARGUMENTS = ("retries", "backoff", "timeout")
 
 
 class RunMismatchError(ValueError):
@@ -139,6 +148,7 @@ class RunDirectory:
         self.overwrite = overwrite
         self.skipped: list[dict[str, Any]] = []  # filled by the data module: {"line"?, "id", "reason"}
         self.resumed: int | None = None  # prompts of this run written already (the data module counts them)
+        self.retried: int | None = None  # prompts of this run that failed before (errors.jsonl) and run again
         self._done: dict[str, str | None] | None = None
         self._lock = None
 
@@ -160,6 +170,23 @@ class RunDirectory:
     def record_files(self) -> list[Path]:
         return sorted(self.output_dir.glob("predictions*.jsonl"))
 
+    def error_files(self) -> list[Path]:
+        """``errors.jsonl`` and the rank shards of a run that stopped before merging them."""
+        return sorted(self.output_dir.glob("errors*.jsonl"))
+
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Prompt id -> its latest error entry, for every prompt that failed and has no record yet
+        (a rerun runs them again; empty with ``overwrite``)."""
+        if self.overwrite:
+            return {}
+        done = self.done()
+        entries: dict[str, dict[str, Any]] = {}
+        for path in self.error_files():
+            for entry in read_records(path):
+                if str(entry.get("id")) not in done:
+                    entries[str(entry["id"])] = entry
+        return entries
+
     def done(self) -> dict[str, str | None]:
         """Prompt id -> prompt text of every record already written (read once; empty with ``overwrite``)."""
         if self._done is None:
@@ -172,9 +199,11 @@ class RunDirectory:
 
     def check_prompts(self, prompts: list[dict[str, Any]]) -> None:
         """Refuse prompts whose id is written already with another text (RunMismatchError); count those of
-        ``prompts`` written already (:attr:`resumed`: a run of some of the directory's prompts, ``data.ids``)."""
-        done = self.done()
+        ``prompts`` written already (:attr:`resumed`: a run of some of the directory's prompts, ``data.ids``) and
+        those that failed before and run again (:attr:`retried`)."""
+        done, failed = self.done(), self.failed()
         self.resumed = sum(p["id"] in done for p in prompts)
+        self.retried = sum(p["id"] in failed for p in prompts)
         changed = [p for p in prompts if p["id"] in done and done[p["id"]] is not None and done[p["id"]] != prompt_identity(p)]
         if changed:
             shown = "; ".join(
@@ -191,7 +220,9 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     flat = _flatten(config)
     return {
         key: value for key, value in flat.items()
-        if key in FINGERPRINT_EXCEPTIONS or not any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINT)
+        if key in FINGERPRINT_EXCEPTIONS or not (
+            any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINT)
+            or any(key.endswith(f".init_args.{name}") for name in NOT_FINGERPRINT_ARGUMENTS))
     }
 
 

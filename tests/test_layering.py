@@ -79,7 +79,7 @@ LAYERS = {
     "loops": ("seaflow.refine", "seaflow.chains"),
     "language": ("seaflow.energies", "seaflow.relaxations", "seaflow.layout", "seaflow.models", "seaflow.encoding",
                  "seaflow.generation", "seaflow.cost", "seaflow.logit_bias", "seaflow.judges", "seaflow.refusal",
-                 "seaflow.prompt_sets", "seaflow.word_draws", "seaflow.files"),
+                 "seaflow.prompt_sets", "seaflow.word_draws", "seaflow.files", "seaflow.faults"),
     "numbers": ("seaflow.samplers", "seaflow.schedules", "seaflow.rng", "seaflow.progress", "seaflow.tempered",
                 "seaflow.checks"),
 }

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from seaflow import cost
+from seaflow import cost, faults
 from seaflow.models import LoadedModel
 
 
@@ -173,6 +173,14 @@ class Reward(EnergyTerm):
     """
 
     differentiable = True
+
+    def __init_subclass__(cls, **kwargs):
+        # on token ids inside a predict_step, an error or a non-finite value is a row fault that
+        # fails the prompt it belongs to, not the batch (seaflow/faults.py)
+        super().__init_subclass__(**kwargs)
+        for name in ("value", "value_and_parts"):
+            if name in cls.__dict__:
+                setattr(cls, name, faults.guarded(cls.__dict__[name]))
 
     def describe(self) -> str:
         """A short name for messages."""

@@ -24,7 +24,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from seaflow import cost
+from seaflow import cost, faults
+from seaflow.checks import require
 from seaflow.energies.base import ResponseBatch, Reward, check_device
 from seaflow.models import LoadedModel
 
@@ -218,6 +219,12 @@ def resolve_callable(path: str) -> Callable[..., Any]:
 class CallableReward(TextReward):
     """``r(x, y) = scale * f(y)`` for a Python function named by its dotted path.
 
+    A function that calls a service (an API judge, a remote verifier) can fail for a moment:
+    ``retries`` tries each call again after ``backoff`` seconds, then twice as long, and so on,
+    and ``timeout`` abandons a call that takes longer. A call that still fails is a row fault
+    inside ``seaflow predict``: its prompt gets an entry in errors.jsonl, the others their
+    records (seaflow/faults.py).
+
     Args:
         function: ``package.module.name`` (or ``package.module:name``) of the function, e.g.
             ``seaflow.judges.sentiment_polarity`` (TextBlob polarity in [-1, 1]).
@@ -226,6 +233,9 @@ class CallableReward(TextReward):
             ``f(prompts, responses)``), returning one number per row.
         kwargs: extra keyword arguments passed to every call.
         scale: multiplier on the result (``-1`` turns a penalty into a reward).
+        retries: further attempts of a call that raises or times out (0: none).
+        backoff: seconds before the first retry; each next one waits twice as long.
+        timeout: seconds a call may take (None: no limit).
     """
 
     def __init__(
@@ -235,26 +245,44 @@ class CallableReward(TextReward):
         batched: bool = False,
         kwargs: dict[str, Any] | None = None,
         scale: float = 1.0,
+        retries: int = 0,
+        backoff: float = 1.0,
+        timeout: float | None = None,
     ):
         super().__init__()
+        require(isinstance(retries, int) and retries >= 0, "CallableReward retries", retries, "an integer >= 0")
+        require(backoff >= 0, "CallableReward backoff", backoff, "a number of seconds >= 0")
+        require(timeout is None or timeout > 0, "CallableReward timeout", timeout, "a number of seconds > 0, or null (no limit)")
         self.function = function
         self.fn = resolve_callable(function)
         self.with_prompt = with_prompt
         self.batched = batched
         self.kwargs = dict(kwargs or {})
         self.scale = scale
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
 
     def describe(self) -> str:
         return f"CallableReward({self.function!r})"
 
+    def call(self, *args: Any) -> Any:
+        """``function(*args, **kwargs)`` with the retries, backoff and timeout."""
+        return faults.call_with_retries(self.fn, args, self.kwargs, self.retries, self.backoff, self.timeout, self.describe())
+
     def score_texts(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         args = (prompts, responses) if self.with_prompt else (responses,)
         if self.batched:
-            values = list(self.fn(*args, **self.kwargs))
+            values = list(self.call(*args))
             if len(values) != len(responses):
                 raise ValueError(f"{self.describe()} returned {len(values)} values for a batch of {len(responses)} responses")
         else:
-            values = [self.fn(*row, **self.kwargs) for row in zip(*args)]
+            values = []
+            for row, row_args in enumerate(zip(*args)):
+                try:
+                    values.append(self.call(*row_args))
+                except Exception as err:
+                    if faults.isolating():
+                        raise faults.RowError(row, err) from err  # the fault names this row's prompt only
+                    raise
         try:
             out = torch.tensor([float(v) for v in values], dtype=torch.float32)
         except (TypeError, ValueError) as err:

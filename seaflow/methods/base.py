@@ -16,7 +16,7 @@ from typing import Callable
 import lightning as L
 import torch
 
-from seaflow import cost, generation, rng
+from seaflow import cost, faults, generation, rng
 from seaflow.checks import require
 from seaflow.layout import active_mask
 from seaflow.energies.base import ResponseBatch, Reward
@@ -37,6 +37,32 @@ def with_reward_parts(predict_step):
             self.add_reward_parts(batch, records)
         return records
 
+    return wrapper
+
+
+def isolating_rows(predict_step):
+    """Wrap a method's ``predict_step`` so that a row fault (a reward that raises, or returns a
+    non-finite value, on one prompt's responses; seaflow/faults.py) fails that prompt, not its batch.
+
+    The batch runs again without the prompts the fault names, or, when it names none, each half
+    runs on its own, down to single prompts; a prompt that fails alone gets an error entry
+    (:func:`seaflow.faults.failure`) in place of its record. Every prompt's randomness is its
+    own (seeded by its id), so the records of the others are those of a batch without it. A
+    ``predict_step`` called inside another (a subclass calling ``super()``) lets faults rise to
+    the outer one.
+    """
+    if getattr(predict_step, "_seaflow_isolating", False):
+        return predict_step
+
+    @functools.wraps(predict_step)
+    def wrapper(self, batch, *args, **kwargs):
+        ids = batch.get("id") if isinstance(batch, dict) else None
+        if faults.isolating() or not isinstance(ids, list):
+            return predict_step(self, batch, *args, **kwargs)
+        with faults.isolation():
+            return self.isolated(lambda part: predict_step(self, part, *args, **kwargs), batch, list(range(len(ids))))
+
+    wrapper._seaflow_isolating = True
     return wrapper
 
 
@@ -99,10 +125,11 @@ class AlignmentMethod(L.LightningModule):
 
     def __init_subclass__(cls, **kwargs):
         # every method's predict_step is metered: its records get a ``cost`` field (seaflow/cost.py),
-        # and ``reward_parts`` before it when the reward has named terms
+        # and ``reward_parts`` before it when the reward has named terms; a reward's fault on one
+        # prompt fails that prompt only (isolating_rows)
         super().__init_subclass__(**kwargs)
         if "predict_step" in cls.__dict__:
-            cls.predict_step = cost.metered(with_reward_parts(cls.__dict__["predict_step"]))
+            cls.predict_step = isolating_rows(cost.metered(with_reward_parts(cls.__dict__["predict_step"])))
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -154,6 +181,48 @@ class AlignmentMethod(L.LightningModule):
     @property
     def pad_id(self) -> int:
         return self.policy.pad_id
+
+    # -- row faults ------------------------------------------------------------------------
+
+    def isolated(self, step, batch: dict[str, list], positions: list[int]) -> list[dict]:
+        """``step``'s outputs for the prompts of ``batch`` at ``positions``, in their order: records,
+        and an error entry for each prompt that a row fault fails (see :func:`isolating_rows`)."""
+        n = len(batch["id"])
+        part = batch if len(positions) == n else {
+            key: [value[p] for p in positions] if isinstance(value, list) and len(value) == n else value
+            for key, value in batch.items()
+        }
+        try:
+            return step(part)
+        except faults.RowFault as fault:
+            stage = self.reward_key(fault.reward)
+            named = [p for p in positions if fault.ids is not None and str(batch["id"][p]) in fault.ids]
+            if not named and len(positions) > 1:  # the fault names no prompt of these: each half on its own
+                half = len(positions) // 2
+                return self.isolated(step, batch, positions[:half]) + self.isolated(step, batch, positions[half:])
+            named = named or positions
+            failed = {p: self.failure(batch, p, stage, fault.error) for p in named}
+            rest = [p for p in positions if p not in failed]
+            outputs = {str(out["id"]): out for out in (self.isolated(step, batch, rest) if rest else [])}
+            outputs.update((str(entry["id"]), entry) for entry in failed.values())
+            return [outputs[str(batch["id"][p])] for p in positions]
+
+    def failure(self, batch: dict[str, list], position: int, stage: str, error: str) -> dict:
+        """The error entry of the prompt at ``position`` of ``batch`` (a line of errors.jsonl)."""
+        prompt = {key: batch[key][position] for key in ("id", "index", "prompt", "messages")
+                  if isinstance(batch.get(key), list)}
+        return faults.failure(prompt, self.method_name(), stage, error)
+
+    def reward_key(self, reward) -> str:
+        """The config key of ``reward``: ``model.init_args.reward``, ``model.init_args.selection_reward``
+        (any reward argument of the method) or, for a term of a RewardSum,
+        ``model.init_args.reward.init_args.terms.<name>``."""
+        for argument, top in self.named_children():
+            if isinstance(top, Reward):
+                for name, module in top.named_modules():
+                    if module is reward:
+                        return f"model.init_args.{argument}" + (f".init_args.{name}" if name else "")
+        return type(reward).__name__
 
     # -- shared steps ----------------------------------------------------------------------
 
