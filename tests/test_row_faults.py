@@ -85,9 +85,15 @@ def test_a_reward_that_fails_on_prompts_fails_those_prompts_only(tiny_policy, fu
     assert records[7]["error"] == f"CallableReward('faulty_rewards.{function}') returned nan (a reward must be a finite number)"
 
 
-def test_a_fault_the_reward_does_not_attribute_is_found_by_halving_the_batch(tiny_policy, monkeypatch):
-    """A batched call that fails names no prompt: the batch runs in halves down to the failing prompt,
-    log2 of the batch deep, and only that prompt fails."""
+@pytest.mark.parametrize("batched, expected", [
+    (False, [["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"], ["p0", "p1", "p2", "p4", "p5", "p6", "p7"]]),
+    (True, [["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"], ["p0", "p1", "p2", "p3"], ["p0", "p1"], ["p2", "p3"],
+            ["p2"], ["p3"], ["p4", "p5", "p6", "p7"]]),
+])
+def test_the_batch_runs_again_without_the_named_prompt_or_in_halves(tiny_policy, monkeypatch, batched, expected):
+    """A function called row by row names the prompt whose call raised: the batch runs once more
+    without it. A batched call that fails names none: the batch runs in halves down to the failing
+    prompt, log2 of the batch deep. Either way only that prompt fails."""
     calls = []
     original = BestOfN.predict_step.__wrapped__
 
@@ -97,10 +103,9 @@ def test_a_fault_the_reward_does_not_attribute_is_found_by_halving_the_batch(tin
 
     monkeypatch.setattr(BestOfN, "predict_step", isolating_rows(counted))
     prompts = [prompt(k) for k in (0, 1, 2, 3, 4, 5, 6, 8)]  # prompt 3 (position 3) raises
-    records, _ = run_method(best_of_n("score_all", batched=True), tiny_policy, prompts)
+    records, _ = run_method(best_of_n("score_all" if batched else "score", batched=batched), tiny_policy, prompts)
     assert [faults.is_failure(r) for r in records] == [False, False, False, True, False, False, False, False]
-    assert calls == [["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"], ["p0", "p1", "p2", "p3"], ["p0", "p1"], ["p2", "p3"],
-                     ["p2"], ["p3"], ["p4", "p5", "p6", "p7"]]
+    assert calls == expected
 
 
 def test_a_term_of_a_reward_sum_is_named_by_its_key(tiny_policy):
