@@ -96,7 +96,8 @@ def guarded(function: Callable) -> Callable:
 
     @functools.wraps(function)
     def wrapper(self, prepared, response, *args, **kwargs):
-        if not _ISOLATING.get() or response.is_floating_point():
+        # relaxed tokens first: a compiled energy traces this wrapper, and a ContextVar read would break its graph
+        if response.is_floating_point() or not _ISOLATING.get():
             return function(self, prepared, response, *args, **kwargs)
         try:
             out = function(self, prepared, response, *args, **kwargs)
