@@ -38,7 +38,7 @@ class SoftBestOfN(BestOfN):
 
     def __init__(self, reward_temperature: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        require(reward_temperature >= 0, "model.init_args.reward_temperature", reward_temperature, ">= 0 (0: Best-of-N; .inf: uniform)",
+        require(reward_temperature >= 0, "model.init_args.reward_temperature", reward_temperature, ">= 0 (0: Best-of-N)",
                 finite=False)
         if self.returns != "best_reward":
             raise ValueError(f"SoftBestOfN draws its candidate from softmax(r / lambda): returns must be best_reward, "
